@@ -1,0 +1,82 @@
+//! The one place where errors become HTTP: every error a handler can meet maps to a status and a stable code
+//! here, and leaves as `{"error": {"code": "...", "message": "..."}}`.
+
+use std::io;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::ingest::parse::ParseError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(e: ParseError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_event", e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let (status, code) = match &e {
+            StoreError::Late { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "late_event"),
+            StoreError::Future { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "future_event"),
+            StoreError::UnknownSeries(_) => (StatusCode::NOT_FOUND, "unknown_series"),
+            StoreError::WidthConflict { .. } => (StatusCode::CONFLICT, "width_conflict"),
+            StoreError::Busy(_) | StoreError::ShuttingDown => {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+            }
+            StoreError::Storage(
+                _,
+                Some(io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded),
+            ) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+            StoreError::Storage(..) | StoreError::DataInUse(_) => {
+                tracing::error!(error = %e, "storage error on a request");
+                (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut res = (self.status, axum::Json(body)).into_response();
+        let headers = res.headers_mut();
+        match self.status {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        res
+    }
+}

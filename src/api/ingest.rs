@@ -1,0 +1,163 @@
+//! `POST /api/series/{series}/events` and `POST /api/data`: read the body (bounded, gunzipped when asked), parse
+//! it off the async threads, hand it to the store, answer 202 once it is durable.
+
+use std::io::Read;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{AppState, DEFAULT_SERIES, SeriesPath};
+use crate::ingest::parse::{self, Format};
+use crate::store::SeriesName;
+use crate::time;
+
+pub async fn events_post(
+    State(state): State<AppState>,
+    SeriesPath(name): SeriesPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    ingest(state, name, headers, body).await
+}
+
+pub async fn data_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = SeriesName::parse(DEFAULT_SERIES).map_err(ApiError::bad_request)?;
+    ingest(state, name, headers, body).await
+}
+
+async fn ingest(
+    state: AppState,
+    name: SeriesName,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.tokens.check_write(&headers)?;
+    let format = body_format(&headers)?;
+    let gzip = gzip_encoded(&headers)?;
+    let limit = state.max_body_bytes;
+    let bytes = read_body(body, &headers, limit).await?;
+    let received = time::now();
+    let parsed = tokio::task::spawn_blocking(move || {
+        let inflated;
+        let raw = if gzip {
+            inflated = inflate(&bytes, limit)?;
+            &inflated[..]
+        } else {
+            &bytes[..]
+        };
+        parse::parse(raw, format, received).map_err(ApiError::from)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let ack = state.store.ingest(&name, parsed).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"accepted": ack.accepted, "series": name.as_str()})),
+    ))
+}
+
+fn body_format(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        // No type given: an array if it looks like one, NDJSON otherwise.
+        return Ok(Format::JsonArray);
+    };
+    let text = value.to_str().unwrap_or("");
+    let mime = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines"
+        | "application/jsonlines" => Ok(Format::Ndjson),
+        "application/json" => Ok(Format::JsonArray),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "content type {text:?} is not accepted: send application/x-ndjson (one JSON object per line) \
+                 or application/json (an array of objects)"
+            ),
+        )),
+    }
+}
+
+fn gzip_encoded(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(false);
+    };
+    match value
+        .to_str()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "gzip" | "x-gzip" => Ok(true),
+        "identity" | "" => Ok(false),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content encoding {other:?} is not accepted: send gzip or none"),
+        )),
+    }
+}
+
+fn too_large(limit: usize, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("{what} exceeds the limit of {limit} bytes: send smaller batches"),
+    )
+}
+
+/// Reads a request body, refusing it as soon as it passes `limit` bytes.
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit, "request body"));
+    }
+    let mut body = body;
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("request body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large(limit, "request body"));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+/// Inflates a gzip body (one member or several), refusing it once the output passes `limit` bytes, so a small
+/// body that inflates to gigabytes costs no more than `limit`.
+fn inflate(bytes: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit));
+    flate2::read::MultiGzDecoder::new(bytes)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid gzip: {e}")))?;
+    if out.len() > limit {
+        return Err(too_large(limit, "inflated request body"));
+    }
+    Ok(out)
+}

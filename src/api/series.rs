@@ -1,0 +1,104 @@
+//! `GET /api/series`, `GET /api/series/{series}` and `PUT /api/series/{series}`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::ingest::read_body;
+use super::{AppState, SeriesPath};
+use crate::store::SeriesInfo;
+use crate::time::{self, ChunkWidth};
+
+fn info_json(i: &SeriesInfo) -> Value {
+    let at = |t: Option<i64>| t.map(time::format_rfc3339);
+    json!({
+        "name": i.name,
+        "chunk_seconds": i.width.secs(),
+        "events": i.events,
+        "unsealed_events": i.unsealed_events,
+        "sealed_chunks": i.sealed_chunks,
+        "archive_bytes": i.archive_bytes,
+        "first_event": at(i.first_ts),
+        "last_event": at(i.last_ts),
+        "sealed_watermark": time::format_rfc3339(i.sealed),
+        "created": time::format_rfc3339(i.created),
+    })
+}
+
+pub async fn series_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.check_read(&headers)?;
+    let list: Vec<Value> = state
+        .store
+        .series_names()
+        .iter()
+        .filter_map(|n| state.store.info(n))
+        .map(|i| info_json(&i))
+        .collect();
+    Ok(Json(json!({ "series": list })))
+}
+
+pub async fn series_show(
+    State(state): State<AppState>,
+    SeriesPath(name): SeriesPath,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.check_read(&headers)?;
+    let info = state.store.info(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_series",
+            format!("no series named {:?}", name.as_str()),
+        )
+    })?;
+    Ok(Json(info_json(&info)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesSettings {
+    chunk_seconds: Option<u32>,
+}
+
+/// Creates a series with the given chunk width: 201 when created, 200 when it exists with that width, 409 when
+/// it exists with another.
+pub async fn series_put(
+    State(state): State<AppState>,
+    SeriesPath(name): SeriesPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.tokens.check_write(&headers)?;
+    let bytes = read_body(body, &headers, 64 << 10).await?;
+    let settings: SeriesSettings = if bytes.iter().all(u8::is_ascii_whitespace) {
+        SeriesSettings {
+            chunk_seconds: None,
+        }
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(format!("body: expected {{\"chunk_seconds\": N}}: {e}"))
+        })?
+    };
+    let width = settings
+        .chunk_seconds
+        .map(ChunkWidth::from_secs)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let created = state.store.ensure_series(&name, width).await?;
+    let info = state
+        .store
+        .info(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no series named {:?}", name.as_str())))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(info_json(&info))))
+}

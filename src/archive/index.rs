@@ -1,0 +1,207 @@
+//! The index of one hour archive: where each member starts and what it holds. It lives in memory and in a
+//! sidecar file (`{YYYYMMDDHH}.idx`) that is only a cache of what the archive's own headers say: it is
+//! checked against the archive on load, and rebuilt from the archive whenever it is missing, short or wrong.
+//!
+//! Sidecar layout: the magic `HGIDX1\n\0`, then one 74-byte record per member: offset (u64 LE), the member's
+//! 62-byte metadata (as in its FEXTRA subfield), CRC32 of those 70 bytes.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::member::{self, HEADER_LEN, MemberMeta};
+use crate::time::{ChunkStart, Hour};
+
+const MAGIC: &[u8; 8] = b"HGIDX1\n\0";
+const RECORD_LEN: usize = 8 + MemberMeta::BYTES + 4;
+
+/// One member's place in its archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub offset: u64,
+    pub meta: MemberMeta,
+}
+
+impl IndexEntry {
+    pub fn end(&self) -> u64 {
+        self.offset + self.meta.member_len
+    }
+}
+
+/// The members of one hour archive, in file order, which is time order.
+#[derive(Clone, Debug)]
+pub struct HourIndex {
+    pub hour: Hour,
+    pub entries: Vec<IndexEntry>,
+}
+
+impl HourIndex {
+    pub fn new(hour: Hour) -> HourIndex {
+        HourIndex {
+            hour,
+            entries: Vec::new(),
+        }
+    }
+
+    /// The archive length that the index accounts for.
+    pub fn end(&self) -> u64 {
+        self.entries.last().map_or(0, IndexEntry::end)
+    }
+
+    /// The members of one chunk (several when it was split into parts); empty when the chunk is not here.
+    pub fn chunk(&self, start: ChunkStart) -> &[IndexEntry] {
+        let lo = self.entries.partition_point(|e| e.meta.chunk_start < start);
+        let hi = self
+            .entries
+            .partition_point(|e| e.meta.chunk_start <= start);
+        &self.entries[lo..hi]
+    }
+
+    pub fn events(&self) -> u64 {
+        self.entries.iter().map(|e| u64::from(e.meta.entries)).sum()
+    }
+
+    /// Whether `next` may follow the entries so far: contiguous, in time order, parts numbered from 0, and a
+    /// new chunk only after the previous one's last part.
+    fn accepts(&self, next: &IndexEntry) -> bool {
+        match self.entries.last() {
+            None => next.offset == 0 && next.meta.part == 0,
+            Some(prev) => {
+                next.offset == prev.end()
+                    && if prev.meta.last_part {
+                        next.meta.part == 0 && next.meta.chunk_start > prev.meta.chunk_start
+                    } else {
+                        next.meta.part == prev.meta.part + 1
+                            && next.meta.chunk_start == prev.meta.chunk_start
+                    }
+            }
+        }
+    }
+
+    fn push_checked(&mut self, entry: IndexEntry) -> bool {
+        let ok = entry.meta.chunk_start.hour() == self.hour && self.accepts(&entry);
+        if ok {
+            self.entries.push(entry);
+        }
+        ok
+    }
+
+    /// Drops members at the end that belong to a chunk whose last part is missing.
+    pub fn drop_incomplete_tail(&mut self) {
+        while self.entries.last().is_some_and(|e| !e.meta.last_part) {
+            self.entries.pop();
+        }
+    }
+}
+
+pub fn record(entry: &IndexEntry) -> [u8; RECORD_LEN] {
+    let mut r = [0u8; RECORD_LEN];
+    r[..8].copy_from_slice(&entry.offset.to_le_bytes());
+    r[8..8 + MemberMeta::BYTES].copy_from_slice(&entry.meta.to_bytes());
+    let crc = crc32fast::hash(&r[..RECORD_LEN - 4]);
+    r[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+    r
+}
+
+/// Reads the valid, consistent prefix of a sidecar; a missing or foreign file gives an empty index.
+/// The second value says whether the file held anything beyond that prefix (so it should be rewritten).
+pub fn read_sidecar(path: &Path, hour: Hour, archive_len: u64) -> io::Result<(HourIndex, bool)> {
+    let mut index = HourIndex::new(hour);
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((index, true)),
+        Err(e) => return Err(e),
+    };
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Ok((index, true));
+    }
+    let records = bytes[MAGIC.len()..].chunks(RECORD_LEN);
+    let total = records.len();
+    for r in records {
+        if r.len() != RECORD_LEN {
+            break;
+        }
+        let crc = u32::from_le_bytes(r[RECORD_LEN - 4..].try_into().unwrap_or_default());
+        if crc != crc32fast::hash(&r[..RECORD_LEN - 4]) {
+            break;
+        }
+        let Ok(meta) = MemberMeta::from_bytes(&r[8..8 + MemberMeta::BYTES]) else {
+            break;
+        };
+        let offset = u64::from_le_bytes(r[..8].try_into().unwrap_or_default());
+        let entry = IndexEntry { offset, meta };
+        if entry.end() > archive_len || !index.push_checked(entry) {
+            break;
+        }
+    }
+    let stale = index.entries.len() != total;
+    Ok((index, stale))
+}
+
+/// Writes a whole sidecar atomically (temporary file, then rename).
+pub fn write_sidecar(path: &Path, index: &HourIndex) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(MAGIC.len() + index.entries.len() * RECORD_LEN);
+    bytes.extend_from_slice(MAGIC);
+    for e in &index.entries {
+        bytes.extend_from_slice(&record(e));
+    }
+    let tmp = path.with_extension("idx.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_data()?;
+    fs::rename(&tmp, path)
+}
+
+/// Appends records for new members to a sidecar (creating it with its magic when absent). Not fsync'd: a
+/// sidecar that lags its archive is completed from the archive on the next load.
+pub fn append_sidecar(path: &Path, entries: &[IndexEntry]) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    let mut bytes = Vec::with_capacity(MAGIC.len() + entries.len() * RECORD_LEN);
+    if f.metadata()?.len() == 0 {
+        bytes.extend_from_slice(MAGIC);
+    }
+    for e in entries {
+        bytes.extend_from_slice(&record(e));
+    }
+    f.write_all(&bytes)
+}
+
+/// Extends `index` by reading member headers from the archive itself, starting where the index ends, and
+/// inflating each found member to check it whole. Stops at the first member that is missing, torn, corrupt or
+/// out of order; returns how many were added.
+pub fn scan(archive: &File, archive_len: u64, index: &mut HourIndex) -> io::Result<usize> {
+    let mut added = 0;
+    let mut offset = index.end();
+    let mut header = [0u8; HEADER_LEN];
+    while offset + HEADER_LEN as u64 <= archive_len {
+        archive.read_exact_at(&mut header, offset)?;
+        let Ok(meta) = member::parse_header(&header) else {
+            break;
+        };
+        if offset + meta.member_len > archive_len {
+            break;
+        }
+        let mut bytes = vec![0u8; meta.member_len as usize];
+        archive.read_exact_at(&mut bytes, offset)?;
+        if member::decode(&bytes).is_err() || !index.push_checked(IndexEntry { offset, meta }) {
+            break;
+        }
+        offset += meta.member_len;
+        added += 1;
+    }
+    Ok(added)
+}
+
+/// Inflates the last member that `index` names, to check it whole.
+pub fn verify_last(archive: &File, index: &HourIndex) -> io::Result<bool> {
+    let Some(last) = index.entries.last() else {
+        return Ok(true);
+    };
+    let mut bytes = vec![0u8; last.meta.member_len as usize];
+    archive.read_exact_at(&mut bytes, last.offset)?;
+    Ok(member::decode(&bytes).is_ok())
+}

@@ -1,0 +1,346 @@
+//! The sealed past of one series: its hour archives `{YYYYMMDDHH}.json.gz`, one gzip member per chunk (or per
+//! part of a big chunk), and their indexes. This layer owns the files of a series folder other than the series
+//! settings; it knows nothing of HTTP, the write-ahead log or the clock.
+//!
+//! Invariants kept here:
+//! - an archive is always valid gzip: members are appended whole and fsync'd before anything points at them,
+//!   and a torn tail left by a crash is cut off (and kept aside) when the series is opened;
+//! - members are in time order, and a chunk's parts are contiguous and end with a member marked last;
+//! - the index is a cache of the archive: it is checked against the archive and rebuilt from it when wrong.
+//!
+//! The interface is deliberately small (`open`, `append_chunk`, `chunk`, `read_member`, `summary`) so that
+//! another backend (object storage) can stand behind the same calls.
+
+pub mod index;
+pub mod member;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+pub use index::{HourIndex, IndexEntry};
+pub use member::MemberMeta;
+
+use crate::time::{ChunkStart, Hour, Millis};
+
+const ARCHIVE_SUFFIX: &str = ".json.gz";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive i/o on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("archive {path}: chunk {chunk} would follow chunk {last}, out of time order")]
+    OutOfOrder {
+        path: PathBuf,
+        chunk: Millis,
+        last: Millis,
+    },
+    #[error("archive {path} is damaged at offset {offset}: {reason}")]
+    Damaged {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+impl ArchiveError {
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            ArchiveError::Io { source, .. } => Some(source.kind()),
+            ArchiveError::Damaged { .. } | ArchiveError::OutOfOrder { .. } => None,
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Totals over every sealed chunk of a series, from the indexes alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub first_ts: Option<Millis>,
+    pub last_ts: Option<Millis>,
+}
+
+/// The hour archives of one series folder.
+pub struct SeriesArchive {
+    dir: PathBuf,
+    /// Readers copy out what they need and let go; the sealer holds the write lock only to push entries it
+    /// has already made durable. A std lock: no `.await` while held.
+    hours: RwLock<BTreeMap<Hour, HourIndex>>,
+}
+
+impl SeriesArchive {
+    /// Opens a series folder: loads every hour's index, rebuilding it from the archive where the sidecar is
+    /// missing or wrong, and cuts off a torn tail. Returns what was repaired, one line per repair.
+    pub fn open(dir: &Path) -> Result<(SeriesArchive, Vec<String>), ArchiveError> {
+        let mut hours = BTreeMap::new();
+        let mut repairs = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+            let entry = entry.map_err(io_at(dir))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX)) else {
+                continue;
+            };
+            let Some(hour) = Hour::parse_stem(stem) else {
+                continue;
+            };
+            let index = load_hour(dir, hour, &mut repairs)?;
+            if index.entries.is_empty() {
+                // Nothing survived (a crash while the hour's first chunk was written): the file goes.
+                let path = archive_path(dir, hour);
+                fs::remove_file(&path).map_err(io_at(&path))?;
+                let _ = fs::remove_file(sidecar_path(dir, hour));
+                continue;
+            }
+            hours.insert(hour, index);
+        }
+        let archive = SeriesArchive {
+            dir: dir.to_owned(),
+            hours: RwLock::new(hours),
+        };
+        Ok((archive, repairs))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn archive_path(&self, hour: Hour) -> PathBuf {
+        archive_path(&self.dir, hour)
+    }
+
+    /// Whether the chunk is sealed here whole (all its parts).
+    pub fn contains(&self, start: ChunkStart) -> bool {
+        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+        hours
+            .get(&start.hour())
+            .is_some_and(|h| h.chunk(start).last().is_some_and(|e| e.meta.last_part))
+    }
+
+    /// The start of the newest sealed chunk.
+    pub fn last_chunk(&self) -> Option<ChunkStart> {
+        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+        hours
+            .values()
+            .next_back()
+            .and_then(|h| h.entries.last())
+            .map(|e| e.meta.chunk_start)
+    }
+
+    /// The index entries of one sealed chunk, in part order; empty when the chunk holds no events.
+    pub fn chunk(&self, start: ChunkStart) -> Vec<IndexEntry> {
+        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+        hours
+            .get(&start.hour())
+            .map(|h| h.chunk(start).to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Appends one chunk's members (already encoded, in part order) to its hour archive and makes them durable
+    /// before indexing them. On failure the archive is cut back to where it was.
+    pub fn append_chunk(&self, members: &[(MemberMeta, Vec<u8>)]) -> Result<(), ArchiveError> {
+        let Some((first, _)) = members.first() else {
+            return Ok(());
+        };
+        let hour = first.chunk_start.hour();
+        let path = self.archive_path(hour);
+        let start = {
+            let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+            let index = hours.get(&hour);
+            if let Some(last) = index.and_then(|h| h.entries.last())
+                && last.meta.chunk_start >= first.chunk_start
+            {
+                return Err(ArchiveError::OutOfOrder {
+                    path,
+                    chunk: first.chunk_start.millis(),
+                    last: last.meta.chunk_start.millis(),
+                });
+            }
+            index.map_or(0, HourIndex::end)
+        };
+        let is_new = start == 0;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        let written = write_members(&file, start, members, is_new, &self.dir);
+        let entries = match written {
+            Ok(entries) => entries,
+            Err(e) => {
+                // Leave the archive as valid gzip: drop whatever part of the members reached the file.
+                let _ = file.set_len(start).and_then(|()| file.sync_data());
+                return Err(io_at(&path)(e));
+            }
+        };
+        let sidecar = sidecar_path(&self.dir, hour);
+        if let Err(e) = index::append_sidecar(&sidecar, &entries) {
+            // The archive is durable and right; the sidecar is rebuilt from it at the next open.
+            tracing::warn!(path = %sidecar.display(), error = %e, "index sidecar not updated");
+        }
+        let mut hours = self.hours.write().unwrap_or_else(|e| e.into_inner());
+        hours
+            .entry(hour)
+            .or_insert_with(|| HourIndex::new(hour))
+            .entries
+            .extend(entries);
+        Ok(())
+    }
+
+    /// The stored bytes of one member, as they are in the archive (a complete gzip member).
+    pub fn read_member(&self, entry: &IndexEntry) -> Result<Vec<u8>, ArchiveError> {
+        let path = self.archive_path(entry.meta.chunk_start.hour());
+        let file = File::open(&path).map_err(io_at(&path))?;
+        let mut bytes = vec![0u8; entry.meta.member_len as usize];
+        file.read_exact_at(&mut bytes, entry.offset)
+            .map_err(io_at(&path))?;
+        Ok(bytes)
+    }
+
+    /// The NDJSON lines of one sealed chunk, inflating only its own members; `None` when it holds no events.
+    pub fn read_chunk(&self, start: ChunkStart) -> Result<Option<Vec<u8>>, ArchiveError> {
+        let entries = self.chunk(start);
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut lines = Vec::new();
+        for entry in &entries {
+            let bytes = self.read_member(entry)?;
+            let (_, raw) = member::decode(&bytes).map_err(|e| ArchiveError::Damaged {
+                path: self.archive_path(start.hour()),
+                offset: entry.offset,
+                reason: e.to_string(),
+            })?;
+            lines.extend_from_slice(&raw);
+        }
+        Ok(Some(lines))
+    }
+
+    pub fn summary(&self) -> Summary {
+        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+        let mut s = Summary::default();
+        for h in hours.values() {
+            for e in &h.entries {
+                s.events += u64::from(e.meta.entries);
+                s.chunks += u64::from(e.meta.last_part);
+                s.bytes += e.meta.member_len;
+                s.first_ts = Some(
+                    s.first_ts
+                        .map_or(e.meta.first_ts, |t| t.min(e.meta.first_ts)),
+                );
+                s.last_ts = Some(s.last_ts.map_or(e.meta.last_ts, |t| t.max(e.meta.last_ts)));
+            }
+        }
+        s
+    }
+}
+
+fn write_members(
+    file: &File,
+    start: u64,
+    members: &[(MemberMeta, Vec<u8>)],
+    is_new: bool,
+    dir: &Path,
+) -> io::Result<Vec<IndexEntry>> {
+    // Anything past the indexed end is the remains of a failed append: overwrite it.
+    file.set_len(start)?;
+    let mut entries = Vec::with_capacity(members.len());
+    let mut offset = start;
+    let mut buf = Vec::with_capacity(members.iter().map(|(_, b)| b.len()).sum());
+    for (meta, bytes) in members {
+        entries.push(IndexEntry {
+            offset,
+            meta: *meta,
+        });
+        offset += bytes.len() as u64;
+        buf.extend_from_slice(bytes);
+    }
+    file.write_all_at(&buf, start)?;
+    file.sync_data()?;
+    if is_new {
+        sync_dir(dir)?;
+    }
+    Ok(entries)
+}
+
+/// Loads one hour's index: the sidecar's valid prefix, completed by scanning the archive, and the archive cut
+/// back to the last whole chunk.
+fn load_hour(dir: &Path, hour: Hour, repairs: &mut Vec<String>) -> Result<HourIndex, ArchiveError> {
+    let path = archive_path(dir, hour);
+    let sidecar = sidecar_path(dir, hour);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    let len = file.metadata().map_err(io_at(&path))?.len();
+    let (mut index, mut rewrite) =
+        index::read_sidecar(&sidecar, hour, len).map_err(io_at(&sidecar))?;
+    // The sidecar's last member is checked whole: it is the one a crash could have left half-written.
+    if !index.entries.is_empty() && !index::verify_last(&file, &index).map_err(io_at(&path))? {
+        index.entries.pop();
+        rewrite = true;
+    }
+    if index.end() < len {
+        let added = index::scan(&file, len, &mut index).map_err(io_at(&path))?;
+        if added > 0 {
+            repairs.push(format!(
+                "{}: indexed {added} members from the archive",
+                path.display()
+            ));
+            rewrite = true;
+        }
+    }
+    index.drop_incomplete_tail();
+    let keep = index.end();
+    if keep < len {
+        cut_tail(&file, &path, keep, len).map_err(io_at(&path))?;
+        repairs.push(format!(
+            "{}: cut a torn tail of {} bytes at offset {keep}",
+            path.display(),
+            len - keep
+        ));
+        rewrite = true;
+    }
+    if rewrite {
+        index::write_sidecar(&sidecar, &index).map_err(io_at(&sidecar))?;
+    }
+    Ok(index)
+}
+
+/// Moves the bytes past `keep` aside (to `{archive}.tail-{keep}`, for inspection) and truncates the archive.
+fn cut_tail(file: &File, path: &Path, keep: u64, len: u64) -> io::Result<()> {
+    let mut tail = vec![0u8; (len - keep) as usize];
+    file.read_exact_at(&mut tail, keep)?;
+    let aside = PathBuf::from(format!("{}.tail-{keep}", path.display()));
+    let mut f = File::create(&aside)?;
+    f.write_all(&tail)?;
+    f.sync_data()?;
+    file.set_len(keep)?;
+    file.sync_data()
+}
+
+fn archive_path(dir: &Path, hour: Hour) -> PathBuf {
+    dir.join(format!("{}{ARCHIVE_SUFFIX}", hour.stem()))
+}
+
+fn sidecar_path(dir: &Path, hour: Hour) -> PathBuf {
+    dir.join(format!("{}.idx", hour.stem()))
+}
+
+/// Makes a folder's entries (a new or renamed file) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

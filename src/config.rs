@@ -1,0 +1,90 @@
+//! The command line and its `HOURGLASS_*` environment variables. `hourglass` with no arguments serves `./data`
+//! on `127.0.0.1:8080`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::store::StoreConfig;
+use crate::time::{ChunkWidth, SECOND};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hourglass",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Without a subcommand, `hourglass` serves with these options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The data folder: one folder per series, and the write-ahead log in `_wal`.
+    #[arg(long, env = "HOURGLASS_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, env = "HOURGLASS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Seconds to wait for late events before a chunk is sealed.
+    #[arg(long, env = "HOURGLASS_LATENESS", default_value_t = 30)]
+    pub lateness: u32,
+    /// Chunk width in seconds for new series: a divisor of 3600.
+    #[arg(long, env = "HOURGLASS_CHUNK_SECONDS", default_value_t = 10, value_parser = parse_width)]
+    pub chunk_seconds: u32,
+    /// Bearer token required for writes (none: writes are open).
+    #[arg(long, env = "HOURGLASS_WRITE_TOKEN", hide_env_values = true)]
+    pub write_token: Option<String>,
+    /// Bearer token required for reads (none: reads are public).
+    #[arg(long, env = "HOURGLASS_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+    /// Seconds an event's time may be ahead of the server clock.
+    #[arg(long, env = "HOURGLASS_MAX_FUTURE", default_value_t = 300)]
+    pub max_future: u32,
+    /// Largest request body, in bytes, before and after gzip inflation.
+    #[arg(long, env = "HOURGLASS_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+    /// Bytes of events held in memory (waiting for the log or for sealing) before ingest answers 503.
+    #[arg(long, env = "HOURGLASS_MAX_BACKLOG_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..=3 << 30))]
+    pub max_backlog_bytes: u64,
+    /// Most events on one page; a sealed chunk with more is stored as several gzip members, one per page.
+    #[arg(long, env = "HOURGLASS_MAX_PAGE_ENTRIES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_page_entries: u32,
+    /// gzip level for sealed chunks (1 fastest .. 9 smallest).
+    #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub gzip_level: u32,
+}
+
+fn parse_width(s: &str) -> Result<u32, String> {
+    let secs: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    ChunkWidth::from_secs(secs).map(ChunkWidth::secs)
+}
+
+impl ServeArgs {
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            data: self.data.clone(),
+            lateness: i64::from(self.lateness) * SECOND,
+            max_future: i64::from(self.max_future) * SECOND,
+            default_width: ChunkWidth::from_secs(self.chunk_seconds).unwrap_or(ChunkWidth::DEFAULT),
+            max_member_entries: self.max_page_entries as usize,
+            gzip_level: self.gzip_level,
+            max_backlog_bytes: self.max_backlog_bytes,
+            max_queued_batches: 4096,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! hourglass: time series of JSON events in hourly gzip archives, served as time-sliced pages that HTTP caches
+//! can keep forever. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod archive;
+pub mod config;
+pub mod ingest;
+pub mod server;
+pub mod store;
+pub mod time;

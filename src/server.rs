@@ -1,0 +1,63 @@
+//! Serving: `run` takes a bound listener and an open store and serves until `shutdown` resolves, then lets
+//! in-flight requests finish and stops the store. Tests bind `127.0.0.1:0` and call it, as `main` does.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::auth::Tokens;
+use crate::api::{self, AppState};
+use crate::config::ServeArgs;
+use crate::store::{Store, StoreError};
+
+pub async fn open_store(args: &ServeArgs) -> Result<Store, StoreError> {
+    let cfg = args.store_config();
+    tokio::task::spawn_blocking(move || Store::open(cfg))
+        .await
+        .unwrap_or(Err(StoreError::ShuttingDown))
+}
+
+pub async fn run(
+    listener: TcpListener,
+    store: Store,
+    args: &ServeArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AppState {
+        store: store.clone(),
+        tokens: Arc::new(Tokens {
+            write: args.write_token.clone(),
+            read: args.read_token.clone(),
+        }),
+        max_body_bytes: args.max_body_bytes,
+    };
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tracing::info!("no more requests; stopping the store");
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .ok();
+    served
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

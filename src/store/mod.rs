@@ -1,0 +1,671 @@
+//! The store: every series, the events not sealed yet, and the two threads that move events along —
+//! the commit thread (write-ahead log, group commit, then the open chunks) and the sealer (open chunks past the
+//! lateness window into hour archives, then the sealed watermark).
+//!
+//! How a batch flows: `Store::ingest` checks what it can alone (series, future skew, backlog), then queues a
+//! `Job` on a bounded channel. The commit thread takes every job waiting, checks each against its series'
+//! closing boundary, appends the accepted ones to the log with one fsync, puts their events into open chunks,
+//! and only then answers. The sealer raises a series' closing boundary first (so nothing new can land below it),
+//! waits until every batch checked before that is settled, then seals the chunks below it in time order, and
+//! last persists the watermark. Replaying a seal is idempotent: a chunk already whole in its archive is skipped.
+
+mod seal;
+pub mod series;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::archive::{self, SeriesArchive};
+use crate::ingest::parse::{Batch, Parsed, Position};
+use crate::ingest::wal::{self, Wal};
+use crate::time::{self, ChunkStart, ChunkWidth, Millis};
+pub use series::{SeriesName, Settings};
+
+/// What the store needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub data: PathBuf,
+    /// How long the server waits for stragglers before sealing a chunk.
+    pub lateness: Millis,
+    /// How far ahead of the clock an event may be.
+    pub max_future: Millis,
+    /// The width of series created without one.
+    pub default_width: ChunkWidth,
+    /// The most events in one gzip member: a bigger chunk is stored as several parts.
+    pub max_member_entries: usize,
+    pub gzip_level: u32,
+    /// The most bytes of events held in memory (queued or not sealed yet) before ingest answers 503.
+    pub max_backlog_bytes: u64,
+    /// The most batches waiting for the commit thread before ingest answers 503.
+    pub max_queued_batches: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{position}: ts {} is older than the sealed watermark {}: its chunk is sealed", time::format_rfc3339(*ts), time::format_rfc3339(*watermark))]
+    Late {
+        position: Position,
+        ts: Millis,
+        watermark: Millis,
+    },
+    #[error("{position}: ts {} is more than {} s ahead of the server clock", time::format_rfc3339(*ts), max_future / 1000)]
+    Future {
+        position: Position,
+        ts: Millis,
+        max_future: Millis,
+    },
+    #[error("no series named {0:?}")]
+    UnknownSeries(String),
+    #[error("series {series:?} exists with chunk width {existing}, not {requested}")]
+    WidthConflict {
+        series: String,
+        existing: ChunkWidth,
+        requested: ChunkWidth,
+    },
+    #[error("server busy: {0}")]
+    Busy(&'static str),
+    #[error("server is shutting down")]
+    ShuttingDown,
+    #[error("storage failed: {0}")]
+    Storage(String, Option<io::ErrorKind>),
+    #[error("data folder {0} is in use by another hourglass process")]
+    DataInUse(PathBuf),
+}
+
+impl StoreError {
+    fn storage(e: impl std::fmt::Display, kind: Option<io::ErrorKind>) -> StoreError {
+        StoreError::Storage(e.to_string(), kind)
+    }
+}
+
+impl From<wal::WalError> for StoreError {
+    fn from(e: wal::WalError) -> StoreError {
+        let kind = e.source.kind();
+        StoreError::storage(e, Some(kind))
+    }
+}
+
+impl From<archive::ArchiveError> for StoreError {
+    fn from(e: archive::ArchiveError) -> StoreError {
+        let kind = e.io_kind();
+        StoreError::storage(e, kind)
+    }
+}
+
+/// The answer to an accepted batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pub accepted: usize,
+}
+
+/// A series as `GET /api/series/{series}` shows it.
+#[derive(Debug, Clone)]
+pub struct SeriesInfo {
+    pub name: String,
+    pub width: ChunkWidth,
+    pub sealed: Millis,
+    pub events: u64,
+    pub unsealed_events: u64,
+    pub sealed_chunks: u64,
+    pub archive_bytes: u64,
+    pub first_ts: Option<Millis>,
+    pub last_ts: Option<Millis>,
+    pub created: Millis,
+}
+
+/// One series in memory.
+struct Series {
+    name: Arc<str>,
+    dir: PathBuf,
+    width: ChunkWidth,
+    created: Millis,
+    archive: Arc<SeriesArchive>,
+    /// The sealed watermark S as persisted.
+    sealed: Millis,
+    /// The boundary below which events are refused: S, or above it while the sealer works up to it.
+    closing: Millis,
+    /// Chunks still taking events.
+    open: BTreeMap<ChunkStart, Batch>,
+    /// Chunks below `closing` that the sealer has taken but not yet appended to their archive.
+    sealing: BTreeMap<ChunkStart, Arc<Batch>>,
+}
+
+impl Series {
+    fn insert(&mut self, batch: &Batch) {
+        let mut current: Option<(ChunkStart, &mut Batch)> = None;
+        for (ts, line) in batch.iter() {
+            let start = self.width.chunk_of(ts);
+            match &mut current {
+                Some((s, chunk)) if *s == start => chunk.push(ts, line),
+                _ => {
+                    let chunk = self.open.entry(start).or_default();
+                    chunk.push(ts, line);
+                    current = Some((start, chunk));
+                }
+            }
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            chunk_seconds: self.width.secs(),
+            sealed: self.sealed,
+            created: self.created,
+        }
+    }
+}
+
+struct State {
+    series: BTreeMap<String, Series>,
+    /// The last group of batches checked against the closing boundaries, and the last one settled
+    /// (applied, or failed). The sealer waits for `settled` to reach what was `checked` when it raised a boundary.
+    checked: u64,
+    settled: u64,
+    /// Bytes of events queued or held in open and sealing chunks.
+    backlog: u64,
+}
+
+/// A batch on its way to the commit thread.
+struct Job {
+    series: Arc<str>,
+    parsed: Parsed,
+    bytes: u64,
+    reply: oneshot::Sender<Result<Ack, StoreError>>,
+}
+
+enum Msg {
+    Job(Job),
+    Stop,
+}
+
+struct Inner {
+    cfg: StoreConfig,
+    /// A std mutex: held only for in-memory work, never across I/O or `.await`.
+    state: Mutex<State>,
+    settled: Condvar,
+    /// The log; the commit thread holds it for an append and its fsync, the sealer briefly to collect.
+    wal: Mutex<Wal>,
+    /// Serializes series creation, which does file-system work outside the state lock.
+    create: Mutex<()>,
+    stopping: Mutex<bool>,
+    stop_signal: Condvar,
+    _lock: File,
+}
+
+/// A handle on the store; clones share it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    jobs: SyncSender<Msg>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store {
+    /// Opens the data folder: takes its lock, loads every series (repairing archives), replays the log, and
+    /// starts the commit and seal threads. Blocking: call it before serving, or from a blocking context.
+    pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        let data = cfg.data.clone();
+        fs::create_dir_all(&data)
+            .map_err(|e| StoreError::storage(format!("{}: {e}", data.display()), Some(e.kind())))?;
+        let lock_file = File::create(data.join(".lock"))
+            .map_err(|e| StoreError::storage(format!("{}: {e}", data.display()), Some(e.kind())))?;
+        if lock_file.try_lock().is_err() {
+            return Err(StoreError::DataInUse(data));
+        }
+
+        let mut series = BTreeMap::new();
+        for (name, dir) in series_dirs(&data)? {
+            let s = load_series(&name, &dir)?;
+            series.insert(name.as_str().to_string(), s);
+        }
+
+        let now = time::now();
+        let mut missing = Vec::new();
+        let (wal, notes) = Wal::open(&data.join("_wal"), |r| match series.get_mut(&r.series) {
+            Some(s) => replay_into(s, &r.batch),
+            None => missing.push(r),
+        })?;
+        for note in notes {
+            tracing::warn!("{note}");
+        }
+        for r in missing {
+            // A log record for a series whose folder is gone: bring the folder back rather than lose events.
+            let name = SeriesName::parse(&r.series).map_err(|e| StoreError::storage(e, None))?;
+            if !series.contains_key(name.as_str()) {
+                tracing::warn!(series = %name, "log names a series with no folder: recreating it");
+                let s = create_series(&data, &name, cfg.default_width, now, cfg.lateness)?;
+                series.insert(name.as_str().to_string(), s);
+            }
+            if let Some(s) = series.get_mut(name.as_str()) {
+                replay_into(s, &r.batch);
+            }
+        }
+        let backlog = series
+            .values()
+            .flat_map(|s| s.open.values())
+            .map(|c| c.bytes() as u64)
+            .sum();
+
+        let (tx, rx) = mpsc::sync_channel(cfg.max_queued_batches.max(1));
+        let inner = Arc::new(Inner {
+            cfg,
+            state: Mutex::new(State {
+                series,
+                checked: 0,
+                settled: 0,
+                backlog,
+            }),
+            settled: Condvar::new(),
+            wal: Mutex::new(wal),
+            create: Mutex::new(()),
+            stopping: Mutex::new(false),
+            stop_signal: Condvar::new(),
+            _lock: lock_file,
+        });
+        let committer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("hourglass-commit".into())
+                .spawn(move || commit_loop(&inner, rx))
+                .map_err(|e| StoreError::storage(e, None))?
+        };
+        let sealer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("hourglass-seal".into())
+                .spawn(move || seal::seal_loop(&inner))
+                .map_err(|e| StoreError::storage(e, None))?
+        };
+        Ok(Store {
+            inner,
+            jobs: tx,
+            threads: Arc::new(Mutex::new(vec![committer, sealer])),
+        })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    /// Makes a batch durable and adds it to its series (created with default settings on first write).
+    pub async fn ingest(&self, name: &SeriesName, parsed: Parsed) -> Result<Ack, StoreError> {
+        self.ensure_series(name, None).await?;
+        if parsed.batch.is_empty() {
+            return Ok(Ack { accepted: 0 });
+        }
+        let cfg = &self.inner.cfg;
+        let limit = time::now() + cfg.max_future;
+        if let Some(i) = parsed.batch.ts().iter().position(|&t| t > limit) {
+            return Err(StoreError::Future {
+                position: parsed.position(i),
+                ts: parsed.batch.ts()[i],
+                max_future: cfg.max_future,
+            });
+        }
+        let bytes = parsed.batch.bytes() as u64;
+        let series = {
+            let mut st = lock(&self.inner.state);
+            let s = st
+                .series
+                .get(name.as_str())
+                .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+            // Fail fast; the commit thread checks again, exactly.
+            if let Some(e) = late(s, &parsed) {
+                return Err(e);
+            }
+            let series = s.name.clone();
+            if st.backlog + bytes > cfg.max_backlog_bytes {
+                return Err(StoreError::Busy("too many events waiting to be sealed"));
+            }
+            st.backlog += bytes;
+            series
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            series,
+            parsed,
+            bytes,
+            reply,
+        };
+        if let Err(e) = self.jobs.try_send(Msg::Job(job)) {
+            lock(&self.inner.state).backlog -= bytes;
+            return Err(match e {
+                TrySendError::Full(_) => StoreError::Busy("too many batches waiting for the log"),
+                TrySendError::Disconnected(_) => StoreError::ShuttingDown,
+            });
+        }
+        answer.await.unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
+    /// Creates a series if it does not exist. With `width`, an existing series must have that width.
+    /// Returns whether it was created.
+    pub async fn ensure_series(
+        &self,
+        name: &SeriesName,
+        width: Option<ChunkWidth>,
+    ) -> Result<bool, StoreError> {
+        if let Some(existing) = self.width_of(name) {
+            return check_width(name, existing, width).map(|()| false);
+        }
+        let inner = self.inner.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || {
+            let _creating = lock(&inner.create);
+            if let Some(s) = lock(&inner.state).series.get(name.as_str()) {
+                return check_width(&name, s.width, width).map(|()| false);
+            }
+            let cfg = &inner.cfg;
+            let width = width.unwrap_or(cfg.default_width);
+            let s = create_series(&cfg.data, &name, width, time::now(), cfg.lateness)?;
+            tracing::info!(series = %name, width = %width, "series created");
+            lock(&inner.state)
+                .series
+                .insert(name.as_str().to_string(), s);
+            Ok(true)
+        })
+        .await
+        .unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
+    fn width_of(&self, name: &SeriesName) -> Option<ChunkWidth> {
+        lock(&self.inner.state)
+            .series
+            .get(name.as_str())
+            .map(|s| s.width)
+    }
+
+    pub fn series_names(&self) -> Vec<SeriesName> {
+        lock(&self.inner.state)
+            .series
+            .keys()
+            .filter_map(|n| SeriesName::parse(n).ok())
+            .collect()
+    }
+
+    pub fn info(&self, name: &SeriesName) -> Option<SeriesInfo> {
+        let (archive, mut info) = {
+            let st = lock(&self.inner.state);
+            let s = st.series.get(name.as_str())?;
+            let mut info = SeriesInfo {
+                name: name.to_string(),
+                width: s.width,
+                sealed: s.sealed,
+                events: 0,
+                unsealed_events: 0,
+                sealed_chunks: 0,
+                archive_bytes: 0,
+                first_ts: None,
+                last_ts: None,
+                created: s.created,
+            };
+            let sealing = s.sealing.values().map(|c| &**c);
+            for chunk in sealing.chain(s.open.values()) {
+                info.unsealed_events += chunk.len() as u64;
+                for &t in chunk.ts() {
+                    info.first_ts = Some(info.first_ts.map_or(t, |f| f.min(t)));
+                    info.last_ts = Some(info.last_ts.map_or(t, |l| l.max(t)));
+                }
+            }
+            (s.archive.clone(), info)
+        };
+        let sealed = archive.summary();
+        info.events = sealed.events + info.unsealed_events;
+        info.sealed_chunks = sealed.chunks;
+        info.archive_bytes = sealed.bytes;
+        info.first_ts = min_opt(sealed.first_ts, info.first_ts);
+        info.last_ts = max_opt(sealed.last_ts, info.last_ts);
+        Some(info)
+    }
+
+    /// The archive of a series, for readers.
+    pub fn archive(&self, name: &SeriesName) -> Option<Arc<SeriesArchive>> {
+        lock(&self.inner.state)
+            .series
+            .get(name.as_str())
+            .map(|s| s.archive.clone())
+    }
+
+    /// Seals whatever is due now, without waiting for the sealer's next tick.
+    pub fn seal_now(&self) -> Result<(), StoreError> {
+        seal::seal_due(&self.inner, time::now())
+    }
+
+    /// Stops the threads after the commit thread has answered every batch queued before this call. Whatever was
+    /// acknowledged is in the log already; what is not sealed yet is sealed after the next start.
+    pub fn shutdown(&self) {
+        let _ = self.jobs.send(Msg::Stop);
+        *lock(&self.inner.stopping) = true;
+        self.inner.stop_signal.notify_all();
+        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn check_width(
+    name: &SeriesName,
+    existing: ChunkWidth,
+    wanted: Option<ChunkWidth>,
+) -> Result<(), StoreError> {
+    match wanted {
+        Some(w) if w != existing => Err(StoreError::WidthConflict {
+            series: name.to_string(),
+            existing,
+            requested: w,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn min_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    a.into_iter().chain(b).min()
+}
+
+fn max_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    a.into_iter().chain(b).max()
+}
+
+/// The first event of `parsed` (in arrival order) that lies below the series' closing boundary.
+fn late(s: &Series, parsed: &Parsed) -> Option<StoreError> {
+    let i = parsed.batch.ts().iter().position(|&t| t < s.closing)?;
+    Some(StoreError::Late {
+        position: parsed.position(i),
+        ts: parsed.batch.ts()[i],
+        watermark: s.closing,
+    })
+}
+
+/// Events from the log that are not sealed yet go back into open chunks; sealed ones are already archived.
+fn replay_into(s: &mut Series, batch: &Batch) {
+    if batch.ts().iter().all(|&t| t < s.sealed) {
+        return;
+    }
+    let mut rest = Batch::with_capacity(batch.len(), batch.bytes());
+    for (ts, line) in batch.iter().filter(|(ts, _)| *ts >= s.sealed) {
+        rest.push(ts, line);
+    }
+    s.insert(&rest);
+}
+
+fn series_dirs(data: &Path) -> Result<Vec<(SeriesName, PathBuf)>, StoreError> {
+    let read = fs::read_dir(data)
+        .map_err(|e| StoreError::storage(format!("{}: {e}", data.display()), Some(e.kind())))?;
+    let mut dirs = Vec::new();
+    for entry in read.flatten() {
+        let Some(name) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| SeriesName::parse(n).ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        if dir.join(series::SETTINGS_FILE).is_file() {
+            dirs.push((name, dir));
+        } else if dir.is_dir() {
+            tracing::warn!(folder = %dir.display(), "folder without {} ignored", series::SETTINGS_FILE);
+        }
+    }
+    Ok(dirs)
+}
+
+fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
+    let settings = Settings::load(dir)
+        .map_err(|e| StoreError::storage(format!("{}: {e}", dir.display()), Some(e.kind())))?;
+    let width = settings.width().map_err(|e| StoreError::storage(e, None))?;
+    let (archive, repairs) = SeriesArchive::open(dir)?;
+    for r in repairs {
+        tracing::warn!(series = %name, "{r}");
+    }
+    // Chunks found whole in the archive are sealed even if the watermark did not get persisted after them
+    // (a crash in between): no new event may land in them.
+    let closing = archive.last_chunk().map_or(settings.sealed, |c| {
+        settings.sealed.max(c.millis() + width.millis())
+    });
+    Ok(Series {
+        name: Arc::from(name.as_str()),
+        dir: dir.to_owned(),
+        width,
+        created: settings.created,
+        archive: Arc::new(archive),
+        sealed: settings.sealed,
+        closing,
+        open: BTreeMap::new(),
+        sealing: BTreeMap::new(),
+    })
+}
+
+fn create_series(
+    data: &Path,
+    name: &SeriesName,
+    width: ChunkWidth,
+    now: Millis,
+    lateness: Millis,
+) -> Result<Series, StoreError> {
+    let dir = data.join(name.as_str());
+    let io_err =
+        |e: io::Error| StoreError::storage(format!("{}: {e}", dir.display()), Some(e.kind()));
+    fs::create_dir_all(&dir).map_err(io_err)?;
+    let sealed = width.align_down(now - lateness);
+    let settings = Settings {
+        chunk_seconds: width.secs(),
+        sealed,
+        created: now,
+    };
+    settings.store(&dir).map_err(io_err)?;
+    archive::sync_dir(data).map_err(io_err)?;
+    load_series(name, &dir)
+}
+
+/// The commit thread: takes every waiting batch, checks them, makes them durable with one fsync, applies them,
+/// answers. Runs until `Msg::Stop` or until every sender is gone.
+fn commit_loop(inner: &Inner, rx: Receiver<Msg>) {
+    const GROUP_BYTES: u64 = 64 << 20;
+    let mut records = Vec::new();
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else {
+            break;
+        };
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Job(job) => {
+                    bytes += job.bytes;
+                    group.push(job);
+                }
+                Msg::Stop => stop = true,
+            }
+            if !stop && bytes < GROUP_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            commit_group(inner, group, &mut records);
+        }
+    }
+}
+
+fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
+    let (accepted, seq) = {
+        let mut st = lock(&inner.state);
+        let mut accepted = Vec::with_capacity(group.len());
+        for job in group {
+            let verdict = match st.series.get(&*job.series) {
+                Some(s) => late(s, &job.parsed),
+                None => Some(StoreError::UnknownSeries(job.series.to_string())),
+            };
+            match verdict {
+                Some(e) => {
+                    st.backlog -= job.bytes;
+                    let _ = job.reply.send(Err(e));
+                }
+                None => accepted.push(job),
+            }
+        }
+        st.checked += 1;
+        (accepted, st.checked)
+    };
+
+    records.clear();
+    for job in &accepted {
+        wal::encode(&job.series, &job.parsed.batch, records);
+    }
+    let written = if accepted.is_empty() {
+        Ok(())
+    } else {
+        let mut log = lock(&inner.wal);
+        let result = log.append(records);
+        if result.is_ok() {
+            for job in &accepted {
+                if let Some(&newest) = job.parsed.batch.ts().iter().max() {
+                    log.note(&job.series, newest);
+                }
+            }
+            if let Err(e) = log.rotate_if_full() {
+                tracing::error!(error = %e, "write-ahead log rotation failed; appending to the full segment");
+            }
+        }
+        result
+    };
+
+    {
+        let mut st = lock(&inner.state);
+        for job in &accepted {
+            match (&written, st.series.get_mut(&*job.series)) {
+                (Ok(()), Some(s)) => s.insert(&job.parsed.batch),
+                _ => st.backlog -= job.bytes,
+            }
+        }
+        st.settled = seq;
+    }
+    inner.settled.notify_all();
+
+    if let Err(e) = &written {
+        tracing::error!(error = %e, "write-ahead log append failed; batches refused");
+    }
+    for job in accepted {
+        let answer = match &written {
+            Ok(()) => Ok(Ack {
+                accepted: job.parsed.batch.len(),
+            }),
+            Err(e) => Err(StoreError::Storage(e.to_string(), Some(e.source.kind()))),
+        };
+        let _ = job.reply.send(answer);
+    }
+}

@@ -1,0 +1,202 @@
+//! The sealer: moves chunks whose end is `lateness` behind the clock from memory into their hour archives, then
+//! advances and persists the sealed watermark. It is the only writer of archives and of the watermark.
+//!
+//! Order of a seal, each step durable before the next points at it: raise the closing boundary (ingest now
+//! refuses events below it); wait for every batch checked before that to settle; compress each chunk, append and
+//! fsync its members (the archive layer); persist the watermark; let the log collect segments below it.
+//! A failure (a full disk, say) leaves the chunk in `sealing` and the watermark where it was: the next tick
+//! tries again, and a restart replays the log, skipping chunks that are already whole in their archive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Inner, StoreError, lock};
+use crate::archive::member::{self, MemberMeta};
+use crate::ingest::parse::Batch;
+use crate::time::{self, ChunkStart, ChunkWidth, Millis};
+
+const TICK: Duration = Duration::from_millis(100);
+
+pub(super) fn seal_loop(inner: &Inner) {
+    let mut last_error = String::new();
+    loop {
+        {
+            let stopping = lock(&inner.stopping);
+            if *stopping {
+                break;
+            }
+            let (stopping, _) = inner
+                .stop_signal
+                .wait_timeout(stopping, TICK)
+                .unwrap_or_else(|e| e.into_inner());
+            if *stopping {
+                break;
+            }
+        }
+        match seal_due(inner, time::now()) {
+            Ok(()) if !last_error.is_empty() => {
+                tracing::info!("sealing works again");
+                last_error.clear();
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // Said once per distinct failure, not every tick.
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::error!(error = %text, "sealing failed; retrying");
+                    last_error = text;
+                }
+            }
+        }
+    }
+}
+
+/// Seals, for every series, the chunks that are due at `now`.
+pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
+    let (checked, due) = {
+        let mut st = lock(&inner.state);
+        let mut due = Vec::new();
+        for s in st.series.values_mut() {
+            let target = s.width.align_down(now - inner.cfg.lateness);
+            s.closing = s.closing.max(target);
+            if s.closing > s.sealed {
+                due.push(s.name.clone());
+            }
+        }
+        (st.checked, due)
+    };
+    if due.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut st = lock(&inner.state);
+        while st.settled < checked {
+            st = inner.settled.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+    let mut result = Ok(());
+    for name in due {
+        if let Err(e) = seal_series(inner, &name)
+            && result.is_ok()
+        {
+            result = Err(e);
+        }
+    }
+    collect_log(inner);
+    result
+}
+
+fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
+    let (archive, width, closing, dir, chunks) = {
+        let mut st = lock(&inner.state);
+        let Some(s) = st.series.get_mut(name) else {
+            return Ok(());
+        };
+        let keep = s.open.split_off(&s.width.chunk_of(s.closing));
+        for (start, chunk) in std::mem::replace(&mut s.open, keep) {
+            s.sealing.insert(start, Arc::new(chunk));
+        }
+        let chunks: Vec<_> = s.sealing.iter().map(|(k, v)| (*k, v.clone())).collect();
+        (s.archive.clone(), s.width, s.closing, s.dir.clone(), chunks)
+    };
+    let cfg = &inner.cfg;
+    for (start, chunk) in chunks {
+        if archive.contains(start) {
+            tracing::debug!(
+                series = name,
+                chunk = start.millis(),
+                "already sealed; skipped"
+            );
+        } else {
+            let members = encode_chunk(
+                start,
+                width,
+                &chunk,
+                cfg.max_member_entries,
+                cfg.gzip_level,
+                time::now(),
+            );
+            archive.append_chunk(&members)?;
+        }
+        let mut st = lock(&inner.state);
+        st.backlog -= chunk.bytes() as u64;
+        if let Some(s) = st.series.get_mut(name) {
+            s.sealing.remove(&start);
+        }
+    }
+    let settings = {
+        let st = lock(&inner.state);
+        let Some(s) = st.series.get(name) else {
+            return Ok(());
+        };
+        if s.sealed >= closing {
+            return Ok(());
+        }
+        super::Settings {
+            sealed: closing,
+            ..s.settings()
+        }
+    };
+    settings
+        .store(&dir)
+        .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display()), Some(e.kind())))?;
+    if let Some(s) = lock(&inner.state).series.get_mut(name) {
+        s.sealed = s.sealed.max(closing);
+    }
+    Ok(())
+}
+
+fn collect_log(inner: &Inner) {
+    let sealed: HashMap<String, Millis> = lock(&inner.state)
+        .series
+        .iter()
+        .map(|(n, s)| (n.clone(), s.sealed))
+        .collect();
+    let removed =
+        lock(&inner.wal).collect(|series, newest| sealed.get(series).is_some_and(|&s| newest < s));
+    if removed > 0 {
+        tracing::debug!(segments = removed, "write-ahead log segments removed");
+    }
+}
+
+/// Compresses one chunk into its members: events in time order (ties in arrival order), at most
+/// `max_entries` per member.
+pub fn encode_chunk(
+    start: ChunkStart,
+    width: ChunkWidth,
+    chunk: &Batch,
+    max_entries: usize,
+    level: u32,
+    sealed_at: Millis,
+) -> Vec<(MemberMeta, Vec<u8>)> {
+    let events: Vec<(Millis, &[u8])> = chunk.iter().collect();
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by_key(|&i| events[i].0);
+    let parts: Vec<&[usize]> = order.chunks(max_entries.max(1)).collect();
+    let mut raw = Vec::new();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(p, part)| {
+            raw.clear();
+            for &i in *part {
+                raw.extend_from_slice(events[i].1);
+                raw.push(b'\n');
+            }
+            let meta = MemberMeta {
+                chunk_start: start,
+                width_secs: width.secs(),
+                part: p as u32,
+                last_part: p + 1 == parts.len(),
+                entries: part.len() as u32,
+                sealed_at,
+                first_ts: events[part[0]].0,
+                last_ts: events[part[part.len() - 1]].0,
+                raw_len: 0,
+                member_len: 0,
+            };
+            member::encode(meta, &raw, level)
+        })
+        .collect()
+}

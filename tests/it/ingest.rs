@@ -1,0 +1,273 @@
+//! Ingest over HTTP: the round trip into hour archives, and every way a batch is refused.
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use crate::support::{FAST, Server, TempDir, now_ms, request, zcat_series};
+
+#[test]
+fn events_come_back_from_zcat_in_time_order_ties_in_arrival_order() {
+    let dir = TempDir::new("roundtrip");
+    let server = Server::start(dir.path(), FAST);
+    let base = now_ms() + 500;
+    // Three chunks' worth, sent out of order and in several batches, with ties and a missing ts.
+    let batches = [
+        vec![
+            json!({"ts": base + 2100, "n": 0}),
+            json!({"ts": base, "n": 1}),
+        ],
+        vec![
+            json!({"ts": base + 1000, "n": 2}),
+            json!({"ts": base, "n": 3, "nested": {"ts": 1}}),
+        ],
+        vec![
+            json!({"ts": crate::support::iso(base + 2100), "n": 4}),
+            json!({"ts": base + 50, "n": 5}),
+        ],
+    ];
+    for b in &batches {
+        let body: String = b.iter().map(|e| format!("{e}\n")).collect();
+        let r = server.post_ndjson("/api/series/rt/events", &body);
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert_eq!(r.json()["accepted"], b.len());
+    }
+    // An array body, and an event without ts (gets the receive time).
+    let r = request(
+        server.addr,
+        "POST",
+        "/api/series/rt/events",
+        &[("Content-Type", "application/json")],
+        format!("[{{\"ts\":{},\"n\":6}}, {{\"n\":7}}]", base + 1500).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+
+    let info = server.wait_sealed("rt", base + 2100);
+    assert_eq!(info["events"], 8);
+    assert_eq!(info["chunk_seconds"], 1);
+    let lines = zcat_series(&dir.path().join("rt"));
+    let order: Vec<i64> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    // n=7 was received at about `base - 500`, before everything else.
+    assert_eq!(order, [7, 1, 3, 5, 2, 6, 0, 4]);
+    // Lines are stored as sent.
+    assert!(lines.contains(&json!({"ts": base, "n": 3, "nested": {"ts": 1}}).to_string()));
+    let seven: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert!(
+        seven["ts"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{seven}"
+    );
+}
+
+#[test]
+fn gzip_bodies_and_the_default_series_short_url() {
+    let dir = TempDir::new("gzip");
+    let server = Server::start(dir.path(), FAST);
+    let t = now_ms();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    write!(enc, "{{\"ts\":{t},\"g\":1}}\n{{\"ts\":{t},\"g\":2}}\n").unwrap();
+    let body = enc.finish().unwrap();
+    let r = request(
+        server.addr,
+        "POST",
+        "/api/data",
+        &[
+            ("Content-Type", "application/x-ndjson"),
+            ("Content-Encoding", "gzip"),
+        ],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json(), json!({"accepted": 2, "series": "default"}));
+    server.wait_sealed("default", t);
+    assert_eq!(zcat_series(&dir.path().join("default")).len(), 2);
+    let list = server.get("/api/series").json();
+    assert_eq!(list["series"][0]["name"], "default");
+}
+
+#[test]
+fn refused_batches_get_the_right_status_and_store_nothing() {
+    let dir = TempDir::new("errors");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--chunk-seconds",
+            "1",
+            "--lateness",
+            "1",
+            "--write-token",
+            "sesame",
+            "--max-body-bytes",
+            "2000",
+            "--max-future",
+            "60",
+        ],
+    );
+    let auth = ("Authorization", "Bearer sesame");
+    let nd = ("Content-Type", "application/x-ndjson");
+    let post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        request(server.addr, "POST", path, headers, body).unwrap()
+    };
+    let t = now_ms();
+    let good = format!("{{\"ts\":{t},\"ok\":1}}\n");
+
+    let r = post("/api/series/e/events", &[nd], good.as_bytes());
+    assert_eq!((r.status, r.error_code().as_str()), (401, "unauthorized"));
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = post(
+        "/api/series/e/events",
+        &[nd, ("Authorization", "Bearer nope")],
+        good.as_bytes(),
+    );
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+
+    let r = post(
+        "/api/series/e/events",
+        &[nd, auth],
+        format!("{good}{{\"ts\":{t},oops}}\n").as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "malformed_event")
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 2: "),
+        "{}",
+        r.text()
+    );
+
+    let r = post(
+        "/api/series/e/events",
+        &[("Content-Type", "text/csv"), auth],
+        b"a,b",
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (415, "unsupported_media_type")
+    );
+    let r = post(
+        "/api/series/e/events",
+        &[nd, ("Content-Encoding", "br"), auth],
+        good.as_bytes(),
+    );
+    assert_eq!(r.status, 415);
+
+    let big = good.repeat(100);
+    let r = post("/api/series/e/events", &[nd, auth], big.as_bytes());
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "payload_too_large")
+    );
+    // A small gzip body that inflates past the limit is refused at the limit.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&vec![b' '; 1 << 20]).unwrap();
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 2000);
+    let r = post(
+        "/api/series/e/events",
+        &[nd, ("Content-Encoding", "gzip"), auth],
+        &bomb,
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "payload_too_large")
+    );
+    let r = post(
+        "/api/series/e/events",
+        &[nd, ("Content-Encoding", "gzip"), auth],
+        b"not gzip",
+    );
+    assert_eq!(r.status, 400);
+
+    let late = format!("{good}{{\"ts\":{},\"late\":1}}\n", t - 60_000);
+    let r = post("/api/series/e/events", &[nd, auth], late.as_bytes());
+    assert_eq!((r.status, r.error_code().as_str()), (422, "late_event"));
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.starts_with("line 2: ") && message.contains("sealed watermark"),
+        "{message}"
+    );
+    let future = format!("{good}{{\"ts\":{},\"future\":1}}\n", t + 120_000);
+    let r = post("/api/series/e/events", &[nd, auth], future.as_bytes());
+    assert_eq!((r.status, r.error_code().as_str()), (422, "future_event"));
+
+    let r = post("/api/series/Bad..Name/events", &[nd, auth], good.as_bytes());
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_request"));
+    let r = server.get("/api/series/nothing");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_series"));
+    let r = server.get("/no/such/route");
+    assert_eq!(r.status, 404);
+    let r = request(server.addr, "DELETE", "/api/series/e", &[], b"").unwrap();
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+
+    // Width: created with PUT, 200 again with the same width, 409 with another, 400 for a bad one.
+    let put = |body: &str| {
+        request(
+            server.addr,
+            "PUT",
+            "/api/series/w",
+            &[auth],
+            body.as_bytes(),
+        )
+        .unwrap()
+    };
+    assert_eq!(put("{\"chunk_seconds\": 60}").status, 201);
+    assert_eq!(put("{\"chunk_seconds\": 60}").status, 200);
+    let r = put("{\"chunk_seconds\": 10}");
+    assert_eq!((r.status, r.error_code().as_str()), (409, "width_conflict"));
+    assert_eq!(put("{\"chunk_seconds\": 7}").status, 400);
+    assert_eq!(put("{\"chunk_secs\": 10}").status, 400);
+    assert_eq!(server.get("/api/series/w").json()["chunk_seconds"], 60);
+
+    // Only the one good batch is stored.
+    let r = post("/api/series/e/events", &[nd, auth], good.as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    server.wait_sealed("e", t);
+    assert_eq!(
+        zcat_series(&dir.path().join("e")),
+        vec![good.trim_end().to_string()]
+    );
+}
+
+#[test]
+fn a_full_backlog_answers_503_with_retry_after() {
+    let dir = TempDir::new("backlog");
+    // Nothing seals for an hour, and memory holds at most 4 KB of events.
+    let server = Server::start(
+        dir.path(),
+        &["--lateness", "3600", "--max-backlog-bytes", "4096"],
+    );
+    let t = now_ms();
+    let batch: String = (0..20)
+        .map(|i| format!("{{\"ts\":{t},\"i\":{i},\"pad\":\"........\"}}\n"))
+        .collect();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let r = server.post_ndjson("/api/series/b/events", &batch);
+        if r.status == 503 {
+            assert_eq!(r.header("retry-after"), Some("1"));
+            assert_eq!(r.error_code(), "overloaded");
+        }
+        statuses.push(r.status);
+    }
+    assert!(
+        statuses.starts_with(&[202]) && statuses.ends_with(&[503]),
+        "{statuses:?}"
+    );
+    let accepted = statuses.iter().filter(|&&s| s == 202).count() as u64;
+    assert_eq!(server.get("/api/series/b").json()["events"], accepted * 20);
+}

@@ -56,14 +56,18 @@ pub struct ServeArgs {
     /// Largest request body, in bytes, before and after gzip inflation.
     #[arg(long, env = "HOURGLASS_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
-    /// Bytes of events held in memory (waiting for the log or for sealing) before ingest answers 503.
-    #[arg(long, env = "HOURGLASS_MAX_BACKLOG_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..=3 << 30))]
+    /// Bytes of events not sealed yet before ingest answers 503. They wait in the log on disk; memory holds
+    /// about 24 bytes per event.
+    #[arg(long, env = "HOURGLASS_MAX_BACKLOG_BYTES", default_value_t = 4 << 30)]
     pub max_backlog_bytes: u64,
+    /// Bytes of batches in memory waiting for the log before ingest answers 503.
+    #[arg(long, env = "HOURGLASS_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
+    pub max_inflight_bytes: u64,
     /// Most events on one page; a sealed chunk with more is stored as several gzip members, one per page.
     #[arg(long, env = "HOURGLASS_MAX_PAGE_ENTRIES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_page_entries: u32,
     /// gzip level for sealed chunks (1 fastest .. 9 smallest).
-    #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+    #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub gzip_level: u32,
 }
 
@@ -84,6 +88,7 @@ impl ServeArgs {
             max_member_entries: self.max_page_entries as usize,
             gzip_level: self.gzip_level,
             max_backlog_bytes: self.max_backlog_bytes,
+            max_inflight_bytes: self.max_inflight_bytes,
             max_queued_batches: 4096,
         }
     }

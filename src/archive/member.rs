@@ -30,6 +30,9 @@ pub const FORMAT_VERSION: u8 = 1;
 const FLAG_LAST_PART: u8 = 1;
 const TRAILER_LEN: usize = 8;
 
+/// An encoded member and what it says about itself.
+pub type Member = (MemberMeta, Vec<u8>);
+
 /// What a member says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemberMeta {
@@ -116,7 +119,7 @@ impl MemberMeta {
 
 /// Compresses `raw` (NDJSON lines, each ending in `\n`) into one member. `meta.raw_len` and `meta.member_len`
 /// are filled in here; the metadata is returned with the bytes.
-pub fn encode(mut meta: MemberMeta, raw: &[u8], level: u32) -> (MemberMeta, Vec<u8>) {
+pub fn encode(mut meta: MemberMeta, raw: &[u8], level: u32) -> Member {
     meta.raw_len = raw.len() as u64;
     let mut out = Vec::with_capacity(HEADER_LEN + raw.len() / 3 + 64);
     out.resize(HEADER_LEN, 0);

@@ -149,7 +149,7 @@ impl SeriesArchive {
 
     /// Appends one chunk's members (already encoded, in part order) to its hour archive and makes them durable
     /// before indexing them. On failure the archive is cut back to where it was.
-    pub fn append_chunk(&self, members: &[(MemberMeta, Vec<u8>)]) -> Result<(), ArchiveError> {
+    pub fn append_chunk(&self, members: &[member::Member]) -> Result<(), ArchiveError> {
         let Some((first, _)) = members.first() else {
             return Ok(());
         };
@@ -250,7 +250,7 @@ impl SeriesArchive {
 fn write_members(
     file: &File,
     start: u64,
-    members: &[(MemberMeta, Vec<u8>)],
+    members: &[member::Member],
     is_new: bool,
     dir: &Path,
 ) -> io::Result<Vec<IndexEntry>> {

@@ -38,10 +38,32 @@ pub struct Wal {
     segments: Vec<Segment>,
 }
 
-/// A replayed batch.
+/// Where one event's line lies in the log: what open chunks hold instead of the line itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineRef {
+    pub segment: u32,
+    pub len: u32,
+    pub offset: u64,
+}
+
+/// An event in the log: its time and where its line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logged {
+    pub ts: Millis,
+    pub line: LineRef,
+}
+
+/// A replayed record: one batch of one series.
 pub struct Replayed {
     pub series: String,
-    pub batch: Batch,
+    pub events: Vec<Logged>,
+}
+
+/// Where an append put its first byte.
+#[derive(Clone, Copy, Debug)]
+pub struct Position {
+    pub segment: u32,
+    pub offset: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +105,8 @@ impl Wal {
             let path = segment_path(dir, id);
             let bytes = fs::read(&path).map_err(at(&path))?;
             let mut newest: HashMap<Arc<str>, Millis> = HashMap::new();
-            let good = read_records(&bytes, |r| {
-                if let Some(&max) = r.batch.ts().iter().max() {
+            let good = read_records(&bytes, id, |r| {
+                if let Some(max) = r.events.iter().map(|e| e.ts).max() {
                     let e = newest.entry(Arc::from(r.series.as_str())).or_insert(max);
                     *e = (*e).max(max);
                 }
@@ -122,17 +144,21 @@ impl Wal {
         Ok((wal, notes))
     }
 
-    /// Appends encoded records and makes them durable: one write and one fsync for all of them. On failure the
-    /// segment is cut back, so no refused record can come back at replay.
-    pub fn append(&mut self, records: &[u8]) -> Result<(), WalError> {
+    /// Appends encoded records and makes them durable: one write and one fsync for all of them. Returns where
+    /// the first record begins. On failure the segment is cut back, so no refused record can come back at replay.
+    pub fn append(&mut self, records: &[u8]) -> Result<Position, WalError> {
         let result = self
             .file
             .write_all(records)
             .and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
+                let at = Position {
+                    segment: self.segments.last().map_or(0, |s| s.id as u32),
+                    offset: self.len,
+                };
                 self.len += records.len() as u64;
-                Ok(())
+                Ok(at)
             }
             Err(e) => {
                 let _ = self
@@ -193,6 +219,11 @@ impl Wal {
         self.segments.len()
     }
 
+    /// A reader of lines from this log's segments.
+    pub fn reader(&self) -> LineReader {
+        LineReader::new(&self.dir)
+    }
+
     fn current_path(&self) -> PathBuf {
         self.segments
             .last()
@@ -241,8 +272,31 @@ pub fn encode(series: &str, batch: &Batch, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Reads records from the start of `bytes`, handing each to `each`; returns the length of the intact prefix.
-fn read_records(bytes: &[u8], mut each: impl FnMut(Replayed)) -> usize {
+/// Where `encode` put the lines of `batch`, given where its record begins: the one other place that knows the
+/// record layout.
+pub fn line_refs(at: Position, series: &str, batch: &Batch) -> Vec<Logged> {
+    let mut offset = at.offset + (FRAME + 2 + series.len() + 4) as u64;
+    batch
+        .iter()
+        .map(|(ts, line)| {
+            offset += 12;
+            let logged = Logged {
+                ts,
+                line: LineRef {
+                    segment: at.segment,
+                    len: line.len() as u32,
+                    offset,
+                },
+            };
+            offset += line.len() as u64;
+            logged
+        })
+        .collect()
+}
+
+/// Reads records from the start of `bytes` (segment `segment`), handing each to `each`; returns the length of
+/// the intact prefix.
+fn read_records(bytes: &[u8], segment: u64, mut each: impl FnMut(Replayed)) -> usize {
     let mut at = 0;
     while let Some(frame) = bytes.get(at..at + FRAME) {
         let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
@@ -253,7 +307,11 @@ fn read_records(bytes: &[u8], mut each: impl FnMut(Replayed)) -> usize {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        let Some(record) = decode(payload) else {
+        let payload_at = Position {
+            segment: segment as u32,
+            offset: (at + FRAME) as u64,
+        };
+        let Some(record) = decode(payload, payload_at) else {
             break;
         };
         each(record);
@@ -262,7 +320,8 @@ fn read_records(bytes: &[u8], mut each: impl FnMut(Replayed)) -> usize {
     at
 }
 
-fn decode(p: &[u8]) -> Option<Replayed> {
+/// Decodes a payload that begins at `at` (just past its frame) into its series and line references.
+fn decode(p: &[u8], at: Position) -> Option<Replayed> {
     let mut r = Reader(p);
     if r.take(1)?[0] != KIND_EVENTS {
         return None;
@@ -270,13 +329,89 @@ fn decode(p: &[u8]) -> Option<Replayed> {
     let name_len = usize::from(r.take(1)?[0]);
     let series = std::str::from_utf8(r.take(name_len)?).ok()?.to_string();
     let count = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
-    let mut batch = Batch::with_capacity(count.min(p.len() / 12), p.len());
+    let mut events = Vec::with_capacity(count.min(p.len() / 12));
     for _ in 0..count {
         let ts = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
-        let len = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
-        batch.push(ts, r.take(len)?);
+        let len = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let offset = at.offset + (p.len() - r.0.len()) as u64;
+        r.take(len as usize)?;
+        let line = LineRef {
+            segment: at.segment,
+            len,
+            offset,
+        };
+        events.push(Logged { ts, line });
     }
-    r.0.is_empty().then_some(Replayed { series, batch })
+    r.0.is_empty().then_some(Replayed { series, events })
+}
+
+/// Reads lines back from log segments by their references, coalescing neighbours into one `pread`.
+/// Files stay open for the reader's life, so a segment removed meanwhile can still be read through it.
+pub struct LineReader {
+    dir: PathBuf,
+    files: HashMap<u32, File>,
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    /// Lines closer than this are read in one call, gap included.
+    const GAP: u64 = 4096;
+
+    /// Another reader of the same log, with its own open files: one per thread.
+    pub fn fresh(&self) -> LineReader {
+        LineReader::new(&self.dir)
+    }
+
+    pub fn new(dir: &Path) -> LineReader {
+        LineReader {
+            dir: dir.to_owned(),
+            files: HashMap::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Appends the lines of `refs` to `out` in the order given, each followed by `\n`.
+    pub fn read_lines(&mut self, refs: &[LineRef], out: &mut Vec<u8>) -> io::Result<()> {
+        let mut order: Vec<usize> = (0..refs.len()).collect();
+        order.sort_unstable_by_key(|&i| (refs[i].segment, refs[i].offset));
+        // Where each line landed in `buf`.
+        let mut at = vec![0usize; refs.len()];
+        self.buf.clear();
+        let mut i = 0;
+        while i < order.len() {
+            let first = refs[order[i]];
+            let mut end = first.offset + u64::from(first.len);
+            let mut j = i + 1;
+            while j < order.len() {
+                let r = refs[order[j]];
+                if r.segment != first.segment || r.offset > end + Self::GAP {
+                    break;
+                }
+                end = end.max(r.offset + u64::from(r.len));
+                j += 1;
+            }
+            let base = self.buf.len();
+            self.buf.resize(base + (end - first.offset) as usize, 0);
+            let file = match self.files.entry(first.segment) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let path = segment_path(&self.dir, u64::from(first.segment));
+                    e.insert(File::open(&path)?)
+                }
+            };
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut self.buf[base..], first.offset)?;
+            for &k in &order[i..j] {
+                at[k] = base + (refs[k].offset - first.offset) as usize;
+            }
+            i = j;
+        }
+        out.reserve(refs.iter().map(|r| r.len as usize + 1).sum());
+        for (k, r) in refs.iter().enumerate() {
+            out.extend_from_slice(&self.buf[at[k]..at[k] + r.len as usize]);
+            out.push(b'\n');
+        }
+        Ok(())
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -313,23 +448,29 @@ mod tests {
         let first_len = bytes.len();
         encode("beta", &b, &mut bytes);
         let mut seen = Vec::new();
+        assert_eq!(read_records(&bytes, 7, |r| seen.push(r)), bytes.len());
         assert_eq!(
-            read_records(&bytes, |r| seen.push((r.series, r.batch))),
-            bytes.len()
+            (seen[0].series.as_str(), seen[1].series.as_str()),
+            ("alpha", "beta")
         );
-        assert_eq!(
-            seen,
-            vec![("alpha".to_string(), a.clone()), ("beta".into(), b)]
-        );
+        // The references found at replay are the ones worked out at append, and point at the lines.
+        let at = |offset| Position { segment: 7, offset };
+        assert_eq!(seen[0].events, line_refs(at(0), "alpha", &a));
+        assert_eq!(seen[1].events, line_refs(at(first_len as u64), "beta", &b));
+        for (logged, (ts, line)) in seen[0].events.iter().zip(a.iter()) {
+            let r = logged.line;
+            assert_eq!(logged.ts, ts);
+            assert_eq!(&bytes[r.offset as usize..][..r.len as usize], line);
+        }
 
         for cut in first_len..bytes.len() {
             let mut seen = 0;
-            assert_eq!(read_records(&bytes[..cut], |_| seen += 1), first_len);
+            assert_eq!(read_records(&bytes[..cut], 7, |_| seen += 1), first_len);
             assert_eq!(seen, 1);
         }
         let mut flipped = bytes.clone();
         flipped[first_len + 12] ^= 1;
-        assert_eq!(read_records(&flipped, |_| {}), first_len);
+        assert_eq!(read_records(&flipped, 7, |_| {}), first_len);
     }
 
     #[test]
@@ -339,9 +480,19 @@ mod tests {
         let (mut wal, notes) = Wal::open(&dir, |_| panic!("empty log")).unwrap();
         assert!(notes.is_empty());
         let mut rec = Vec::new();
-        encode("s", &batch(&[(5, "{}")]), &mut rec);
-        wal.append(&rec).unwrap();
-        wal.note(&Arc::from("s"), 5);
+        let b = batch(&[(5, "{}"), (4, "{\"x\":1}"), (6, "[]")]);
+        encode("s", &b, &mut rec);
+        let at = wal.append(&rec).unwrap();
+        wal.note(&Arc::from("s"), 6);
+        // Lines come back in whatever order they are asked for.
+        let refs: Vec<LineRef> = line_refs(at, "s", &b)
+            .iter()
+            .rev()
+            .map(|l| l.line)
+            .collect();
+        let mut out = Vec::new();
+        wal.reader().read_lines(&refs, &mut out).unwrap();
+        assert_eq!(out, b"[]\n{\"x\":1}\n{}\n");
         drop(wal);
         // A torn second record.
         let seg = segment_path(&dir, 1);
@@ -354,8 +505,8 @@ mod tests {
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert_eq!(fs::metadata(&seg).unwrap().len(), rec.len() as u64);
         assert_eq!(wal.segments(), 2);
-        assert_eq!(wal.collect(|_, t| t < 5), 0);
-        assert_eq!(wal.collect(|_, t| t < 6), 1);
+        assert_eq!(wal.collect(|_, t| t < 6), 0);
+        assert_eq!(wal.collect(|_, t| t < 7), 1);
         assert_eq!(wal.segments(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -23,8 +23,8 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::archive::{self, SeriesArchive};
-use crate::ingest::parse::{Batch, Parsed, Position};
-use crate::ingest::wal::{self, Wal};
+use crate::ingest::parse::{Parsed, Position};
+use crate::ingest::wal::{self, Logged, Wal};
 use crate::time::{self, ChunkStart, ChunkWidth, Millis};
 pub use series::{SeriesName, Settings};
 
@@ -41,8 +41,11 @@ pub struct StoreConfig {
     /// The most events in one gzip member: a bigger chunk is stored as several parts.
     pub max_member_entries: usize,
     pub gzip_level: u32,
-    /// The most bytes of events held in memory (queued or not sealed yet) before ingest answers 503.
+    /// The most bytes of events not sealed yet (kept in the log; memory holds ~24 bytes per event) before
+    /// ingest answers 503.
     pub max_backlog_bytes: u64,
+    /// The most bytes of batches in memory, waiting for the log, before ingest answers 503.
+    pub max_inflight_bytes: u64,
     /// The most batches waiting for the commit thread before ingest answers 503.
     pub max_queued_batches: usize,
 }
@@ -133,24 +136,31 @@ struct Series {
     /// The boundary below which events are refused: S, or above it while the sealer works up to it.
     closing: Millis,
     /// Chunks still taking events.
-    open: BTreeMap<ChunkStart, Batch>,
+    open: BTreeMap<ChunkStart, OpenChunk>,
     /// Chunks below `closing` that the sealer has taken but not yet appended to their archive.
-    sealing: BTreeMap<ChunkStart, Arc<Batch>>,
+    sealing: BTreeMap<ChunkStart, Arc<OpenChunk>>,
+}
+
+/// The events of a chunk not sealed yet, in arrival order: their times and where their lines are in the log.
+#[derive(Default, Debug)]
+pub(crate) struct OpenChunk {
+    events: Vec<Logged>,
+    /// Bytes of the lines.
+    bytes: u64,
 }
 
 impl Series {
-    fn insert(&mut self, batch: &Batch) {
-        let mut current: Option<(ChunkStart, &mut Batch)> = None;
-        for (ts, line) in batch.iter() {
-            let start = self.width.chunk_of(ts);
-            match &mut current {
-                Some((s, chunk)) if *s == start => chunk.push(ts, line),
-                _ => {
-                    let chunk = self.open.entry(start).or_default();
-                    chunk.push(ts, line);
-                    current = Some((start, chunk));
-                }
-            }
+    fn insert(&mut self, events: &[Logged]) {
+        let mut current: Option<(ChunkStart, &mut OpenChunk)> = None;
+        for e in events {
+            let start = self.width.chunk_of(e.ts);
+            let chunk = match current.take() {
+                Some((s, chunk)) if s == start => chunk,
+                _ => self.open.entry(start).or_default(),
+            };
+            chunk.events.push(*e);
+            chunk.bytes += u64::from(e.line.len);
+            current = Some((start, chunk));
         }
     }
 
@@ -169,8 +179,10 @@ struct State {
     /// (applied, or failed). The sealer waits for `settled` to reach what was `checked` when it raised a boundary.
     checked: u64,
     settled: u64,
-    /// Bytes of events queued or held in open and sealing chunks.
+    /// Bytes of events in open and sealing chunks, and of batches queued for the log.
     backlog: u64,
+    /// Bytes of batches queued for the log (in memory until written).
+    inflight: u64,
 }
 
 /// A batch on its way to the commit thread.
@@ -234,7 +246,7 @@ impl Store {
         let now = time::now();
         let mut missing = Vec::new();
         let (wal, notes) = Wal::open(&data.join("_wal"), |r| match series.get_mut(&r.series) {
-            Some(s) => replay_into(s, &r.batch),
+            Some(s) => replay_into(s, &r.events),
             None => missing.push(r),
         })?;
         for note in notes {
@@ -249,13 +261,13 @@ impl Store {
                 series.insert(name.as_str().to_string(), s);
             }
             if let Some(s) = series.get_mut(name.as_str()) {
-                replay_into(s, &r.batch);
+                replay_into(s, &r.events);
             }
         }
         let backlog = series
             .values()
             .flat_map(|s| s.open.values())
-            .map(|c| c.bytes() as u64)
+            .map(|c| c.bytes)
             .sum();
 
         let (tx, rx) = mpsc::sync_channel(cfg.max_queued_batches.max(1));
@@ -266,6 +278,7 @@ impl Store {
                 checked: 0,
                 settled: 0,
                 backlog,
+                inflight: 0,
             }),
             settled: Condvar::new(),
             wal: Mutex::new(wal),
@@ -329,7 +342,11 @@ impl Store {
             if st.backlog + bytes > cfg.max_backlog_bytes {
                 return Err(StoreError::Busy("too many events waiting to be sealed"));
             }
+            if st.inflight + bytes > cfg.max_inflight_bytes {
+                return Err(StoreError::Busy("too many batches waiting for the log"));
+            }
             st.backlog += bytes;
+            st.inflight += bytes;
             series
         };
         let (reply, answer) = oneshot::channel();
@@ -340,7 +357,10 @@ impl Store {
             reply,
         };
         if let Err(e) = self.jobs.try_send(Msg::Job(job)) {
-            lock(&self.inner.state).backlog -= bytes;
+            let mut st = lock(&self.inner.state);
+            st.backlog -= bytes;
+            st.inflight -= bytes;
+            drop(st);
             return Err(match e {
                 TrySendError::Full(_) => StoreError::Busy("too many batches waiting for the log"),
                 TrySendError::Disconnected(_) => StoreError::ShuttingDown,
@@ -412,10 +432,10 @@ impl Store {
             };
             let sealing = s.sealing.values().map(|c| &**c);
             for chunk in sealing.chain(s.open.values()) {
-                info.unsealed_events += chunk.len() as u64;
-                for &t in chunk.ts() {
-                    info.first_ts = Some(info.first_ts.map_or(t, |f| f.min(t)));
-                    info.last_ts = Some(info.last_ts.map_or(t, |l| l.max(t)));
+                info.unsealed_events += chunk.events.len() as u64;
+                for e in &chunk.events {
+                    info.first_ts = Some(info.first_ts.map_or(e.ts, |f| f.min(e.ts)));
+                    info.last_ts = Some(info.last_ts.map_or(e.ts, |l| l.max(e.ts)));
                 }
             }
             (s.archive.clone(), info)
@@ -489,15 +509,14 @@ fn late(s: &Series, parsed: &Parsed) -> Option<StoreError> {
 }
 
 /// Events from the log that are not sealed yet go back into open chunks; sealed ones are already archived.
-fn replay_into(s: &mut Series, batch: &Batch) {
-    if batch.ts().iter().all(|&t| t < s.sealed) {
-        return;
+fn replay_into(s: &mut Series, events: &[Logged]) {
+    let sealed = s.sealed;
+    if events.iter().all(|e| e.ts >= sealed) {
+        s.insert(events);
+    } else {
+        let rest: Vec<Logged> = events.iter().filter(|e| e.ts >= sealed).copied().collect();
+        s.insert(&rest);
     }
-    let mut rest = Batch::with_capacity(batch.len(), batch.bytes());
-    for (ts, line) in batch.iter().filter(|(ts, _)| *ts >= s.sealed) {
-        rest.push(ts, line);
-    }
-    s.insert(&rest);
 }
 
 fn series_dirs(data: &Path) -> Result<Vec<(SeriesName, PathBuf)>, StoreError> {
@@ -613,6 +632,7 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
             match verdict {
                 Some(e) => {
                     st.backlog -= job.bytes;
+                    st.inflight -= job.bytes;
                     let _ = job.reply.send(Err(e));
                 }
                 None => accepted.push(job),
@@ -623,11 +643,16 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
     };
 
     records.clear();
+    let mut starts = Vec::with_capacity(accepted.len());
     for job in &accepted {
+        starts.push(records.len() as u64);
         wal::encode(&job.series, &job.parsed.batch, records);
     }
     let written = if accepted.is_empty() {
-        Ok(())
+        Ok(wal::Position {
+            segment: 0,
+            offset: 0,
+        })
     } else {
         let mut log = lock(&inner.wal);
         let result = log.append(records);
@@ -644,11 +669,27 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
         result
     };
 
+    // Where each accepted batch's lines are in the log, worked out before taking the lock.
+    let logged: Vec<Vec<Logged>> = match &written {
+        Ok(at) => accepted
+            .iter()
+            .zip(&starts)
+            .map(|(job, start)| {
+                let record_at = wal::Position {
+                    segment: at.segment,
+                    offset: at.offset + start,
+                };
+                wal::line_refs(record_at, &job.series, &job.parsed.batch)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     {
         let mut st = lock(&inner.state);
-        for job in &accepted {
-            match (&written, st.series.get_mut(&*job.series)) {
-                (Ok(()), Some(s)) => s.insert(&job.parsed.batch),
+        for (i, job) in accepted.iter().enumerate() {
+            st.inflight -= job.bytes;
+            match (logged.get(i), st.series.get_mut(&*job.series)) {
+                (Some(events), Some(s)) => s.insert(events),
                 _ => st.backlog -= job.bytes,
             }
         }
@@ -661,7 +702,7 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
     }
     for job in accepted {
         let answer = match &written {
-            Ok(()) => Ok(Ack {
+            Ok(_) => Ok(Ack {
                 accepted: job.parsed.batch.len(),
             }),
             Err(e) => Err(StoreError::Storage(e.to_string(), Some(e.source.kind()))),

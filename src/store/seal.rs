@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inner, StoreError, lock};
-use crate::archive::member::{self, MemberMeta};
-use crate::ingest::parse::Batch;
+use super::{Inner, OpenChunk, StoreError, lock};
+use crate::archive::member::{self, Member, MemberMeta};
+use crate::ingest::wal::{LineReader, LineRef};
 use crate::time::{self, ChunkStart, ChunkWidth, Millis};
 
 const TICK: Duration = Duration::from_millis(100);
@@ -101,6 +101,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         (s.archive.clone(), s.width, s.closing, s.dir.clone(), chunks)
     };
     let cfg = &inner.cfg;
+    let mut lines = lock(&inner.wal).reader();
     for (start, chunk) in chunks {
         if archive.contains(start) {
             tracing::debug!(
@@ -113,14 +114,15 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 start,
                 width,
                 &chunk,
+                &mut lines,
                 cfg.max_member_entries,
                 cfg.gzip_level,
-                time::now(),
-            );
+            )
+            .map_err(|e| StoreError::Storage(format!("reading the log: {e}"), Some(e.kind())))?;
             archive.append_chunk(&members)?;
         }
         let mut st = lock(&inner.state);
-        st.backlog -= chunk.bytes() as u64;
+        st.backlog -= chunk.bytes;
         if let Some(s) = st.series.get_mut(name) {
             s.sealing.remove(&start);
         }
@@ -161,42 +163,79 @@ fn collect_log(inner: &Inner) {
 }
 
 /// Compresses one chunk into its members: events in time order (ties in arrival order), at most
-/// `max_entries` per member.
-pub fn encode_chunk(
+/// `max_entries` per member, lines read back from the log. Parts are compressed on every core at once, each
+/// thread reading its own parts' lines, so a big chunk seals in a fraction of its width.
+fn encode_chunk(
     start: ChunkStart,
     width: ChunkWidth,
-    chunk: &Batch,
+    chunk: &OpenChunk,
+    lines: &mut LineReader,
     max_entries: usize,
     level: u32,
-    sealed_at: Millis,
-) -> Vec<(MemberMeta, Vec<u8>)> {
-    let events: Vec<(Millis, &[u8])> = chunk.iter().collect();
-    let mut order: Vec<usize> = (0..events.len()).collect();
-    order.sort_by_key(|&i| events[i].0);
-    let parts: Vec<&[usize]> = order.chunks(max_entries.max(1)).collect();
-    let mut raw = Vec::new();
-    parts
-        .iter()
-        .enumerate()
-        .map(|(p, part)| {
-            raw.clear();
-            for &i in *part {
-                raw.extend_from_slice(events[i].1);
-                raw.push(b'\n');
-            }
-            let meta = MemberMeta {
-                chunk_start: start,
-                width_secs: width.secs(),
-                part: p as u32,
-                last_part: p + 1 == parts.len(),
-                entries: part.len() as u32,
-                sealed_at,
-                first_ts: events[part[0]].0,
-                last_ts: events[part[part.len() - 1]].0,
-                raw_len: 0,
-                member_len: 0,
-            };
-            member::encode(meta, &raw, level)
-        })
-        .collect()
+) -> std::io::Result<Vec<Member>> {
+    let events = &chunk.events;
+    // An index, not a copy of the events: a chunk can hold millions. Stable: ties keep their arrival order.
+    let mut order: Vec<u32> = (0..events.len() as u32).collect();
+    order.sort_by_key(|&i| events[i as usize].ts);
+    let parts: Vec<&[u32]> = order.chunks(max_entries.max(1)).collect();
+    let sealed_at = time::now();
+    let encode_part = |p: usize, lines: &mut LineReader, raw: &mut Vec<u8>| {
+        let part = parts[p];
+        raw.clear();
+        let refs: Vec<LineRef> = part.iter().map(|&i| events[i as usize].line).collect();
+        lines.read_lines(&refs, raw)?;
+        let meta = MemberMeta {
+            chunk_start: start,
+            width_secs: width.secs(),
+            part: p as u32,
+            last_part: p + 1 == parts.len(),
+            entries: part.len() as u32,
+            sealed_at,
+            first_ts: events[part[0] as usize].ts,
+            last_ts: events[part[part.len() - 1] as usize].ts,
+            raw_len: 0,
+            member_len: 0,
+        };
+        Ok(member::encode(meta, raw, level))
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(parts.len());
+    if threads <= 1 {
+        let mut raw = Vec::new();
+        return (0..parts.len())
+            .map(|p| encode_part(p, lines, &mut raw))
+            .collect();
+    }
+    // Thread t takes parts t, t + threads, ...; the results are put back in part order.
+    let mut done: Vec<std::io::Result<Vec<(usize, Member)>>> = Vec::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mut lines = lines.fresh();
+                let encode_part = &encode_part;
+                let count = parts.len();
+                scope.spawn(move || {
+                    let mut raw = Vec::new();
+                    (t..count)
+                        .step_by(threads)
+                        .map(|p| encode_part(p, &mut lines, &mut raw).map(|m| (p, m)))
+                        .collect()
+                })
+            })
+            .collect();
+        for h in handles {
+            done.push(
+                h.join().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("a compression thread panicked"))
+                }),
+            );
+        }
+    });
+    let mut members: Vec<(usize, Member)> = Vec::with_capacity(parts.len());
+    for d in done {
+        members.extend(d?);
+    }
+    members.sort_unstable_by_key(|(p, _)| *p);
+    Ok(members.into_iter().map(|(_, m)| m).collect())
 }

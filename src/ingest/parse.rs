@@ -5,7 +5,6 @@
 //! elements), so an export gives back exactly what was ingested. Nothing here allocates per event beyond the
 //! batch's own buffers, and nothing panics on input.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -277,9 +276,9 @@ impl<'de> Visitor<'de> for ObjectVisitor {
             ts: None,
             fields: 0,
         };
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(is_ts) = map.next_key_seed(IsTs)? {
             probe.fields += 1;
-            if key == "ts" {
+            if is_ts {
                 if probe.ts.is_some() {
                     return Err(de::Error::custom("\"ts\" appears twice"));
                 }
@@ -289,6 +288,29 @@ impl<'de> Visitor<'de> for ObjectVisitor {
             }
         }
         Ok(probe)
+    }
+}
+
+/// Reads an object key and tells whether it is `ts`, without allocating it.
+struct IsTs;
+
+impl<'de> DeserializeSeed<'de> for IsTs {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for IsTs {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == "ts")
     }
 }
 
@@ -455,6 +477,14 @@ mod tests {
         assert_eq!(e.position.unwrap().to_string(), "element 2");
         let e = parse(b"[{\"ts\":1}", Format::JsonArray, NOW).unwrap_err();
         assert!(e.to_string().starts_with("body: not a JSON array"), "{e}");
+    }
+
+    #[test]
+    fn an_escaped_ts_key_is_still_ts() {
+        let p = parse(b"{\"t\\u0073\":5,\"tsx\":1}", Format::Ndjson, NOW).unwrap();
+        assert_eq!(p.batch.ts(), &[5]);
+        let e = parse(b"{\"ts\":5,\"t\\u0073\":6}", Format::Ndjson, NOW).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
     }
 
     #[test]

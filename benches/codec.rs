@@ -1,0 +1,149 @@
+//! Inner loops of the ingest path, on realistic 192-byte events: parsing a 1,000-event NDJSON batch, and
+//! compressing / inflating a 5,000-event chunk member at several gzip levels. Prints median and p99 per
+//! operation and the throughput at the median.
+//!
+//! ```sh
+//! cargo bench --bench codec
+//! ```
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use hourglass::archive::member::{self, MemberMeta};
+use hourglass::ingest::parse::{self, Format};
+use hourglass::time::ChunkStart;
+use rand::{Rng, SeedableRng};
+
+const WORDS: &[&str] = &[
+    "request",
+    "served",
+    "user",
+    "session",
+    "timeout",
+    "retry",
+    "cache",
+    "miss",
+    "hit",
+    "upstream",
+    "latency",
+    "error",
+    "warning",
+    "connection",
+    "closed",
+    "opened",
+    "GET",
+    "POST",
+    "/api/v1/items",
+    "/login",
+    "status",
+    "bytes",
+    "worker",
+    "queue",
+    "depth",
+    "disk",
+    "read",
+    "write",
+    "ok",
+    "failed",
+];
+
+/// `n` NDJSON events of 192 bytes each (newline included), log-like text in the message.
+fn events(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n * 192);
+    for i in 0..n {
+        let head = format!(
+            "{{\"ts\":{},\"host\":\"web-{:03}\",\"metric\":\"cpu\",\"value\":0.{:04},\"seq\":{i},\"msg\":\"",
+            1_795_334_364_946u64 + i as u64,
+            rng.random_range(0..50),
+            rng.random_range(0..10_000)
+        );
+        let mut msg = String::new();
+        while head.len() + msg.len() + 3 < 192 {
+            if rng.random_bool(0.3) {
+                msg.push_str(&rng.random_range(0..100_000u32).to_string());
+            } else {
+                msg.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+            }
+            msg.push(' ');
+        }
+        msg.truncate(192 - 3 - head.len());
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(msg.as_bytes());
+        out.extend_from_slice(b"\"}\n");
+    }
+    out
+}
+
+/// Runs `f` repeatedly for about `budget`, returns per-call times sorted.
+fn measure(budget: Duration, mut f: impl FnMut()) -> Vec<Duration> {
+    f(); // warm up
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || times.len() < 20 {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times
+}
+
+fn report(name: &str, bytes: usize, times: &[Duration], extra: &str) {
+    let median = times[times.len() / 2];
+    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+    println!(
+        "{name:<28} median {:>9.1} us  p99 {:>9.1} us  {:>7.0} MB/s  n={}  {extra}",
+        median.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        bytes as f64 / median.as_secs_f64() / 1e6,
+        times.len()
+    );
+}
+
+fn main() {
+    let budget = Duration::from_secs(2);
+    let batch = events(1000, 1);
+    let times = measure(budget, || {
+        black_box(parse::parse(black_box(&batch), Format::Ndjson, 0).ok());
+    });
+    report("parse 1000-event batch", batch.len(), &times, "");
+
+    let chunk = events(5000, 2);
+    let meta = MemberMeta {
+        chunk_start: ChunkStart::from_stored(1_795_334_360_000),
+        width_secs: 10,
+        part: 0,
+        last_part: true,
+        entries: 5000,
+        sealed_at: 1_795_334_400_000,
+        first_ts: 1_795_334_364_946,
+        last_ts: 1_795_334_369_945,
+        raw_len: 0,
+        member_len: 0,
+    };
+    for level in [1, 3, 6, 9] {
+        let mut size = 0;
+        let times = measure(budget, || {
+            let (_, bytes) = member::encode(meta, black_box(&chunk), level);
+            size = bytes.len();
+        });
+        let ratio = format!("ratio {:.2}x", chunk.len() as f64 / size as f64);
+        report(
+            &format!("encode 5000 events, level {level}"),
+            chunk.len(),
+            &times,
+            &ratio,
+        );
+        let (_, bytes) = member::encode(meta, &chunk, level);
+        let times = measure(budget, || {
+            black_box(member::decode(black_box(&bytes)).ok());
+        });
+        report(
+            &format!("decode 5000 events, level {level}"),
+            chunk.len(),
+            &times,
+            "",
+        );
+    }
+}

@@ -8,7 +8,7 @@ use hourglass::archive::SeriesArchive;
 use hourglass::time::ChunkStart;
 use serde_json::Value;
 
-use crate::support::{FAST, Server, TempDir, now_ms, zcat_series};
+use crate::support::{FAST, Server, TempDir, now_ms, parse_time, zcat_series};
 
 fn ndjson(ts: &[i64], tag: &str) -> String {
     ts.iter()
@@ -35,11 +35,15 @@ fn acknowledged_events_in_the_log_survive_kill_9_and_are_sealed_after_restart() 
     let t = now_ms();
     let r = server.post_ndjson("/api/series/r/events", &ndjson(&[t, t + 1, t - 1], "a"));
     assert_eq!(r.status, 202);
-    assert_eq!(server.get("/api/series/r").json()["unsealed_events"], 3);
+    let before = server.get("/api/series/r").json();
+    assert_eq!(before["unsealed_events"], 3);
     server.kill9();
 
     let server = Server::start(dir.path(), FAST);
-    assert_eq!(server.get("/api/series/r").json()["events"], 3);
+    let after = server.get("/api/series/r").json();
+    assert_eq!(after["events"], 3);
+    let watermark = |v: &Value| parse_time(v["sealed_watermark"].as_str().unwrap());
+    assert!(watermark(&after) >= watermark(&before), "the watermark never moves back");
     // New events still go in: the restart kept the old watermark, not a new one.
     let r = server.post_ndjson("/api/series/r/events", &ndjson(&[t + 2], "b"));
     assert_eq!(r.status, 202, "{}", r.text());

@@ -62,6 +62,14 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     }
 }
 
+/// A chunk whole in the archive, as its index tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkSummary {
+    pub start: ChunkStart,
+    pub parts: u32,
+    pub sealed_at: Millis,
+}
+
 /// Totals over every sealed chunk of a series, from the indexes alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -136,6 +144,38 @@ impl SeriesArchive {
             .next_back()
             .and_then(|h| h.entries.last())
             .map(|e| e.meta.chunk_start)
+    }
+
+    /// The chunk that starts at `start`, if it is here.
+    pub fn summary_of(&self, start: ChunkStart) -> Option<ChunkSummary> {
+        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+        let last = *hours.get(&start.hour())?.chunk(start).last()?;
+        Some(summarize(&last))
+    }
+
+    /// The newest chunk that starts before `t`. Empty stretches cost nothing: one step in the map of hours,
+    /// one binary search in an hour's index.
+    pub fn chunk_before(&self, t: Millis) -> Option<ChunkSummary> {
+        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+        hours.range(..=Hour::of(t)).rev().find_map(|(_, h)| {
+            let i = h
+                .entries
+                .partition_point(|e| e.meta.chunk_start.millis() < t);
+            // The last member before `t` is the last part of its chunk: parts share their chunk's start.
+            i.checked_sub(1).map(|i| summarize(&h.entries[i]))
+        })
+    }
+
+    /// The oldest chunk that starts at or after `t`.
+    pub fn chunk_from(&self, t: Millis) -> Option<ChunkSummary> {
+        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+        hours.range(Hour::of(t)..).find_map(|(_, h)| {
+            let i = h
+                .entries
+                .partition_point(|e| e.meta.chunk_start.millis() < t);
+            let first = h.entries.get(i)?;
+            h.chunk(first.meta.chunk_start).last().map(summarize)
+        })
     }
 
     /// The index entries of one sealed chunk, in part order; empty when the chunk holds no events.
@@ -244,6 +284,14 @@ impl SeriesArchive {
             }
         }
         s
+    }
+}
+
+fn summarize(last_part: &IndexEntry) -> ChunkSummary {
+    ChunkSummary {
+        start: last_part.meta.chunk_start,
+        parts: last_part.meta.part + 1,
+        sealed_at: last_part.meta.sealed_at,
     }
 }
 

@@ -9,6 +9,8 @@
 //! waits until every batch checked before that is settled, then seals the chunks below it in time order, and
 //! last persists the watermark. Replaying a seal is idempotent: a chunk already whole in its archive is skipped.
 
+mod chunk;
+mod read;
 mod seal;
 pub mod series;
 
@@ -26,6 +28,8 @@ use crate::archive::{self, SeriesArchive};
 use crate::ingest::parse::{Parsed, Position};
 use crate::ingest::wal::{self, Logged, Wal};
 use crate::time::{self, ChunkStart, ChunkWidth, Millis};
+use chunk::OpenChunk;
+pub use read::{Located, PageLines, PageRef};
 pub use series::{SeriesName, Settings};
 
 /// What the store needs from the configuration.
@@ -67,6 +71,8 @@ pub enum StoreError {
     },
     #[error("no series named {0:?}")]
     UnknownSeries(String),
+    #[error("no part {part}: the chunk has {parts} part(s)")]
+    NoSuchPart { part: u32, parts: u32 },
     #[error("series {series:?} exists with chunk width {existing}, not {requested}")]
     WidthConflict {
         series: String,
@@ -141,14 +147,6 @@ struct Series {
     sealing: BTreeMap<ChunkStart, Arc<OpenChunk>>,
 }
 
-/// The events of a chunk not sealed yet, in arrival order: their times and where their lines are in the log.
-#[derive(Default, Debug)]
-pub(crate) struct OpenChunk {
-    events: Vec<Logged>,
-    /// Bytes of the lines.
-    bytes: u64,
-}
-
 impl Series {
     fn insert(&mut self, events: &[Logged]) {
         let mut current: Option<(ChunkStart, &mut OpenChunk)> = None;
@@ -158,8 +156,7 @@ impl Series {
                 Some((s, chunk)) if s == start => chunk,
                 _ => self.open.entry(start).or_default(),
             };
-            chunk.events.push(*e);
-            chunk.bytes += u64::from(e.line.len);
+            chunk.push(*e);
             current = Some((start, chunk));
         }
     }
@@ -205,6 +202,8 @@ struct Inner {
     settled: Condvar,
     /// The log; the commit thread holds it for an append and its fsync, the sealer briefly to collect.
     wal: Mutex<Wal>,
+    /// Where the log's segments are, for readers of lines not sealed yet.
+    wal_dir: PathBuf,
     /// Serializes series creation, which does file-system work outside the state lock.
     create: Mutex<()>,
     stopping: Mutex<bool>,
@@ -267,7 +266,7 @@ impl Store {
         let backlog = series
             .values()
             .flat_map(|s| s.open.values())
-            .map(|c| c.bytes)
+            .map(|c| c.bytes())
             .sum();
 
         let (tx, rx) = mpsc::sync_channel(cfg.max_queued_batches.max(1));
@@ -282,6 +281,7 @@ impl Store {
             }),
             settled: Condvar::new(),
             wal: Mutex::new(wal),
+            wal_dir: data.join("_wal"),
             create: Mutex::new(()),
             stopping: Mutex::new(false),
             stop_signal: Condvar::new(),
@@ -399,7 +399,7 @@ impl Store {
         .unwrap_or(Err(StoreError::ShuttingDown))
     }
 
-    fn width_of(&self, name: &SeriesName) -> Option<ChunkWidth> {
+    pub fn width_of(&self, name: &SeriesName) -> Option<ChunkWidth> {
         lock(&self.inner.state)
             .series
             .get(name.as_str())
@@ -432,8 +432,8 @@ impl Store {
             };
             let sealing = s.sealing.values().map(|c| &**c);
             for chunk in sealing.chain(s.open.values()) {
-                info.unsealed_events += chunk.events.len() as u64;
-                for e in &chunk.events {
+                info.unsealed_events += chunk.len() as u64;
+                for e in chunk.iter() {
                     info.first_ts = Some(info.first_ts.map_or(e.ts, |f| f.min(e.ts)));
                     info.last_ts = Some(info.last_ts.map_or(e.ts, |l| l.max(e.ts)));
                 }

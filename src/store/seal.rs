@@ -122,7 +122,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
             archive.append_chunk(&members)?;
         }
         let mut st = lock(&inner.state);
-        st.backlog -= chunk.bytes;
+        st.backlog -= chunk.bytes();
         if let Some(s) = st.series.get_mut(name) {
             s.sealing.remove(&start);
         }
@@ -173,16 +173,14 @@ fn encode_chunk(
     max_entries: usize,
     level: u32,
 ) -> std::io::Result<Vec<Member>> {
-    let events = &chunk.events;
-    // An index, not a copy of the events: a chunk can hold millions. Stable: ties keep their arrival order.
-    let mut order: Vec<u32> = (0..events.len() as u32).collect();
-    order.sort_by_key(|&i| events[i as usize].ts);
+    // An index, not a copy of the events: a chunk can hold millions.
+    let order = chunk.time_order();
     let parts: Vec<&[u32]> = order.chunks(max_entries.max(1)).collect();
     let sealed_at = time::now();
     let encode_part = |p: usize, lines: &mut LineReader, raw: &mut Vec<u8>| {
         let part = parts[p];
         raw.clear();
-        let refs: Vec<LineRef> = part.iter().map(|&i| events[i as usize].line).collect();
+        let refs: Vec<LineRef> = part.iter().map(|&i| chunk.get(i as usize).line).collect();
         lines.read_lines(&refs, raw)?;
         let meta = MemberMeta {
             chunk_start: start,
@@ -191,8 +189,8 @@ fn encode_chunk(
             last_part: p + 1 == parts.len(),
             entries: part.len() as u32,
             sealed_at,
-            first_ts: events[part[0] as usize].ts,
-            last_ts: events[part[part.len() - 1] as usize].ts,
+            first_ts: chunk.get(part[0] as usize).ts,
+            last_ts: chunk.get(part[part.len() - 1] as usize).ts,
             raw_len: 0,
             member_len: 0,
         };

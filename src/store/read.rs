@@ -1,0 +1,318 @@
+//! The read side: which chunk and part a page shows, how pages link, whether a page is final, and its lines.
+//!
+//! Locating a page touches memory only (the state and the archive indexes), so a final page can be answered
+//! with `304` or from a cache without reaching the disk; reading its lines is a separate step.
+//!
+//! Pages are whole chunks, or parts of at most `max_member_entries` events for bigger chunks, in time order.
+//! A sealed chunk's parts are its gzip members, fixed at sealing; an open chunk's parts are cut the same way
+//! on every read. `before/{T}` without a part is a chunk's last (newest) part, so a reader walking back in time
+//! lands on the newest events of each chunk first.
+
+use std::io;
+
+use super::chunk::OpenChunk;
+use super::{SeriesName, Store, StoreError, lock};
+use crate::archive::{SeriesArchive, member};
+use crate::ingest::wal::{LineReader, LineRef};
+use crate::time::{ChunkStart, ChunkWidth, Millis};
+
+/// Which page a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageRef {
+    /// The newest page of the series.
+    Head,
+    /// The chunk `[end - width, end)`; `part: None` is its last part.
+    Before { end: Millis, part: Option<u32> },
+    /// The first page at or after `start`, toward the head.
+    After { start: Millis },
+}
+
+/// Where a page is, found from memory alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub page: PageRef,
+    /// When the series was created: a recreated series gets new page identities.
+    pub series_created: Millis,
+    pub width: ChunkWidth,
+    /// The start of the chunk shown, `None` for a head with no events.
+    pub start: Option<Millis>,
+    /// Which part, and of how many (0 when the page holds no events).
+    pub part: u32,
+    pub parts: u32,
+    pub prev: Option<PageRef>,
+    pub next: Option<PageRef>,
+    /// Its content and links can never change again.
+    pub is_final: bool,
+    /// When its chunk was sealed; only for final pages with events.
+    pub sealed_at: Option<Millis>,
+}
+
+impl Located {
+    /// The same page named the one way links name it: a last part as `part: None`.
+    pub fn canonical(&self) -> PageRef {
+        match self.page {
+            PageRef::Before { end, part } => PageRef::Before {
+                end,
+                part: part.filter(|&p| p + 1 < self.parts),
+            },
+            other => other,
+        }
+    }
+}
+
+/// A page's events.
+#[derive(Debug, Default)]
+pub struct PageLines {
+    /// NDJSON: each line ends in `\n`.
+    pub lines: Vec<u8>,
+    pub count: usize,
+    /// The stored gzip member holding exactly these lines, when the page is a sealed part.
+    pub member: Option<Vec<u8>>,
+}
+
+/// A non-empty chunk as pages see it.
+#[derive(Clone, Copy, Debug)]
+struct ChunkView {
+    start: Millis,
+    parts: u32,
+    sealed_at: Option<Millis>,
+}
+
+impl Store {
+    /// Finds a page: its chunk, part, links and finality. Memory only.
+    pub fn locate(&self, name: &SeriesName, page: PageRef) -> Result<Located, StoreError> {
+        let max = self.inner.cfg.max_member_entries;
+        let st = lock(&self.inner.state);
+        let s = st
+            .series
+            .get(name.as_str())
+            .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+        let archive = &s.archive;
+        let w = s.width.millis();
+        let in_memory = |start: &ChunkStart, c: &OpenChunk| ChunkView {
+            start: start.millis(),
+            parts: c.parts(max),
+            sealed_at: None,
+        };
+        let from_archive = |c: crate::archive::ChunkSummary| ChunkView {
+            start: c.start.millis(),
+            parts: c.parts,
+            sealed_at: Some(c.sealed_at),
+        };
+        // A chunk being sealed can be in memory and in the archive at once; the archive wins.
+        let at = |start: Millis| {
+            let key = ChunkStart::from_stored(start);
+            archive.summary_of(key).map(from_archive).or_else(|| {
+                s.sealing
+                    .get(&key)
+                    .map(|c| in_memory(&key, c))
+                    .or_else(|| s.open.get(&key).map(|c| in_memory(&key, c)))
+            })
+        };
+        let newest_before = |t: Millis| {
+            let key = ChunkStart::from_stored(t);
+            let memory = [
+                s.sealing
+                    .range(..key)
+                    .next_back()
+                    .map(|(k, c)| in_memory(k, c)),
+                s.open
+                    .range(..key)
+                    .next_back()
+                    .map(|(k, c)| in_memory(k, c)),
+            ];
+            let stored = archive.chunk_before(t).map(from_archive);
+            pick(stored, memory, |a, b| a.start > b.start)
+        };
+        let oldest_from = |t: Millis| {
+            let key = ChunkStart::from_stored(t);
+            let memory = [
+                s.sealing.range(key..).next().map(|(k, c)| in_memory(k, c)),
+                s.open.range(key..).next().map(|(k, c)| in_memory(k, c)),
+            ];
+            let stored = archive.chunk_from(t).map(from_archive);
+            pick(stored, memory, |a, b| a.start < b.start)
+        };
+
+        let (chunk, part) = match page {
+            PageRef::Head => match newest_before(Millis::MAX) {
+                Some(c) => (Some(c), c.parts - 1),
+                None => (None, 0),
+            },
+            PageRef::Before { end, part } => match at(end - w) {
+                Some(c) => {
+                    let p = part.unwrap_or(c.parts - 1);
+                    if p >= c.parts {
+                        return Err(StoreError::NoSuchPart {
+                            part: p,
+                            parts: c.parts,
+                        });
+                    }
+                    (Some(c), p)
+                }
+                None if part.is_some_and(|p| p > 0) => {
+                    return Err(StoreError::NoSuchPart {
+                        part: part.unwrap_or(0),
+                        parts: 0,
+                    });
+                }
+                None => (None, 0),
+            },
+            PageRef::After { start } => (oldest_from(start), 0),
+        };
+        let start = match (chunk, page) {
+            (Some(c), _) => Some(c.start),
+            (None, PageRef::Before { end, .. }) => Some(end - w),
+            (None, PageRef::After { start }) => Some(start),
+            (None, PageRef::Head) => None,
+        };
+        let parts = chunk.map_or(0, |c| c.parts);
+        let part_ref = |end: Millis, k: u32, parts: u32| PageRef::Before {
+            end,
+            part: (k + 1 < parts).then_some(k),
+        };
+
+        let prev = match start {
+            Some(_) if part > 0 => start.map(|st| part_ref(st + w, part - 1, parts)),
+            Some(st) => newest_before(st).map(|c| part_ref(c.start + w, c.parts - 1, c.parts)),
+            None => None,
+        };
+        let next = match (page, start) {
+            (PageRef::Head, _) | (_, None) => None,
+            (_, Some(st)) if part + 1 < parts => Some(part_ref(st + w, part + 1, parts)),
+            (_, Some(st)) => match oldest_from(st + w) {
+                Some(c) if c.start + w <= s.sealed => Some(part_ref(c.start + w, 0, c.parts)),
+                // An `after` page with nothing in it is the end of the road.
+                None if chunk.is_none() && matches!(page, PageRef::After { .. }) => None,
+                _ => Some(PageRef::After { start: st + w }),
+            },
+        };
+        let is_final = matches!(page, PageRef::Before { .. })
+            && start.is_some_and(|st| st + w <= s.sealed)
+            && matches!(next, Some(PageRef::Before { .. }));
+        Ok(Located {
+            page,
+            series_created: s.created,
+            width: s.width,
+            start,
+            part,
+            parts,
+            prev,
+            next,
+            is_final,
+            sealed_at: chunk.and_then(|c| c.sealed_at).filter(|_| is_final),
+        })
+    }
+
+    /// Reads a located page's lines: from its gzip member when the chunk is sealed, otherwise from the log.
+    pub fn read_page(&self, name: &SeriesName, at: &Located) -> Result<PageLines, StoreError> {
+        let Some(start) = at.start.filter(|_| at.parts > 0) else {
+            return Ok(PageLines::default());
+        };
+        let key = ChunkStart::from_stored(start);
+        let archive = self
+            .archive(name)
+            .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+        // A chunk can move from memory to its archive while we read; then its log segment may be gone too, and
+        // the next round finds it in the archive.
+        for _ in 0..3 {
+            if archive.contains(key) {
+                return read_sealed(&archive, key, at.part);
+            }
+            let snapshot = {
+                let st = lock(&self.inner.state);
+                st.series.get(name.as_str()).and_then(|s| {
+                    s.sealing
+                        .get(&key)
+                        .map(|c| (**c).clone())
+                        .or_else(|| s.open.get(&key).cloned())
+                })
+            };
+            let Some(chunk) = snapshot else {
+                continue;
+            };
+            match read_open(
+                &chunk,
+                at.part,
+                self.inner.cfg.max_member_entries,
+                &self.inner.wal_dir,
+            ) {
+                Ok(lines) => return Ok(lines),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(StoreError::Storage(
+                        format!("reading the log: {e}"),
+                        Some(e.kind()),
+                    ));
+                }
+            }
+        }
+        Err(StoreError::Storage(
+            format!("chunk {start} of {name} moved while being read"),
+            None,
+        ))
+    }
+}
+
+/// The better of an archive candidate and in-memory candidates by `better`; on a tie the archive's.
+fn pick(
+    stored: Option<ChunkView>,
+    memory: [Option<ChunkView>; 2],
+    better: impl Fn(&ChunkView, &ChunkView) -> bool,
+) -> Option<ChunkView> {
+    memory
+        .into_iter()
+        .flatten()
+        .fold(stored, |best, c| match best {
+            Some(b) if !better(&c, &b) => Some(b),
+            _ => Some(c),
+        })
+}
+
+fn read_sealed(
+    archive: &SeriesArchive,
+    start: ChunkStart,
+    part: u32,
+) -> Result<PageLines, StoreError> {
+    let entries = archive.chunk(start);
+    let entry = entries.get(part as usize).ok_or(StoreError::NoSuchPart {
+        part,
+        parts: entries.len() as u32,
+    })?;
+    let bytes = archive.read_member(entry)?;
+    let (meta, lines) = member::decode(&bytes).map_err(|e| {
+        StoreError::Storage(
+            format!(
+                "{}: member at {}: {e}",
+                archive.dir().display(),
+                entry.offset
+            ),
+            None,
+        )
+    })?;
+    Ok(PageLines {
+        lines,
+        count: meta.entries as usize,
+        member: Some(bytes),
+    })
+}
+
+fn read_open(
+    chunk: &OpenChunk,
+    part: u32,
+    max: usize,
+    wal_dir: &std::path::Path,
+) -> io::Result<PageLines> {
+    let order = chunk.time_order();
+    let Some(slice) = order.chunks(max.max(1)).nth(part as usize) else {
+        return Ok(PageLines::default());
+    };
+    let refs: Vec<LineRef> = slice.iter().map(|&i| chunk.get(i as usize).line).collect();
+    let mut lines = Vec::new();
+    LineReader::new(wal_dir).read_lines(&refs, &mut lines)?;
+    Ok(PageLines {
+        lines,
+        count: refs.len(),
+        member: None,
+    })
+}

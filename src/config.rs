@@ -66,7 +66,10 @@ pub struct ServeArgs {
     /// Most events on one page; a sealed chunk with more is stored as several gzip members, one per page.
     #[arg(long, env = "HOURGLASS_MAX_PAGE_ENTRIES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_page_entries: u32,
-    /// gzip level for sealed chunks (1 fastest .. 9 smallest).
+    /// Bytes of rendered final pages kept in memory (0: none).
+    #[arg(long, env = "HOURGLASS_PAGE_CACHE_BYTES", default_value_t = 256 << 20)]
+    pub page_cache_bytes: u64,
+    /// gzip level for sealed chunks and for pages compressed on the fly (1 fastest .. 9 smallest).
     #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub gzip_level: u32,
 }

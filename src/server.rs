@@ -31,6 +31,8 @@ pub async fn run(
             read: args.read_token.clone(),
         }),
         max_body_bytes: args.max_body_bytes,
+        pages: crate::api::pages::page_cache(args.page_cache_bytes),
+        gzip_level: args.gzip_level,
     };
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)

@@ -147,6 +147,28 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
         .map(|t| t.timestamp_millis())
 }
 
+/// A time as page URLs carry it: `YYYY_MM_DD_HH_MM_SS`, UTC.
+pub fn format_stamp(t: Millis) -> String {
+    datetime(t).format("%Y_%m_%d_%H_%M_%S").to_string()
+}
+
+/// Parses a URL time stamp written by `format_stamp`; sub-second precision cannot be expressed.
+pub fn parse_stamp(s: &str) -> Option<Millis> {
+    let b = s.as_bytes();
+    let shape_ok = b.len() == 19
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 | 10 | 13 | 16 => *c == b'_',
+            _ => c.is_ascii_digit(),
+        });
+    if !shape_ok {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
+    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let t = date.and_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
+    Some(t.and_utc().timestamp_millis())
+}
+
 /// Whether `t` is within the range of times we store.
 pub fn in_range(t: Millis) -> bool {
     (MIN_TIME..=MAX_TIME).contains(&t)
@@ -193,6 +215,25 @@ mod tests {
             assert_eq!(Hour::parse_stem(bad), None, "{bad}");
         }
         assert_eq!(Hour::of(MAX_TIME).stem(), "9999123123");
+    }
+
+    #[test]
+    fn url_stamps_round_trip_and_refuse_other_shapes() {
+        let t = parse_rfc3339("2014-09-29T23:59:10Z").unwrap();
+        assert_eq!(format_stamp(t), "2014_09_29_23_59_10");
+        assert_eq!(parse_stamp("2014_09_29_23_59_10"), Some(t));
+        for bad in [
+            "2014_9_29_23_59_10",
+            "2014-09-29T23:59:10",
+            "2014_09_29_24_00_00",
+            "2014_02_30_00_00_00",
+            "2014_09_29_23_59_1a",
+            "2014_09_29_23_59_100",
+            "",
+            "+014_09_29_23_59_10",
+        ] {
+            assert_eq!(parse_stamp(bad), None, "{bad}");
+        }
     }
 
     #[test]

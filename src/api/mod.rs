@@ -2,16 +2,20 @@
 //! about events and time live below. Every answer that is not a success goes through `error::ApiError`.
 
 pub mod auth;
+mod conditional;
 pub mod error;
 mod ingest;
+pub mod pages;
 mod series;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::store::{SeriesName, Store};
@@ -25,6 +29,10 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     /// The most bytes a request body may have, before and after gzip inflation.
     pub max_body_bytes: usize,
+    /// Rendered final pages.
+    pub pages: pages::PageCache,
+    /// gzip level for pages compressed on the fly.
+    pub gzip_level: u32,
 }
 
 /// The series `default`, which also answers on the short URLs.
@@ -38,11 +46,58 @@ pub fn router(state: AppState) -> Router {
             get(series::series_show).put(series::series_put),
         )
         .route("/api/series/{series}/events", post(ingest::events_post))
-        .route("/api/data", post(ingest::data_post))
+        .route("/api/series/{series}/data", get(pages::head))
+        .route("/api/series/{series}/data/before/{t}", get(pages::before))
+        .route(
+            "/api/series/{series}/data/before/{t}/part/{part}",
+            get(pages::before),
+        )
+        .route("/api/series/{series}/data/after/{t}", get(pages::after))
+        .route("/api/data", get(pages::head).post(ingest::data_post))
+        .route("/api/data/before/{t}", get(pages::before))
+        .route("/api/data/before/{t}/part/{part}", get(pages::before))
+        .route("/api/data/after/{t}", get(pages::after))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(cors))
         .with_state(state)
+}
+
+/// Cross-origin browsers may read everything, `Link` and `ETag` included, and send the validators and tokens
+/// they need (answered here for every preflight).
+async fn cors(req: Request, next: Next) -> Response {
+    let mut res = if req.method() == Method::OPTIONS {
+        let mut res = StatusCode::NO_CONTENT.into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, POST, PUT"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(
+                "Accept, Authorization, Content-Type, Content-Encoding, If-None-Match, If-Modified-Since, Prefer, Idempotency-Key",
+            ),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        res
+    } else {
+        next.run(req).await
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Link, ETag, Last-Modified, Retry-After"),
+    );
+    res
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {

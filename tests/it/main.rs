@@ -1,7 +1,9 @@
 //! Integration tests: the real server on a loopback port, spoken to over HTTP, its files checked with the
 //! system's own gzip tools.
 
+mod cache;
 mod crash;
 mod ingest;
+mod pages;
 mod recovery;
 mod support;

@@ -43,7 +43,10 @@ fn acknowledged_events_in_the_log_survive_kill_9_and_are_sealed_after_restart() 
     let after = server.get("/api/series/r").json();
     assert_eq!(after["events"], 3);
     let watermark = |v: &Value| parse_time(v["sealed_watermark"].as_str().unwrap());
-    assert!(watermark(&after) >= watermark(&before), "the watermark never moves back");
+    assert!(
+        watermark(&after) >= watermark(&before),
+        "the watermark never moves back"
+    );
     // New events still go in: the restart kept the old watermark, not a new one.
     let r = server.post_ndjson("/api/series/r/events", &ndjson(&[t + 2], "b"));
     assert_eq!(r.status, 202, "{}", r.text());

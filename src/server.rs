@@ -2,12 +2,12 @@
 //! in-flight requests finish and stops the store. Tests bind `127.0.0.1:0` and call it, as `main` does.
 
 use std::future::Future;
-use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::api::auth::Tokens;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Shared};
 use crate::config::ServeArgs;
 use crate::store::{Store, StoreError};
 
@@ -24,16 +24,22 @@ pub async fn run(
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = AppState {
+    let state = AppState::new(Shared {
         store: store.clone(),
-        tokens: Arc::new(Tokens {
+        tokens: Tokens {
             write: args.write_token.clone(),
             read: args.read_token.clone(),
-        }),
+        },
         max_body_bytes: args.max_body_bytes,
         pages: crate::api::pages::page_cache(args.page_cache_bytes),
         gzip_level: args.gzip_level,
-    };
+    });
+    // TCP_NODELAY: a response written in pieces must not wait for the client's delayed ACK (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -3,26 +3,47 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::time::Millis;
 
-/// RFC 9110 §13.2.2 for GET and HEAD: `If-None-Match` decides when present (weak comparison, lists, `*`);
-/// otherwise `If-Modified-Since` against `last_modified`, when the page has one.
-pub fn not_modified(headers: &HeaderMap, etag: &str, last_modified: Option<Millis>) -> bool {
-    let mut lists = headers.get_all(header::IF_NONE_MATCH).iter().peekable();
-    if lists.peek().is_some() {
-        return lists.any(|v| v.to_str().is_ok_and(|list| list_matches(list, etag)));
+/// The validators of a request, kept apart from the rest of its headers.
+#[derive(Debug, Default, Clone)]
+pub struct Validators {
+    if_none_match: Vec<HeaderValue>,
+    if_modified_since: Option<HeaderValue>,
+}
+
+impl Validators {
+    pub fn from_headers(headers: &HeaderMap) -> Validators {
+        Validators {
+            if_none_match: headers
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .cloned()
+                .collect(),
+            if_modified_since: headers.get(header::IF_MODIFIED_SINCE).cloned(),
+        }
     }
-    let (Some(since), Some(modified)) = (headers.get(header::IF_MODIFIED_SINCE), last_modified)
-    else {
-        return false;
-    };
-    since
-        .to_str()
-        .ok()
-        .and_then(|s| httpdate::parse_http_date(s).ok())
-        .is_some_and(|since| http_time(modified) <= since)
+
+    /// RFC 9110 §13.2.2 for GET and HEAD: `If-None-Match` decides when present (weak comparison, lists, `*`);
+    /// otherwise `If-Modified-Since` against `last_modified`, when the page has one.
+    pub fn not_modified(&self, etag: &str, last_modified: Option<Millis>) -> bool {
+        if !self.if_none_match.is_empty() {
+            return self
+                .if_none_match
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|list| list_matches(list, etag)));
+        }
+        let (Some(since), Some(modified)) = (&self.if_modified_since, last_modified) else {
+            return false;
+        };
+        since
+            .to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .is_some_and(|since| http_time(modified) <= since)
+    }
 }
 
 /// A time as HTTP dates carry it: whole seconds.
@@ -65,7 +86,10 @@ fn opaque(etag: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+
+    fn not_modified(h: &HeaderMap, etag: &str, last_modified: Option<Millis>) -> bool {
+        Validators::from_headers(h).not_modified(etag, last_modified)
+    }
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -11,22 +11,38 @@ mod series;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, Request};
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::store::{SeriesName, Store};
 use auth::Tokens;
 use error::ApiError;
 
-/// What every handler gets: cheap to clone.
+/// What every handler gets: one `Arc`, so that a clone per request costs one increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub store: Store,
-    pub tokens: Arc<Tokens>,
+    pub tokens: Tokens,
     /// The most bytes a request body may have, before and after gzip inflation.
     pub max_body_bytes: usize,
     /// Rendered final pages.
@@ -60,42 +76,39 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(cors))
+        // Cross-origin browsers may read every answer, `Link` and `ETag` included (pages set these themselves).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            EXPOSED_HEADERS,
+        ))
         .with_state(state)
 }
 
-/// Cross-origin browsers may read everything, `Link` and `ETag` included, and send the validators and tokens
-/// they need (answered here for every preflight).
-async fn cors(req: Request, next: Next) -> Response {
-    let mut res = if req.method() == Method::OPTIONS {
-        let mut res = StatusCode::NO_CONTENT.into_response();
-        let h = res.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD, POST, PUT"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(
-                "Accept, Authorization, Content-Type, Content-Encoding, If-None-Match, If-Modified-Since, Prefer, Idempotency-Key",
-            ),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("86400"),
-        );
-        res
-    } else {
-        next.run(req).await
-    };
+/// What cross-origin scripts may read of an answer.
+pub const EXPOSED_HEADERS: HeaderValue =
+    HeaderValue::from_static("Link, ETag, Last-Modified, Retry-After");
+
+/// The answer to a CORS preflight (an `OPTIONS` request, which no route has).
+fn preflight() -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
     let h = res.headers_mut();
     h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, POST, PUT"),
     );
     h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Link, ETag, Last-Modified, Retry-After"),
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(
+            "Accept, Authorization, Content-Type, Content-Encoding, If-None-Match, If-Modified-Since, Prefer, Idempotency-Key",
+        ),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
     );
     res
 }
@@ -108,12 +121,16 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(method: Method) -> Response {
+    if method == Method::OPTIONS {
+        return preflight();
+    }
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this method is not allowed on this URL",
     )
+    .into_response()
 }
 
 /// The `{series}` path segment, checked to be a valid series name.

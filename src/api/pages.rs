@@ -8,33 +8,36 @@
 //! Links always use the long form `/api/series/{series}/data/...`, also for `default` reached by the short URLs:
 //! one page, one body, one cache entry.
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
+use super::conditional::{self, Validators};
 use super::error::ApiError;
-use super::{AppState, DEFAULT_SERIES, conditional};
+use super::{AppState, DEFAULT_SERIES};
 use crate::store::{Located, PageLines, PageRef, SeriesName};
 use crate::time::{self, Millis};
 
-/// The in-memory cache of rendered final pages, weighed in bytes.
-pub type PageCache = moka::sync::Cache<String, Arc<Rendered>>;
+/// The in-memory cache of rendered final pages, weighed in bytes; `None` when configured to 0 bytes (moka
+/// evicts lazily, so a 0-byte moka cache would still answer for a while).
+pub type PageCache = Option<moka::sync::Cache<String, Arc<Rendered>>>;
 
 pub fn page_cache(max_bytes: u64) -> PageCache {
-    moka::sync::Cache::builder()
-        .weigher(|k: &String, v: &Arc<Rendered>| {
-            u32::try_from(k.len() + v.body.len() + 256).unwrap_or(u32::MAX)
-        })
-        .max_capacity(max_bytes)
-        .build()
+    (max_bytes > 0).then(|| {
+        moka::sync::Cache::builder()
+            .weigher(|k: &String, v: &Arc<Rendered>| {
+                u32::try_from(k.len() + v.body.len() + 256).unwrap_or(u32::MAX)
+            })
+            .max_capacity(max_bytes)
+            .build()
+    })
 }
 
 const FORMAT_VERSION: &str = "hg1";
@@ -106,85 +109,78 @@ fn quality(list: &str, names: &[&str]) -> f32 {
 pub struct Rendered {
     body: Bytes,
     etag: HeaderValue,
-    link: Option<HeaderValue>,
-    last_modified: Option<HeaderValue>,
-    repr: Repr,
-    is_final: bool,
+    /// Everything a 200 carries, built once: a cached page costs one map clone to send.
+    headers: HeaderMap,
+    /// What a 304 for it carries.
+    not_modified: HeaderMap,
 }
 
-/// The `{series}`, `{t}` and `{part}` segments of a page URL.
-pub struct PageParams {
+/// A page request: the `{series}`, `{t}` and `{part}` of its URL, read-token checked, the representation it
+/// asks for and its validators. Borrowed from the request without copying its headers.
+pub struct PageRequest {
     series: SeriesName,
     t: Option<Millis>,
     part: Option<u32>,
+    repr: Repr,
+    validators: Validators,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for PageParams {
+impl FromRequestParts<AppState> for PageRequest {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let params = match Path::<HashMap<String, String>>::from_request_parts(parts, state).await {
-            Ok(Path(p)) => p,
-            Err(PathRejection::MissingPathParams(_)) => HashMap::new(),
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.tokens.check_read(&parts.headers)?;
+        let mut req = PageRequest {
+            series: SeriesName::parse(DEFAULT_SERIES).map_err(ApiError::bad_request)?,
+            t: None,
+            part: None,
+            repr: Repr::negotiate(&parts.headers),
+            validators: Validators::from_headers(&parts.headers),
+        };
+        let params = match RawPathParams::from_request_parts(parts, state).await {
+            Ok(p) => p,
+            Err(RawPathParamsRejection::MissingPathParams(_)) => return Ok(req),
             Err(e) => return Err(ApiError::bad_request(format!("bad path: {e}"))),
         };
-        let series = params.get("series").map_or(DEFAULT_SERIES, String::as_str);
-        let series = SeriesName::parse(series).map_err(ApiError::bad_request)?;
-        let t = params
-            .get("t")
-            .map(|t| {
-                time::parse_stamp(t).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "{t:?} is not a time as YYYY_MM_DD_HH_MM_SS (UTC), e.g. 2014_09_29_23_59_10"
-                    ))
-                })
-            })
-            .transpose()?;
-        let part = params
-            .get("part")
-            .map(|p| {
-                p.parse::<u32>()
-                    .map_err(|_| ApiError::bad_request(format!("part {p:?} is not a number")))
-            })
-            .transpose()?;
-        Ok(PageParams { series, t, part })
+        for (key, value) in &params {
+            match key {
+                "series" => req.series = SeriesName::parse(value).map_err(ApiError::bad_request)?,
+                "t" => {
+                    req.t = Some(time::parse_stamp(value).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "{value:?} is not a time as YYYY_MM_DD_HH_MM_SS (UTC), e.g. 2014_09_29_23_59_10"
+                        ))
+                    })?);
+                }
+                "part" => {
+                    req.part = Some(value.parse::<u32>().map_err(|_| {
+                        ApiError::bad_request(format!("part {value:?} is not a number"))
+                    })?);
+                }
+                _ => {}
+            }
+        }
+        Ok(req)
     }
 }
 
-pub async fn head(
-    State(state): State<AppState>,
-    p: PageParams,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    serve(state, p.series, PageRef::Head, headers).await
+pub async fn head(State(state): State<AppState>, req: PageRequest) -> Result<Response, ApiError> {
+    serve(state, PageRef::Head, req).await
 }
 
-pub async fn before(
-    State(state): State<AppState>,
-    p: PageParams,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let end = aligned(&state, &p)?;
-    serve(
-        state,
-        p.series,
-        PageRef::Before { end, part: p.part },
-        headers,
-    )
-    .await
+pub async fn before(State(state): State<AppState>, req: PageRequest) -> Result<Response, ApiError> {
+    let end = aligned(&state, &req)?;
+    let part = req.part;
+    serve(state, PageRef::Before { end, part }, req).await
 }
 
-pub async fn after(
-    State(state): State<AppState>,
-    p: PageParams,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let start = aligned(&state, &p)?;
-    serve(state, p.series, PageRef::After { start }, headers).await
+pub async fn after(State(state): State<AppState>, req: PageRequest) -> Result<Response, ApiError> {
+    let start = aligned(&state, &req)?;
+    serve(state, PageRef::After { start }, req).await
 }
 
 /// The `{t}` of a URL, checked to be a multiple of the series' width, so no page overlaps another.
-fn aligned(state: &AppState, p: &PageParams) -> Result<Millis, ApiError> {
+fn aligned(state: &AppState, p: &PageRequest) -> Result<Millis, ApiError> {
     let t =
         p.t.ok_or_else(|| ApiError::bad_request("missing time in the path"))?;
     let width = state.store.width_of(&p.series).ok_or_else(|| {
@@ -206,36 +202,36 @@ fn aligned(state: &AppState, p: &PageParams) -> Result<Millis, ApiError> {
     )))
 }
 
-async fn serve(
-    state: AppState,
-    name: SeriesName,
-    page: PageRef,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    state.tokens.check_read(&headers)?;
+async fn serve(state: AppState, page: PageRef, req: PageRequest) -> Result<Response, ApiError> {
+    let PageRequest {
+        series: name,
+        repr,
+        validators,
+        ..
+    } = req;
     let private = state.tokens.read.is_some();
-    let repr = Repr::negotiate(&headers);
     let at = state.store.locate(&name, page)?;
 
-    let cache_key = at.is_final.then(|| {
-        let etag = final_etag(&name, &at, repr);
-        (format!("{name}/{etag}"), etag)
-    });
-    if let Some((key, etag)) = &cache_key {
-        // A final page is answered from memory: a 304 from its identity, or a 200 from the page cache.
-        if conditional::not_modified(&headers, etag, at.sealed_at) {
-            let link = link_header(&name, &at);
-            let last_modified = at.sealed_at.map(http_date);
-            return Ok(not_modified(
-                header_value(etag),
-                link,
-                last_modified,
-                true,
-                private,
-            ));
+    // A final page is answered from memory: a 304 from its identity, or a 200 from the page cache. Its ETag
+    // names series, chunk, part and representation, so it is the cache key too.
+    let final_tag = at.is_final.then(|| final_etag(&name, &at, repr));
+    if let Some(etag) = &final_tag {
+        let hit = state.pages.as_ref().and_then(|c| c.get(etag));
+        if validators.not_modified(etag, at.sealed_at) {
+            let headers = match &hit {
+                Some(r) => r.not_modified.clone(),
+                None => validator_headers(
+                    header_value(etag),
+                    link_header(&name, &at),
+                    at.sealed_at.map(http_date),
+                    true,
+                    private,
+                ),
+            };
+            return Ok(not_modified(headers));
         }
-        if let Some(hit) = state.pages.get(key) {
-            return Ok(respond(&hit, private));
+        if let Some(r) = hit {
+            return Ok(respond(&r));
         }
     }
 
@@ -246,7 +242,7 @@ async fn serve(
         tokio::task::spawn_blocking(move || {
             store
                 .read_page(&name, &at)
-                .map(|lines| render(&name, &at, lines, repr, level))
+                .map(|lines| render(&name, &at, lines, repr, level, private))
         })
         .await
         .map_err(|e| {
@@ -254,20 +250,16 @@ async fn serve(
         })??
     };
     let rendered = Arc::new(rendered);
-    if let Some((key, _)) = cache_key {
-        state.pages.insert(key, rendered.clone());
+    if let Some(etag) = final_tag {
+        if let Some(cache) = &state.pages {
+            cache.insert(etag, rendered.clone());
+        }
     } else if let Ok(etag) = rendered.etag.to_str()
-        && conditional::not_modified(&headers, etag, None)
+        && validators.not_modified(etag, None)
     {
-        return Ok(not_modified(
-            rendered.etag.clone(),
-            rendered.link.clone(),
-            None,
-            false,
-            private,
-        ));
+        return Ok(not_modified(rendered.not_modified.clone()));
     }
-    Ok(respond(&rendered, private))
+    Ok(respond(&rendered))
 }
 
 /// A final page's ETag: its identity, never its bytes, so it is known before (and without) reading them.
@@ -312,7 +304,14 @@ fn http_date(t: Millis) -> HeaderValue {
     header_value(&httpdate::fmt_http_date(conditional::http_time(t)))
 }
 
-fn render(name: &SeriesName, at: &Located, lines: PageLines, repr: Repr, level: u32) -> Rendered {
+fn render(
+    name: &SeriesName,
+    at: &Located,
+    lines: PageLines,
+    repr: Repr,
+    level: u32,
+    private: bool,
+) -> Rendered {
     let link = link_header(name, at);
     let plain = if repr.ndjson {
         lines.lines
@@ -332,13 +331,27 @@ fn render(name: &SeriesName, at: &Located, lines: PageLines, repr: Repr, level: 
         (true, _) => gzip(&plain, level),
         (false, _) => plain,
     };
+    let etag = header_value(&etag);
+    let not_modified = validator_headers(
+        etag.clone(),
+        link,
+        at.sealed_at.map(http_date),
+        at.is_final,
+        private,
+    );
+    let mut headers = not_modified.clone();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(repr.content_type()),
+    );
+    if repr.gzip {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     Rendered {
         body: Bytes::from(body),
-        etag: header_value(&etag),
-        link,
-        last_modified: at.sealed_at.map(http_date),
-        repr,
-        is_final: at.is_final,
+        etag,
+        headers,
+        not_modified,
     }
 }
 
@@ -393,14 +406,16 @@ fn cache_control(is_final: bool, private: bool) -> HeaderValue {
     }
 }
 
-fn common_headers(
-    h: &mut HeaderMap,
+/// The headers a page and its 304 share: validators, caching, links, and the CORS pair (set here rather than
+/// by a middleware, on the hottest path).
+fn validator_headers(
     etag: HeaderValue,
     link: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
     is_final: bool,
     private: bool,
-) {
+) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(8);
     h.insert(header::ETAG, etag);
     h.insert(header::CACHE_CONTROL, cache_control(is_final, private));
     h.insert(
@@ -413,46 +428,27 @@ fn common_headers(
     if let Some(lm) = last_modified {
         h.insert(header::LAST_MODIFIED, lm);
     }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        super::EXPOSED_HEADERS,
+    );
+    h
 }
 
-fn respond(r: &Rendered, private: bool) -> Response {
+fn respond(r: &Rendered) -> Response {
     let mut res = Response::new(Body::from(r.body.clone()));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(r.repr.content_type()),
-    );
-    if r.repr.gzip {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
-    common_headers(
-        h,
-        r.etag.clone(),
-        r.link.clone(),
-        r.last_modified.clone(),
-        r.is_final,
-        private,
-    );
+    *res.headers_mut() = r.headers.clone();
     res
 }
 
-fn not_modified(
-    etag: HeaderValue,
-    link: Option<HeaderValue>,
-    last_modified: Option<HeaderValue>,
-    is_final: bool,
-    private: bool,
-) -> Response {
+fn not_modified(headers: HeaderMap) -> Response {
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::NOT_MODIFIED;
-    common_headers(
-        res.headers_mut(),
-        etag,
-        link,
-        last_modified,
-        is_final,
-        private,
-    );
+    *res.headers_mut() = headers;
     res
 }
 

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Page serving benchmark: hourglass final pages against nginx serving the same bytes from a static file, in the
+# same run, with wrk (Debian's wrk and nginx). Loopback only.
+#
+#   bash benches/pages.sh [SECONDS]
+#
+# 1. hot final page (about 20 KB of JSON, from the server's page cache) vs nginx static, requests/s;
+# 2. 304 answers to If-None-Match, both servers, requests/s;
+# 3. cold final page: a 5,000-event chunk, server page cache off, one connection: latency p50/p99.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+cargo build --release --bins -q
+work=$(mktemp -d)
+trap 'pkill -P $$ || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"' EXIT
+
+start() { # PORT EXTRA-FLAGS...; sets $pid
+  local port=$1; shift
+  ./target/release/hourglass --data "$work/data" --listen "127.0.0.1:$port" --chunk-seconds 1 --lateness 1 "$@" \
+    >/dev/null 2>>"$work/hg.log" &
+  pid=$!
+  for _ in $(seq 50); do
+    # Ours, not a stray on the same port: it must still be alive once the port answers.
+    curl -s "127.0.0.1:$port/healthz" >/dev/null && kill -0 "$pid" 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "hourglass did not start:"; cat "$work/hg.log"; exit 1
+}
+
+events() { # SERIES COUNT TS PAD
+  python3 - "$@" <<'PY'
+import sys, json
+series, count, ts, pad = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for i in range(count):
+    print(json.dumps({"ts": ts + i * 999 // count, "host": "web-%03d" % (i % 50), "i": i, "msg": "x" * pad}))
+PY
+}
+
+start 18090
+t=$(( ($(date +%s) + 1) * 1000 ))
+events small 100 $t 120 | curl -sf -XPOST -H 'Content-Type: application/x-ndjson' --data-binary @- 127.0.0.1:18090/api/series/small/events >/dev/null
+events big 5000 $t 120 | curl -sf -XPOST -H 'Content-Type: application/x-ndjson' --data-binary @- 127.0.0.1:18090/api/series/big/events >/dev/null
+for s in small big; do
+  events $s 1 $((t + 1000)) 10 | curl -sf -XPOST -H 'Content-Type: application/x-ndjson' --data-binary @- 127.0.0.1:18090/api/series/$s/events >/dev/null
+done
+sleep 4
+stamp=$(date -u -d "@$(( t / 1000 + 1 ))" +%Y_%m_%d_%H_%M_%S)
+page=/api/series/small/data/before/$stamp
+cold=/api/series/big/data/before/$stamp
+mkdir -p "$work/static"
+curl -sf -D "$work/h" "127.0.0.1:18090$page" -o "$work/static/page.json"
+grep -qi 'immutable' "$work/h" || { echo "page is not final"; cat "$work/h"; exit 1; }
+etag=$(grep -i '^etag:' "$work/h" | cut -d' ' -f2 | tr -d '\r')
+echo "final page: $page, $(wc -c < "$work/static/page.json") bytes, ETag $etag"
+
+cat > "$work/nginx.conf" <<CONF
+user root;
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fcgi;
+  uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
+  sendfile on; tcp_nopush on; keepalive_requests 1000000;
+  server { listen 127.0.0.1:18091; root $work/static; default_type application/json; }
+  server { listen 127.0.0.1:18093; root $work/static; default_type application/json; sendfile off; }
+}
+CONF
+/usr/sbin/nginx -p "$work" -c "$work/nginx.conf"
+sleep 0.5
+nginx_etag=$(curl -sI 127.0.0.1:18091/page.json | grep -i '^etag:' | cut -d' ' -f2 | tr -d '\r')
+
+rate() { wrk -t1 -c32 -d"${secs}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
+median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+compare() { # LABEL ETAG-HEADER-FOR-HOURGLASS ETAG-HEADER-FOR-NGINX
+  local hg=() ng=() nf=()
+  for _ in 1 2 3; do # alternating rounds: the two servers share the machine's state
+    hg+=("$(rate ${2:+-H "$2"} "http://127.0.0.1:18090$page")")
+    ng+=("$(rate ${3:+-H "$3"} "http://127.0.0.1:18091/page.json")")
+    nf+=("$(rate ${3:+-H "$3"} "http://127.0.0.1:18093/page.json")")
+  done
+  local h n f; h=$(median "${hg[@]}"); n=$(median "${ng[@]}"); f=$(median "${nf[@]}")
+  echo "== $1 (median of 3 rounds of ${secs}s, 32 connections)"
+  echo "hourglass $h req/s (${hg[*]})"
+  echo "nginx static $n req/s (${ng[*]}): ratio $(python3 -c "print(round($h/$n, 2))")"
+  echo "nginx static, sendfile off, $f req/s (${nf[*]}): ratio $(python3 -c "print(round($h/$f, 2))")"
+}
+compare "hot final page" "" ""
+compare "304 to If-None-Match" "If-None-Match: $etag" "If-None-Match: $nginx_etag"
+
+kill "$pid"; wait "$pid" || true
+start 18092 --page-cache-bytes 0
+echo "== cold final page: 5,000-event chunk ($(curl -s "127.0.0.1:18092$cold" | wc -c) bytes of JSON), server page cache off, 1 connection"
+wrk -t1 -c1 -d"${secs}s" --latency "http://127.0.0.1:18092$cold" | grep -E '^ +(50|99)%|Requests/sec'
+echo "== the same as gzip'd NDJSON (the stored member, sent as is)"
+wrk -t1 -c1 -d"${secs}s" --latency -H 'Accept: application/x-ndjson' -H 'Accept-Encoding: gzip' \
+  "http://127.0.0.1:18092$cold" | grep -E '^ +(50|99)%|Requests/sec'

@@ -14,38 +14,9 @@ use hourglass::ingest::parse::{self, Format};
 use hourglass::time::ChunkStart;
 use rand::{Rng, SeedableRng};
 
-const WORDS: &[&str] = &[
-    "request",
-    "served",
-    "user",
-    "session",
-    "timeout",
-    "retry",
-    "cache",
-    "miss",
-    "hit",
-    "upstream",
-    "latency",
-    "error",
-    "warning",
-    "connection",
-    "closed",
-    "opened",
-    "GET",
-    "POST",
-    "/api/v1/items",
-    "/login",
-    "status",
-    "bytes",
-    "worker",
-    "queue",
-    "depth",
-    "disk",
-    "read",
-    "write",
-    "ok",
-    "failed",
-];
+#[path = "support/events.rs"]
+mod events;
+use events::message;
 
 /// `n` NDJSON events of 192 bytes each (newline included), log-like text in the message.
 fn events(n: usize, seed: u64) -> Vec<u8> {
@@ -58,18 +29,9 @@ fn events(n: usize, seed: u64) -> Vec<u8> {
             rng.random_range(0..50),
             rng.random_range(0..10_000)
         );
-        let mut msg = String::new();
-        while head.len() + msg.len() + 3 < 192 {
-            if rng.random_bool(0.3) {
-                msg.push_str(&rng.random_range(0..100_000u32).to_string());
-            } else {
-                msg.push_str(WORDS[rng.random_range(0..WORDS.len())]);
-            }
-            msg.push(' ');
-        }
-        msg.truncate(192 - 3 - head.len());
+        let msg = message(&mut rng, 192 - 3 - head.len());
         out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(msg.as_bytes());
+        out.extend_from_slice(&msg);
         out.extend_from_slice(b"\"}\n");
     }
     out

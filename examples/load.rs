@@ -16,7 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+
+#[path = "../benches/support/events.rs"]
+mod events;
+use events::message;
 
 #[derive(Parser)]
 struct Args {
@@ -119,54 +123,6 @@ fn build(args: &Args, client: usize) -> Body {
         unique_ns: args.target == Target::Influx,
         sent: 0,
     }
-}
-
-/// Log-like text of exactly `len` bytes: words from a small vocabulary and numbers, so that it compresses
-/// about as well as real event payloads do (4-6x), not like padding.
-fn message(rng: &mut impl Rng, len: usize) -> Vec<u8> {
-    const WORDS: &[&str] = &[
-        "request",
-        "served",
-        "user",
-        "session",
-        "timeout",
-        "retry",
-        "cache",
-        "miss",
-        "hit",
-        "upstream",
-        "latency",
-        "error",
-        "warning",
-        "connection",
-        "closed",
-        "opened",
-        "GET",
-        "POST",
-        "/api/v1/items",
-        "/login",
-        "status",
-        "bytes",
-        "worker",
-        "queue",
-        "depth",
-        "disk",
-        "read",
-        "write",
-        "ok",
-        "failed",
-    ];
-    let mut out = Vec::with_capacity(len + 16);
-    while out.len() < len {
-        if rng.random_bool(0.3) {
-            out.extend_from_slice(rng.random_range(0..100_000u32).to_string().as_bytes());
-        } else {
-            out.extend_from_slice(WORDS[rng.random_range(0..WORDS.len())].as_bytes());
-        }
-        out.push(b' ');
-    }
-    out.truncate(len);
-    out
 }
 
 fn stamp(b: &mut Body) {

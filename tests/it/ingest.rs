@@ -96,13 +96,9 @@ fn gzip_bodies_and_the_default_series_short_url() {
 #[test]
 fn refused_batches_get_the_right_status_and_store_nothing() {
     let dir = TempDir::new("errors");
-    let server = Server::start(
+    let server = Server::start_fast(
         dir.path(),
         &[
-            "--chunk-seconds",
-            "1",
-            "--lateness",
-            "1",
             "--write-token",
             "sesame",
             "--max-body-bytes",

@@ -74,6 +74,19 @@ const SPARSE: &[(&str, usize)] = &[
     ("2014-09-29T23:59:30Z", 1),
 ];
 
+/// A server on a data folder seeded with `SPARSE` as series `name`, pages of at most 5 events.
+fn sparse_server(tag: &str, name: &str, extra: &[&str]) -> (TempDir, Server) {
+    let dir = TempDir::new(tag);
+    seed(dir.path(), name, SPARSE, 5);
+    let args: Vec<&str> = ["--max-page-entries", "5"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let server = Server::start(dir.path(), &args);
+    (dir, server)
+}
+
 fn rel(r: &Response, rel: &str) -> Option<String> {
     let link = r.header("link")?;
     link.split(", ").find_map(|l| {
@@ -160,9 +173,7 @@ fn walking_prev_from_the_head_and_next_back_visits_every_event_once() {
 
 #[test]
 fn page_urls_are_checked() {
-    let dir = TempDir::new("urls");
-    seed(dir.path(), "u", SPARSE, 5);
-    let server = Server::start(dir.path(), &["--max-page-entries", "5"]);
+    let (_dir, server) = sparse_server("urls", "u", &[]);
     let cases = [
         (
             "/api/series/u/data/before/2014-01-01",
@@ -311,17 +322,7 @@ fn a_final_page_never_changes_across_ingest_restarts_and_an_empty_cache() {
     let server = Server::start(dir.path(), FAST);
     assert_eq!(fetch(&server), first, "after a restart");
     server.stop();
-    let server = Server::start(
-        dir.path(),
-        &[
-            "--chunk-seconds",
-            "1",
-            "--lateness",
-            "1",
-            "--page-cache-bytes",
-            "0",
-        ],
-    );
+    let server = Server::start_fast(dir.path(), &["--page-cache-bytes", "0"]);
     assert_eq!(fetch(&server), first, "without the server's page cache");
 }
 
@@ -343,9 +344,7 @@ fn gunzip(b: &[u8]) -> Vec<u8> {
 
 #[test]
 fn validators_answer_304_by_rfc_9110_precedence() {
-    let dir = TempDir::new("cond");
-    seed(dir.path(), "c", SPARSE, 5);
-    let server = Server::start(dir.path(), &["--max-page-entries", "5"]);
+    let (_dir, server) = sparse_server("cond", "c", &[]);
     let url = "/api/series/c/data/before/2014_01_01_00_00_10";
     let r = server.get(url);
     let (etag, link, lm) = validators(&r);
@@ -493,9 +492,7 @@ fn the_head_is_never_cached_and_its_etag_changes_only_with_the_series() {
 
 #[test]
 fn a_read_token_makes_pages_private() {
-    let dir = TempDir::new("private");
-    seed(dir.path(), "p", SPARSE, 5);
-    let server = Server::start(dir.path(), &["--read-token", "r"]);
+    let (_dir, server) = sparse_server("private", "p", &["--read-token", "r"]);
     let url = "/api/series/p/data/before/2014_01_01_00_00_10";
     assert_eq!(server.get(url).status, 401);
     let r = request(

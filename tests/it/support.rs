@@ -86,6 +86,12 @@ impl Server {
         assert!(exit.success(), "server exited with {exit}");
     }
 
+    /// `FAST` and then `extra`.
+    pub fn start_fast(data: &Path, extra: &[&str]) -> Server {
+        let args: Vec<&str> = FAST.iter().chain(extra).copied().collect();
+        Server::start(data, &args)
+    }
+
     pub fn get(&self, path: &str) -> Response {
         request(self.addr, "GET", path, &[], b"").unwrap()
     }

@@ -4,6 +4,7 @@
 pub mod auth;
 mod conditional;
 pub mod error;
+mod export;
 mod ingest;
 pub mod pages;
 mod series;
@@ -62,6 +63,8 @@ pub fn router(state: AppState) -> Router {
             get(series::series_show).put(series::series_put),
         )
         .route("/api/series/{series}/events", post(ingest::events_post))
+        .route("/api/series/{series}/export", get(export::export_get))
+        .route("/api/series/{series}/histogram", get(export::histogram_get))
         .route("/api/series/{series}/data", get(pages::head))
         .route("/api/series/{series}/data/before/{t}", get(pages::before))
         .route(

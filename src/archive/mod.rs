@@ -178,6 +178,40 @@ impl SeriesArchive {
         })
     }
 
+    /// Calls `each(chunk start, events)` for every chunk whole here that starts in `[from, to)`, in time
+    /// order, from the indexes alone.
+    pub fn chunk_counts(&self, from: Millis, to: Millis, mut each: impl FnMut(ChunkStart, u64)) {
+        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+        for h in hours
+            .range(Hour::of(from)..=Hour::of(to - 1))
+            .map(|(_, h)| h)
+        {
+            let lo = h
+                .entries
+                .partition_point(|e| e.meta.chunk_start.millis() < from);
+            let hi = h
+                .entries
+                .partition_point(|e| e.meta.chunk_start.millis() < to);
+            let mut current: Option<(ChunkStart, u64)> = None;
+            for e in &h.entries[lo..hi] {
+                match &mut current {
+                    Some((start, n)) if *start == e.meta.chunk_start => {
+                        *n += u64::from(e.meta.entries)
+                    }
+                    _ => {
+                        if let Some((start, n)) = current.take() {
+                            each(start, n);
+                        }
+                        current = Some((e.meta.chunk_start, u64::from(e.meta.entries)));
+                    }
+                }
+            }
+            if let Some((start, n)) = current {
+                each(start, n);
+            }
+        }
+    }
+
     /// The index entries of one sealed chunk, in part order; empty when the chunk holds no events.
     pub fn chunk(&self, start: ChunkStart) -> Vec<IndexEntry> {
         let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());

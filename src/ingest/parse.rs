@@ -234,6 +234,11 @@ fn add_event(
     Ok(())
 }
 
+/// The time of a stored line (every stored line has a valid `ts`); `None` for anything else.
+pub fn event_time(line: &[u8]) -> Option<Millis> {
+    probe(line).ok()?.ts
+}
+
 /// What one event's JSON says about itself.
 struct Probe {
     ts: Option<Millis>,

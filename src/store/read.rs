@@ -254,6 +254,72 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A located page's stored gzip member, without inflating it, when its chunk is sealed.
+    pub fn read_stored(
+        &self,
+        name: &SeriesName,
+        at: &Located,
+    ) -> Result<Option<(member::MemberMeta, Vec<u8>)>, StoreError> {
+        let (Some(start), Some(archive)) = (at.start, self.archive(name)) else {
+            return Ok(None);
+        };
+        let key = ChunkStart::from_stored(start);
+        if at.parts == 0 || !archive.contains(key) {
+            return Ok(None);
+        }
+        let Some(entry) = archive.chunk(key).get(at.part as usize).copied() else {
+            return Ok(None);
+        };
+        Ok(Some((entry.meta, archive.read_member(&entry)?)))
+    }
+
+    /// The series' sealed watermark and when it was created: what decides whether a range is final.
+    pub fn watermark(&self, name: &SeriesName) -> Option<(Millis, Millis)> {
+        let st = lock(&self.inner.state);
+        st.series.get(name.as_str()).map(|s| (s.sealed, s.created))
+    }
+
+    /// Event counts in `[from, to)` per bucket of `step`, from the indexes and open chunks alone (no line is
+    /// read). `from` and `step` must be multiples of the series' width, so chunks never straddle buckets.
+    pub fn histogram(
+        &self,
+        name: &SeriesName,
+        from: Millis,
+        to: Millis,
+        step: Millis,
+    ) -> Result<Vec<u64>, StoreError> {
+        let buckets = usize::try_from((to - from + step - 1) / step).unwrap_or(0);
+        let mut counts = vec![0u64; buckets];
+        let bucket = |start: Millis| ((start - from) / step) as usize;
+        let (archive, memory) = {
+            let st = lock(&self.inner.state);
+            let s = st
+                .series
+                .get(name.as_str())
+                .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+            let range = ChunkStart::from_stored(from)..ChunkStart::from_stored(to);
+            let memory: Vec<(ChunkStart, u64)> = s
+                .sealing
+                .range(range.clone())
+                .map(|(k, c)| (*k, c.len() as u64))
+                .chain(s.open.range(range).map(|(k, c)| (*k, c.len() as u64)))
+                .collect();
+            (s.archive.clone(), memory)
+        };
+        let mut archived = std::collections::HashSet::new();
+        archive.chunk_counts(from, to, |start, n| {
+            archived.insert(start);
+            counts[bucket(start.millis())] += n;
+        });
+        // A chunk being sealed may be counted by both: the archive's count wins.
+        for (start, n) in memory.into_iter().filter(|(s, _)| !archived.contains(s)) {
+            counts[bucket(start.millis())] += n;
+        }
+        Ok(counts)
+    }
+}
+
 /// The better of an archive candidate and in-memory candidates by `better`; on a tie the archive's.
 fn pick(
     stored: Option<ChunkView>,

@@ -3,6 +3,7 @@
 
 mod cache;
 mod crash;
+mod export;
 mod ingest;
 mod pages;
 mod recovery;

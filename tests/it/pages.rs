@@ -13,7 +13,7 @@ use crate::support::{FAST, Response, Server, TempDir, now_ms, request};
 
 /// Writes a sealed series straight into a data folder: `chunks` are (start, number of events), the width is
 /// 10 s, parts hold at most `per_part` events. Event `n` of the whole series is `{"ts":..,"n":n}`.
-fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) -> Vec<i64> {
+pub fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) -> Vec<i64> {
     let dir = data.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let now = now_ms();
@@ -66,7 +66,7 @@ fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) -> V
 }
 
 /// Chunks months apart, one of them bigger than a page.
-const SPARSE: &[(&str, usize)] = &[
+pub const SPARSE: &[(&str, usize)] = &[
     ("2014-01-01T00:00:00Z", 3),
     ("2014-01-01T00:00:10Z", 2),
     ("2014-05-17T13:20:00Z", 12),

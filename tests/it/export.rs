@@ -99,7 +99,11 @@ fn exports_give_back_exactly_the_events_of_the_range_in_every_format() {
         assert_eq!(gunzip(&gz.body), nd.body, "gzip {from}..{to}");
         if from == "1388534400" {
             // Whole sealed members are sent as stored: ours carry FEXTRA, a freshly made member would not.
-            assert_eq!(gz.body[3] & 0x04, 0x04, "the first member is the stored one");
+            assert_eq!(
+                gz.body[3] & 0x04,
+                0x04,
+                "the first member is the stored one"
+            );
         }
     }
 }

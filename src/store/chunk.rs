@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::ingest::wal::Logged;
+use crate::time::Millis;
 
 const BLOCK: usize = 4096;
 
@@ -14,6 +15,8 @@ pub(crate) struct OpenChunk {
     tail: Vec<Logged>,
     /// Bytes of the lines.
     bytes: u64,
+    /// The earliest and latest event time, kept as events arrive so that series info is O(chunks).
+    span: Option<(Millis, Millis)>,
 }
 
 impl OpenChunk {
@@ -25,6 +28,14 @@ impl OpenChunk {
         }
         self.tail.push(e);
         self.bytes += u64::from(e.line.len);
+        self.span = Some(
+            self.span
+                .map_or((e.ts, e.ts), |(lo, hi)| (lo.min(e.ts), hi.max(e.ts))),
+        );
+    }
+
+    pub fn span(&self) -> Option<(Millis, Millis)> {
+        self.span
     }
 
     pub fn len(&self) -> usize {
@@ -40,10 +51,6 @@ impl OpenChunk {
             Some(block) => block[i % BLOCK],
             None => self.tail[i - self.full.len() * BLOCK],
         }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Logged> + '_ {
-        self.full.iter().flat_map(|b| b.iter()).chain(&self.tail)
     }
 
     /// The events' positions in time order; events with the same time keep their arrival order.
@@ -84,7 +91,6 @@ mod tests {
         }
         assert_eq!(c.len(), n);
         assert_eq!(c.bytes(), 3 * n as u64);
-        assert_eq!(c.iter().count(), n);
         assert_eq!(c.get(BLOCK + 1), event((n - BLOCK - 1) as i64 / 2));
         let order = c.time_order();
         let times: Vec<i64> = order.iter().map(|&i| c.get(i as usize).ts).collect();
@@ -96,6 +102,7 @@ mod tests {
                 .all(|w| c.get(w[0] as usize).ts < c.get(w[1] as usize).ts || w[0] < w[1])
         );
         assert_eq!(c.parts(BLOCK), 3);
+        assert_eq!(c.span(), Some((0, n as i64 / 2)));
         assert_eq!(OpenChunk::default().parts(10), 0);
     }
 }

@@ -433,9 +433,9 @@ impl Store {
             let sealing = s.sealing.values().map(|c| &**c);
             for chunk in sealing.chain(s.open.values()) {
                 info.unsealed_events += chunk.len() as u64;
-                for e in chunk.iter() {
-                    info.first_ts = Some(info.first_ts.map_or(e.ts, |f| f.min(e.ts)));
-                    info.last_ts = Some(info.last_ts.map_or(e.ts, |l| l.max(e.ts)));
+                if let Some((lo, hi)) = chunk.span() {
+                    info.first_ts = min_opt(info.first_ts, Some(lo));
+                    info.last_ts = max_opt(info.last_ts, Some(hi));
                 }
             }
             (s.archive.clone(), info)

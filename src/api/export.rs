@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -23,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::conditional::Validators;
 use super::error::ApiError;
-use super::{AppState, SeriesPath};
+use super::{AppState, SeriesPath, pages};
 use crate::ingest::parse::event_time;
 use crate::store::{PageRef, SeriesName, Store, StoreError};
 use crate::time::{self, Millis};
@@ -136,24 +135,6 @@ fn not_modified(h: HeaderMap) -> Response {
     res
 }
 
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',').any(|e| {
-                let mut parts = e.split(';');
-                let name = parts.next().unwrap_or("").trim();
-                let refused = parts.any(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .is_some_and(|q| q.trim().parse() == Ok(0.0))
-                });
-                (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-            })
-        })
-}
-
 pub async fn export_get(
     State(state): State<AppState>,
     SeriesPath(name): SeriesPath,
@@ -183,7 +164,10 @@ pub async fn export_get(
         }
         _ => Vec::new(),
     };
-    let gzip = accepts_gzip(&headers);
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(pages::accepts_gzip);
     let validators = Validators::from_headers(&headers);
     let mut h = match caching(
         &state,
@@ -360,13 +344,7 @@ impl Export {
 
     fn send_text(&self, text: Vec<u8>) -> Result<(), Stop> {
         let bytes = if self.gzip {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(text.len() / 3 + 64),
-                flate2::Compression::new(self.level),
-            );
-            // Writing into a Vec cannot fail.
-            let _ = enc.write_all(&text);
-            enc.finish().unwrap_or_default()
+            pages::gzip(&text, self.level)
         } else {
             text
         };

@@ -64,7 +64,7 @@ impl Repr {
             > quality(accept, &["application/json", "*/*", "application/*"]);
         Repr {
             ndjson,
-            gzip: quality(encodings, &["gzip", "x-gzip", "*"]) > 0.0,
+            gzip: accepts_gzip(encodings),
         }
     }
 
@@ -84,6 +84,11 @@ impl Repr {
             "application/json"
         }
     }
+}
+
+/// Whether an `Accept-Encoding` value accepts gzip.
+pub fn accepts_gzip(accept_encoding: &str) -> bool {
+    quality(accept_encoding, &["gzip", "x-gzip", "*"]) > 0.0
 }
 
 /// The highest quality a header list gives any of `names` (0 when none is listed).
@@ -388,7 +393,7 @@ fn json_body(name: &SeriesName, at: &Located, lines: &PageLines) -> Vec<u8> {
     out
 }
 
-fn gzip(bytes: &[u8], level: u32) -> Vec<u8> {
+pub fn gzip(bytes: &[u8], level: u32) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(bytes.len() / 3 + 64),
         flate2::Compression::new(level),

@@ -1,12 +1,10 @@
 //! Exports and histograms over HTTP: ranges that cut chunks, hours and days give back exactly the events in
 //! them, in every format; gzip output is valid gzip; histograms match counts made from the events.
 
-use std::io::Read;
-
 use serde_json::Value;
 
 use crate::pages::{SPARSE, seed};
-use crate::support::{Server, TempDir, now_ms, request};
+use crate::support::{Server, TempDir, gunzip, now_ms, request};
 
 /// The seeded events as stored: `{"ts":t,"n":n}`.
 fn lines(ts: &[i64], from: i64, to: i64) -> Vec<String> {
@@ -19,14 +17,6 @@ fn lines(ts: &[i64], from: i64, to: i64) -> Vec<String> {
 
 fn ms(rfc3339: &str) -> i64 {
     hourglass::time::parse_rfc3339(rfc3339).unwrap()
-}
-
-fn gunzip(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(b)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
 }
 
 #[test]

@@ -9,7 +9,7 @@ use hourglass::store::Settings;
 use hourglass::time::{ChunkStart, parse_rfc3339};
 use serde_json::Value;
 
-use crate::support::{FAST, Response, Server, TempDir, now_ms, request};
+use crate::support::{FAST, Response, Server, TempDir, gunzip, now_ms, request};
 
 /// Writes a sealed series straight into a data folder: `chunks` are (start, number of events), the width is
 /// 10 s, parts hold at most `per_part` events. Event `n` of the whole series is `{"ts":..,"n":n}`.
@@ -331,15 +331,6 @@ type Fetched = (Vec<u8>, (String, String, Option<String>), Option<String>);
 
 fn stamp(t: i64) -> String {
     hourglass::time::format_stamp(t)
-}
-
-fn gunzip(b: &[u8]) -> Vec<u8> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(b)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
 }
 
 #[test]

@@ -282,3 +282,12 @@ pub fn iso(t: i64) -> String {
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// Inflates a gzip body (any number of members).
+pub fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(b)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}

@@ -47,6 +47,7 @@ impl From<StoreError> for ApiError {
             StoreError::Future { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "future_event"),
             StoreError::UnknownSeries(_) => (StatusCode::NOT_FOUND, "unknown_series"),
             StoreError::NoSuchPart { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            StoreError::Misaligned { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             StoreError::WidthConflict { .. } => (StatusCode::CONFLICT, "width_conflict"),
             StoreError::Busy(_) | StoreError::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded")

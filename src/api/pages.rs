@@ -96,8 +96,8 @@ fn quality(list: &str, names: &[&str]) -> f32 {
     list.split(',')
         .filter_map(|item| {
             let mut parts = item.split(';');
-            let name = parts.next()?.trim().to_ascii_lowercase();
-            if !names.contains(&name.as_str()) {
+            let name = parts.next()?.trim();
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
                 return None;
             }
             let q = parts
@@ -174,37 +174,19 @@ pub async fn head(State(state): State<AppState>, req: PageRequest) -> Result<Res
 }
 
 pub async fn before(State(state): State<AppState>, req: PageRequest) -> Result<Response, ApiError> {
-    let end = aligned(&state, &req)?;
+    let end = stamp(&req)?;
     let part = req.part;
     serve(state, PageRef::Before { end, part }, req).await
 }
 
 pub async fn after(State(state): State<AppState>, req: PageRequest) -> Result<Response, ApiError> {
-    let start = aligned(&state, &req)?;
+    let start = stamp(&req)?;
     serve(state, PageRef::After { start }, req).await
 }
 
-/// The `{t}` of a URL, checked to be a multiple of the series' width, so no page overlaps another.
-fn aligned(state: &AppState, p: &PageRequest) -> Result<Millis, ApiError> {
-    let t =
-        p.t.ok_or_else(|| ApiError::bad_request("missing time in the path"))?;
-    let width = state.store.width_of(&p.series).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_series",
-            format!("no series named {:?}", p.series.as_str()),
-        )
-    })?;
-    if width.is_aligned(t) {
-        return Ok(t);
-    }
-    let below = width.align_down(t);
-    Err(ApiError::bad_request(format!(
-        "{} is not a multiple of the series' chunk width ({width}): use {} or {}",
-        time::format_stamp(t),
-        time::format_stamp(below),
-        time::format_stamp(below + width.millis())
-    )))
+/// The `{t}` of a URL; the store checks it against the series' width.
+fn stamp(p: &PageRequest) -> Result<Millis, ApiError> {
+    p.t.ok_or_else(|| ApiError::bad_request("missing time in the path"))
 }
 
 async fn serve(state: AppState, page: PageRef, req: PageRequest) -> Result<Response, ApiError> {

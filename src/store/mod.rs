@@ -71,6 +71,8 @@ pub enum StoreError {
     },
     #[error("no series named {0:?}")]
     UnknownSeries(String),
+    #[error("{} is not a multiple of the series' chunk width ({width}): use {} or {}", time::format_stamp(*t), time::format_stamp(width.align_down(*t)), time::format_stamp(width.align_down(*t) + width.millis()))]
+    Misaligned { t: Millis, width: ChunkWidth },
     #[error("no part {part}: the chunk has {parts} part(s)")]
     NoSuchPart { part: u32, parts: u32 },
     #[error("series {series:?} exists with chunk width {existing}, not {requested}")]

@@ -89,6 +89,12 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
         let archive = &s.archive;
         let w = s.width.millis();
+        // Pages never overlap: a URL's time is a chunk boundary of this series.
+        if let PageRef::Before { end: t, .. } | PageRef::After { start: t } = page
+            && !s.width.is_aligned(t)
+        {
+            return Err(StoreError::Misaligned { t, width: s.width });
+        }
         let in_memory = |start: &ChunkStart, c: &OpenChunk| ChunkView {
             start: start.millis(),
             parts: c.parts(max),

@@ -80,12 +80,24 @@ pub struct Summary {
     pub last_ts: Option<Millis>,
 }
 
+impl Summary {
+    fn add(&mut self, m: &MemberMeta) {
+        self.events += u64::from(m.entries);
+        self.chunks += u64::from(m.last_part);
+        self.bytes += m.member_len;
+        self.first_ts = Some(self.first_ts.map_or(m.first_ts, |t| t.min(m.first_ts)));
+        self.last_ts = Some(self.last_ts.map_or(m.last_ts, |t| t.max(m.last_ts)));
+    }
+}
+
 /// The hour archives of one series folder.
 pub struct SeriesArchive {
     dir: PathBuf,
     /// Readers copy out what they need and let go; the sealer holds the write lock only to push entries it
     /// has already made durable. A std lock: no `.await` while held.
     hours: RwLock<BTreeMap<Hour, HourIndex>>,
+    /// Totals over `hours`, kept as members are indexed so that series info does not walk the history.
+    totals: RwLock<Summary>,
 }
 
 impl SeriesArchive {
@@ -113,9 +125,14 @@ impl SeriesArchive {
             }
             hours.insert(hour, index);
         }
+        let mut totals = Summary::default();
+        for e in hours.values().flat_map(|h| &h.entries) {
+            totals.add(&e.meta);
+        }
         let archive = SeriesArchive {
             dir: dir.to_owned(),
             hours: RwLock::new(hours),
+            totals: RwLock::new(totals),
         };
         Ok((archive, repairs))
     }
@@ -264,6 +281,12 @@ impl SeriesArchive {
             // The archive is durable and right; the sidecar is rebuilt from it at the next open.
             tracing::warn!(path = %sidecar.display(), error = %e, "index sidecar not updated");
         }
+        {
+            let mut totals = self.totals.write().unwrap_or_else(|e| e.into_inner());
+            for e in &entries {
+                totals.add(&e.meta);
+            }
+        }
         let mut hours = self.hours.write().unwrap_or_else(|e| e.into_inner());
         hours
             .entry(hour)
@@ -303,21 +326,7 @@ impl SeriesArchive {
     }
 
     pub fn summary(&self) -> Summary {
-        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-        let mut s = Summary::default();
-        for h in hours.values() {
-            for e in &h.entries {
-                s.events += u64::from(e.meta.entries);
-                s.chunks += u64::from(e.meta.last_part);
-                s.bytes += e.meta.member_len;
-                s.first_ts = Some(
-                    s.first_ts
-                        .map_or(e.meta.first_ts, |t| t.min(e.meta.first_ts)),
-                );
-                s.last_ts = Some(s.last_ts.map_or(e.meta.last_ts, |t| t.max(e.meta.last_ts)));
-            }
-        }
-        s
+        *self.totals.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 

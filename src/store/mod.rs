@@ -310,10 +310,6 @@ impl Store {
         })
     }
 
-    pub fn config(&self) -> &StoreConfig {
-        &self.inner.cfg
-    }
-
     /// Makes a batch durable and adds it to its series (created with default settings on first write).
     pub async fn ingest(&self, name: &SeriesName, parsed: Parsed) -> Result<Ack, StoreError> {
         self.ensure_series(name, None).await?;
@@ -457,11 +453,6 @@ impl Store {
             .series
             .get(name.as_str())
             .map(|s| s.archive.clone())
-    }
-
-    /// Seals whatever is due now, without waiting for the sealer's next tick.
-    pub fn seal_now(&self) -> Result<(), StoreError> {
-        seal::seal_due(&self.inner, time::now())
     }
 
     /// Stops the threads after the commit thread has answered every batch queued before this call. Whatever was

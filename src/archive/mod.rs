@@ -104,18 +104,23 @@ impl SeriesArchive {
     /// Opens a series folder: loads every hour's index, rebuilding it from the archive where the sidecar is
     /// missing or wrong, and cuts off a torn tail. Returns what was repaired, one line per repair.
     pub fn open(dir: &Path) -> Result<(SeriesArchive, Vec<String>), ArchiveError> {
-        let mut hours = BTreeMap::new();
-        let mut repairs = Vec::new();
+        let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_at(dir))? {
             let entry = entry.map_err(io_at(dir))?;
             let name = entry.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX)) else {
-                continue;
-            };
-            let Some(hour) = Hour::parse_stem(stem) else {
-                continue;
-            };
-            let index = load_hour(dir, hour, &mut repairs)?;
+            let stem = name.to_str().and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX));
+            if let Some(hour) = stem.and_then(Hour::parse_stem) {
+                found.push(hour);
+            }
+        }
+        found.sort_unstable();
+        let newest = found.last().copied();
+        let mut hours = BTreeMap::new();
+        let mut repairs = Vec::new();
+        for hour in found {
+            // Chunks are sealed in time order, so only the newest hour can have been mid-append at a crash:
+            // its last member is inflated and checked; older hours are checked against their sidecar only.
+            let index = load_hour(dir, hour, Some(hour) == newest, &mut repairs)?;
             if index.entries.is_empty() {
                 // Nothing survived (a crash while the hour's first chunk was written): the file goes.
                 let path = archive_path(dir, hour);
@@ -368,7 +373,12 @@ fn write_members(
 
 /// Loads one hour's index: the sidecar's valid prefix, completed by scanning the archive, and the archive cut
 /// back to the last whole chunk.
-fn load_hour(dir: &Path, hour: Hour, repairs: &mut Vec<String>) -> Result<HourIndex, ArchiveError> {
+fn load_hour(
+    dir: &Path,
+    hour: Hour,
+    verify_last: bool,
+    repairs: &mut Vec<String>,
+) -> Result<HourIndex, ArchiveError> {
     let path = archive_path(dir, hour);
     let sidecar = sidecar_path(dir, hour);
     let file = OpenOptions::new()
@@ -379,8 +389,11 @@ fn load_hour(dir: &Path, hour: Hour, repairs: &mut Vec<String>) -> Result<HourIn
     let len = file.metadata().map_err(io_at(&path))?.len();
     let (mut index, mut rewrite) =
         index::read_sidecar(&sidecar, hour, len).map_err(io_at(&sidecar))?;
-    // The sidecar's last member is checked whole: it is the one a crash could have left half-written.
-    if !index.entries.is_empty() && !index::verify_last(&file, &index).map_err(io_at(&path))? {
+    // In the newest hour the sidecar's last member is checked whole: a crash could have left it half-written.
+    if verify_last
+        && !index.entries.is_empty()
+        && !index::verify_last(&file, &index).map_err(io_at(&path))?
+    {
         index.entries.pop();
         rewrite = true;
     }

@@ -13,7 +13,8 @@ use std::task::{Context, Poll};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body::Frame;
@@ -135,14 +136,51 @@ fn not_modified(h: HeaderMap) -> Response {
     res
 }
 
-pub async fn export_get(
-    State(state): State<AppState>,
-    SeriesPath(name): SeriesPath,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    state.tokens.check_read(&headers)?;
-    let (from, to) = range(&q)?;
+/// A request for a range of a series: read-token checked, `from`/`to` parsed, the rest of its query kept,
+/// its validators and whether it takes gzip.
+pub struct Ranged {
+    name: SeriesName,
+    from: Millis,
+    to: Millis,
+    q: HashMap<String, String>,
+    validators: Validators,
+    gzip: bool,
+}
+
+impl FromRequestParts<AppState> for Ranged {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.tokens.check_read(&parts.headers)?;
+        let SeriesPath(name) = SeriesPath::from_request_parts(parts, state).await?;
+        let Query(q) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+        let (from, to) = range(&q)?;
+        let headers = &parts.headers;
+        Ok(Ranged {
+            name,
+            from,
+            to,
+            q,
+            validators: Validators::from_headers(headers),
+            gzip: headers
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(pages::accepts_gzip),
+        })
+    }
+}
+
+pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Response, ApiError> {
+    let Ranged {
+        name,
+        from,
+        to,
+        q,
+        validators,
+        gzip,
+    } = r;
     let format = match q.get("format").map(String::as_str).unwrap_or("ndjson") {
         "ndjson" => Format::Ndjson,
         "json" => Format::Json,
@@ -164,11 +202,6 @@ pub async fn export_get(
         }
         _ => Vec::new(),
     };
-    let gzip = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(pages::accepts_gzip);
-    let validators = Validators::from_headers(&headers);
     let mut h = match caching(
         &state,
         &name,
@@ -415,14 +448,15 @@ fn parse_step(raw: &str) -> Option<Millis> {
 
 const MAX_BUCKETS: Millis = 100_000;
 
-pub async fn histogram_get(
-    State(state): State<AppState>,
-    SeriesPath(name): SeriesPath,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    state.tokens.check_read(&headers)?;
-    let (from, to) = range(&q)?;
+pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<Response, ApiError> {
+    let Ranged {
+        name,
+        from,
+        to,
+        q,
+        validators,
+        ..
+    } = r;
     let width = state.store.width_of(&name).ok_or_else(|| unknown(&name))?;
     let raw = q.get("step").map(String::as_str).unwrap_or("");
     let step = parse_step(raw)
@@ -443,7 +477,6 @@ pub async fn histogram_get(
             (to - from) / step
         )));
     }
-    let validators = Validators::from_headers(&headers);
     let h = match caching(
         &state,
         &name,

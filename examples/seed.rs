@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         chunk_seconds: width.secs(),
         sealed: end,
         created: start,
+        revision: 0,
     }
     .store(&dir)?;
     let (archive, _) = SeriesArchive::open(&dir)?;

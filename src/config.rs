@@ -28,34 +28,27 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Write a range of a series to a file or stdout, from a data folder or a running server.
+    Export(ExportArgs),
+    /// Put archives written by other tools (`{partition}/{YYYYMMDDHH}.json.gz`) into a series.
+    Import(ImportArgs),
 }
 
+/// What the store needs: the data folder and how events move through it.
 #[derive(Args, Debug, Clone)]
-pub struct ServeArgs {
+pub struct StoreArgs {
     /// The data folder: one folder per series, and the write-ahead log in `_wal`.
     #[arg(long, env = "HOURGLASS_DATA", default_value = "./data")]
     pub data: PathBuf,
-    /// Address to listen on; port 0 picks a free port (the bound address is printed).
-    #[arg(long, env = "HOURGLASS_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
     /// Seconds to wait for late events before a chunk is sealed.
     #[arg(long, env = "HOURGLASS_LATENESS", default_value_t = 30)]
     pub lateness: u32,
     /// Chunk width in seconds for new series: a divisor of 3600.
     #[arg(long, env = "HOURGLASS_CHUNK_SECONDS", default_value_t = 10, value_parser = parse_width)]
     pub chunk_seconds: u32,
-    /// Bearer token required for writes (none: writes are open).
-    #[arg(long, env = "HOURGLASS_WRITE_TOKEN", hide_env_values = true)]
-    pub write_token: Option<String>,
-    /// Bearer token required for reads (none: reads are public).
-    #[arg(long, env = "HOURGLASS_READ_TOKEN", hide_env_values = true)]
-    pub read_token: Option<String>,
     /// Seconds an event's time may be ahead of the server clock.
     #[arg(long, env = "HOURGLASS_MAX_FUTURE", default_value_t = 300)]
     pub max_future: u32,
-    /// Largest request body, in bytes, before and after gzip inflation.
-    #[arg(long, env = "HOURGLASS_MAX_BODY_BYTES", default_value_t = 16 << 20)]
-    pub max_body_bytes: usize,
     /// Bytes of events not sealed yet before ingest answers 503. They wait in the log on disk; memory holds
     /// about 24 bytes per event.
     #[arg(long, env = "HOURGLASS_MAX_BACKLOG_BYTES", default_value_t = 4 << 30)]
@@ -66,12 +59,79 @@ pub struct ServeArgs {
     /// Most events on one page; a sealed chunk with more is stored as several gzip members, one per page.
     #[arg(long, env = "HOURGLASS_MAX_PAGE_ENTRIES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_page_entries: u32,
+    /// gzip level for sealed chunks and for answers compressed on the fly (1 fastest .. 9 smallest).
+    #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub gzip_level: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, env = "HOURGLASS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Bearer token required for writes (none: writes are open).
+    #[arg(long, env = "HOURGLASS_WRITE_TOKEN", hide_env_values = true)]
+    pub write_token: Option<String>,
+    /// Bearer token required for reads (none: reads are public).
+    #[arg(long, env = "HOURGLASS_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+    /// Largest request body, in bytes, before and after gzip inflation.
+    #[arg(long, env = "HOURGLASS_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
     /// Bytes of rendered final pages kept in memory (0: none).
     #[arg(long, env = "HOURGLASS_PAGE_CACHE_BYTES", default_value_t = 256 << 20)]
     pub page_cache_bytes: u64,
-    /// gzip level for sealed chunks and for pages compressed on the fly (1 fastest .. 9 smallest).
-    #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
-    pub gzip_level: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// The series to export.
+    #[arg(long, default_value = "default")]
+    pub series: String,
+    /// Start of the range, inclusive: RFC 3339 or Unix seconds.
+    #[arg(long)]
+    pub from: String,
+    /// End of the range, exclusive: RFC 3339 or Unix seconds.
+    #[arg(long)]
+    pub to: String,
+    /// ndjson, json (one array) or csv.
+    #[arg(long, default_value = "ndjson")]
+    pub format: String,
+    /// The columns of a csv export: top-level fields, comma-separated.
+    #[arg(long)]
+    pub fields: Option<String>,
+    /// Write gzip (stored chunks are copied as they are).
+    #[arg(long)]
+    pub gzip: bool,
+    /// The file to write (default: stdout).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Read from a running server (`http://host:port`) instead of a data folder.
+    #[arg(long, conflicts_with = "data")]
+    pub url: Option<String>,
+    /// Read a data folder directly (the server must be stopped: the folder is locked while in use).
+    #[arg(long, env = "HOURGLASS_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    /// Bearer token for a server that needs one for reads.
+    #[arg(long, env = "HOURGLASS_READ_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The folder to import: `{partition}/{YYYYMMDDHH}.json.gz` files, at any depth.
+    pub dir: PathBuf,
+    /// The series to import into; created with --chunk-seconds when it does not exist.
+    #[arg(long)]
+    pub series: String,
+    /// The field holding each event's time (RFC 3339 or Unix milliseconds); events without it get the start of
+    /// their file's hour.
+    #[arg(long, default_value = "ts")]
+    pub ts_field: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 fn parse_width(s: &str) -> Result<u32, String> {
@@ -81,7 +141,19 @@ fn parse_width(s: &str) -> Result<u32, String> {
     ChunkWidth::from_secs(secs).map(ChunkWidth::secs)
 }
 
-impl ServeArgs {
+impl StoreArgs {
+    /// The settings from the environment and the defaults, for the data folder `data`.
+    pub fn for_data(data: PathBuf) -> Result<StoreArgs, clap::Error> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            store: StoreArgs,
+        }
+        let mut args = Only::try_parse_from(["hourglass"])?.store;
+        args.data = data;
+        Ok(args)
+    }
+
     pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
             data: self.data.clone(),

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod archive;
+pub mod bulk;
+pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod server;

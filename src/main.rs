@@ -2,13 +2,38 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use hourglass::config::{Cli, Command};
-use hourglass::server;
+use hourglass::config::{Cli, Command, ServeArgs};
+use hourglass::{cli, server};
 use tracing_subscriber::EnvFilter;
+
+/// `hourglass import` finished, but left some of its input out.
+const INCOMPLETE: u8 = 3;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    let cli = Cli::parse();
+    // The commands for scripts say only what went wrong; the server says what it does.
+    let level = match cli.command {
+        Some(Command::Export(_) | Command::Import(_)) => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("HOURGLASS_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+        Some(Command::Export(args)) => cli::export(args).await,
+        Some(Command::Import(args)) => match cli::import(args).await {
+            Ok(false) => return ExitCode::from(INCOMPLETE),
+            other => other.map(drop),
+        },
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hourglass: {e}");
@@ -17,25 +42,13 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("HOURGLASS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => cli.serve,
-    };
-    let store = server::open_store(&args).await?;
+async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let store = server::open_store(&args.store).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     std::io::stdout().flush()?;
-    tracing::info!(%addr, data = %args.data.display(), "serving");
+    tracing::info!(%addr, data = %args.store.data.display(), "serving");
     server::run(listener, store, &args, server::shutdown_signal()).await?;
     Ok(())
 }

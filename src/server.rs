@@ -8,10 +8,10 @@ use tokio::net::TcpListener;
 
 use crate::api::auth::Tokens;
 use crate::api::{self, AppState, Shared};
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, StoreArgs};
 use crate::store::{Store, StoreError};
 
-pub async fn open_store(args: &ServeArgs) -> Result<Store, StoreError> {
+pub async fn open_store(args: &StoreArgs) -> Result<Store, StoreError> {
     let cfg = args.store_config();
     tokio::task::spawn_blocking(move || Store::open(cfg))
         .await
@@ -32,7 +32,7 @@ pub async fn run(
         },
         max_body_bytes: args.max_body_bytes,
         pages: crate::api::pages::page_cache(args.page_cache_bytes),
-        gzip_level: args.gzip_level,
+        gzip_level: args.store.gzip_level,
     });
     // TCP_NODELAY: a response written in pieces must not wait for the client's delayed ACK (Nagle).
     let listener = listener.tap_io(|tcp| {

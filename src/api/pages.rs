@@ -9,7 +9,6 @@
 //! one page, one body, one cache entry.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -22,6 +21,7 @@ use axum::response::Response;
 use super::conditional::{self, Validators};
 use super::error::ApiError;
 use super::{AppState, DEFAULT_SERIES};
+use crate::archive::member::gzip;
 use crate::store::{Located, PageLines, PageRef, SeriesName};
 use crate::time::{self, Millis};
 
@@ -256,8 +256,8 @@ fn final_etag(name: &SeriesName, at: &Located, repr: Repr) -> String {
         _ => (0, String::new()),
     };
     format!(
-        "\"{FORMAT_VERSION}.{name}.{:x}.{:x}.{part}.{}\"",
-        at.series_created,
+        "\"{FORMAT_VERSION}.{name}.{}.{:x}.{part}.{}\"",
+        at.generation,
         end,
         repr.tag()
     )
@@ -373,16 +373,6 @@ fn json_body(name: &SeriesName, at: &Located, lines: &PageLines) -> Vec<u8> {
     }
     out.extend_from_slice(b"]}");
     out
-}
-
-pub fn gzip(bytes: &[u8], level: u32) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 3 + 64),
-        flate2::Compression::new(level),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(bytes);
-    enc.finish().unwrap_or_default()
 }
 
 fn cache_control(is_final: bool, private: bool) -> HeaderValue {

@@ -33,6 +33,17 @@ const TRAILER_LEN: usize = 8;
 /// An encoded member and what it says about itself.
 pub type Member = (MemberMeta, Vec<u8>);
 
+/// A plain gzip member of `bytes`, for answers compressed on the fly.
+pub fn gzip(bytes: &[u8], level: u32) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 3 + 64),
+        Compression::new(level),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(bytes);
+    enc.finish().unwrap_or_default()
+}
+
 /// What a member says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemberMeta {

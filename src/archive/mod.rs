@@ -8,8 +8,8 @@
 //! - members are in time order, and a chunk's parts are contiguous and end with a member marked last;
 //! - the index is a cache of the archive: it is checked against the archive and rebuilt from it when wrong.
 //!
-//! The interface is deliberately small (`open`, `append_chunk`, `chunk`, `read_member`, `summary`) so that
-//! another backend (object storage) can stand behind the same calls.
+//! The interface is deliberately small (`open`, `append_chunk`, `chunk`, `read_member`, `summary`, and
+//! `insert_chunks` for imports) so that another backend (object storage) can stand behind the same calls.
 
 pub mod index;
 pub mod member;
@@ -19,7 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 pub use index::{HourIndex, IndexEntry};
 pub use member::MemberMeta;
@@ -27,6 +27,8 @@ pub use member::MemberMeta;
 use crate::time::{ChunkStart, Hour, Millis};
 
 const ARCHIVE_SUFFIX: &str = ".json.gz";
+/// An hour archive being rewritten by an import; renamed over the archive when whole.
+const REWRITE_SUFFIX: &str = ".json.gz.rewrite";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -98,6 +100,8 @@ pub struct SeriesArchive {
     hours: RwLock<BTreeMap<Hour, HourIndex>>,
     /// Totals over `hours`, kept as members are indexed so that series info does not walk the history.
     totals: RwLock<Summary>,
+    /// Held by whoever writes archive files: the sealer appending, an import merging.
+    writing: Mutex<()>,
 }
 
 impl SeriesArchive {
@@ -105,18 +109,25 @@ impl SeriesArchive {
     /// missing or wrong, and cuts off a torn tail. Returns what was repaired, one line per repair.
     pub fn open(dir: &Path) -> Result<(SeriesArchive, Vec<String>), ArchiveError> {
         let mut found = Vec::new();
+        let mut repairs = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_at(dir))? {
             let entry = entry.map_err(io_at(dir))?;
             let name = entry.file_name();
             let stem = name.to_str().and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX));
             if let Some(hour) = stem.and_then(Hour::parse_stem) {
                 found.push(hour);
+            } else if name.to_str().is_some_and(|n| n.ends_with(REWRITE_SUFFIX)) {
+                // An import stopped before its rename: the archive it was replacing is still whole.
+                fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
+                repairs.push(format!(
+                    "{}: unfinished rewrite removed",
+                    entry.path().display()
+                ));
             }
         }
         found.sort_unstable();
         let newest = found.last().copied();
         let mut hours = BTreeMap::new();
-        let mut repairs = Vec::new();
         for hour in found {
             // Chunks are sealed in time order, so only the newest hour can have been mid-append at a crash:
             // its last member is inflated and checked; older hours are checked against their sidecar only.
@@ -138,6 +149,7 @@ impl SeriesArchive {
             dir: dir.to_owned(),
             hours: RwLock::new(hours),
             totals: RwLock::new(totals),
+            writing: Mutex::new(()),
         };
         Ok((archive, repairs))
     }
@@ -249,6 +261,7 @@ impl SeriesArchive {
         let Some((first, _)) = members.first() else {
             return Ok(());
         };
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let hour = first.chunk_start.hour();
         let path = self.archive_path(hour);
         let start = {
@@ -286,18 +299,73 @@ impl SeriesArchive {
             // The archive is durable and right; the sidecar is rebuilt from it at the next open.
             tracing::warn!(path = %sidecar.display(), error = %e, "index sidecar not updated");
         }
-        {
-            let mut totals = self.totals.write().unwrap_or_else(|e| e.into_inner());
-            for e in &entries {
-                totals.add(&e.meta);
-            }
-        }
+        self.add_totals(&entries);
         let mut hours = self.hours.write().unwrap_or_else(|e| e.into_inner());
         hours
             .entry(hour)
             .or_insert_with(|| HourIndex::new(hour))
             .entries
             .extend(entries);
+        Ok(())
+    }
+
+    fn add_totals(&self, entries: &[IndexEntry]) {
+        let mut totals = self.totals.write().unwrap_or_else(|e| e.into_inner());
+        for e in entries {
+            totals.add(&e.meta);
+        }
+    }
+
+    /// Puts whole chunks (each its members in part order) into one hour archive where they belong in time
+    /// order, none of them there yet. Chunks after the hour's last one are appended; otherwise the hour is
+    /// written again, old members copied as they are, into a new file that replaces the old one by a rename.
+    ///
+    /// For imports, which hold the data folder alone: a reader that copied an index entry before the rename
+    /// would read the new file at an old offset.
+    pub fn insert_chunks(&self, chunks: &[Vec<member::Member>]) -> Result<(), ArchiveError> {
+        let mut chunks: Vec<&Vec<member::Member>> =
+            chunks.iter().filter(|c| !c.is_empty()).collect();
+        chunks.sort_by_key(|c| c[0].0.chunk_start);
+        let Some(first) = chunks.first().map(|c| c[0].0.chunk_start) else {
+            return Ok(());
+        };
+        let hour = first.hour();
+        let old = {
+            let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
+            hours.get(&hour).cloned()
+        };
+        let Some(old) = old.filter(|h| {
+            h.entries
+                .last()
+                .is_some_and(|e| e.meta.chunk_start >= first)
+        }) else {
+            return chunks.iter().try_for_each(|c| self.append_chunk(c));
+        };
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.archive_path(hour);
+        let tmp = self.dir.join(format!("{}{REWRITE_SUFFIX}", hour.stem()));
+        let merged = merge_hour(&path, &tmp, &old, &chunks).map_err(io_at(&path))?;
+        fs::rename(&tmp, &path).map_err(io_at(&path))?;
+        sync_dir(&self.dir).map_err(io_at(&self.dir))?;
+        let sidecar = sidecar_path(&self.dir, hour);
+        if let Err(e) = index::write_sidecar(&sidecar, &merged) {
+            tracing::warn!(path = %sidecar.display(), error = %e, "index sidecar not updated");
+        }
+        let added: Vec<IndexEntry> = merged
+            .entries
+            .iter()
+            .filter(|e| {
+                chunks
+                    .iter()
+                    .any(|c| c[0].0.chunk_start == e.meta.chunk_start)
+            })
+            .copied()
+            .collect();
+        self.add_totals(&added);
+        self.hours
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hour, merged);
         Ok(())
     }
 
@@ -341,6 +409,44 @@ fn summarize(last_part: &IndexEntry) -> ChunkSummary {
         parts: last_part.meta.part + 1,
         sealed_at: last_part.meta.sealed_at,
     }
+}
+
+/// Writes `tmp`: the members of `old` (read from `path`) and the new chunks, in time order, made durable.
+fn merge_hour(
+    path: &Path,
+    tmp: &Path,
+    old: &HourIndex,
+    chunks: &[&Vec<member::Member>],
+) -> io::Result<HourIndex> {
+    let source = File::open(path)?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, File::create(tmp)?);
+    let mut merged = HourIndex::new(old.hour);
+    let mut offset = 0;
+    let mut push = |meta: MemberMeta, bytes: &[u8], out: &mut io::BufWriter<File>| {
+        merged.entries.push(IndexEntry { offset, meta });
+        offset += bytes.len() as u64;
+        out.write_all(bytes)
+    };
+    let mut new = chunks.iter().peekable();
+    let mut buf = Vec::new();
+    for e in &old.entries {
+        while let Some(c) = new.next_if(|c| c[0].0.chunk_start < e.meta.chunk_start) {
+            for (meta, bytes) in c.iter() {
+                push(*meta, bytes, &mut out)?;
+            }
+        }
+        buf.resize(e.meta.member_len as usize, 0);
+        source.read_exact_at(&mut buf, e.offset)?;
+        push(e.meta, &buf, &mut out)?;
+    }
+    for c in new {
+        for (meta, bytes) in c.iter() {
+            push(*meta, bytes, &mut out)?;
+        }
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_data()?;
+    Ok(merged)
 }
 
 fn write_members(

@@ -208,47 +208,86 @@ fn add_event(
             e.valid_up_to() + 1
         )));
     }
-    let probe = probe(line).map_err(fail)?;
-    let ts = match probe.ts {
-        Some(ts) => ts,
+    let probe = probe(line, "ts").map_err(fail)?;
+    match probe.time {
+        Some(ts) => parsed.batch.push(ts, line),
         None => {
             // Write the receive time in, first, so that an export is self-describing.
-            scratch.clear();
-            scratch.extend_from_slice(b"{\"ts\":\"");
-            scratch.extend_from_slice(time::format_rfc3339(received).as_bytes());
-            scratch.push(b'"');
-            if probe.fields > 0 {
-                scratch.push(b',');
-                let open = line.iter().position(|&b| b == b'{').unwrap_or(0);
-                scratch.extend_from_slice(&line[open + 1..]);
-            } else {
-                scratch.push(b'}');
-            }
+            with_ts(line, &probe, received, scratch);
             parsed.batch.push(received, scratch);
-            parsed.positions.push(position.number as u32);
-            return Ok(());
         }
-    };
-    parsed.batch.push(ts, line);
+    }
     parsed.positions.push(position.number as u32);
     Ok(())
 }
 
+/// `line` with `"ts":"<t>"` written in as its first field.
+fn with_ts(line: &[u8], probe: &Probe, t: Millis, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"{\"ts\":\"");
+    out.extend_from_slice(time::format_rfc3339(t).as_bytes());
+    out.push(b'"');
+    if probe.fields > 0 {
+        out.push(b',');
+        let open = line.iter().position(|&b| b == b'{').unwrap_or(0);
+        out.extend_from_slice(&line[open + 1..]);
+    } else {
+        out.push(b'}');
+    }
+}
+
+/// One event from an archive written by another tool, as it will be stored, in `out`; returns its time. The time
+/// is the field `field` (the forms `ts` takes) or, without it, `fallback`. A stored line always carries `ts`, so
+/// it is written in first when the line has none; a line that has a `ts` besides another time field is refused
+/// rather than guessed at.
+pub fn import_line(
+    line: &[u8],
+    field: &str,
+    fallback: Millis,
+    out: &mut Vec<u8>,
+) -> Result<Millis, String> {
+    if let Err(e) = std::str::from_utf8(line) {
+        return Err(format!("not valid UTF-8 at byte {}", e.valid_up_to() + 1));
+    }
+    let probe = probe(line, field)?;
+    if probe.has_ts {
+        return Err(format!(
+            "has both \"ts\" and {field:?}; stored events keep their time in \"ts\""
+        ));
+    }
+    match probe.time {
+        Some(t) if field == "ts" => {
+            out.clear();
+            out.extend_from_slice(line);
+            Ok(t)
+        }
+        time => {
+            let t = time.unwrap_or(fallback);
+            with_ts(line, &probe, t, out);
+            Ok(t)
+        }
+    }
+}
+
 /// The time of a stored line (every stored line has a valid `ts`); `None` for anything else.
 pub fn event_time(line: &[u8]) -> Option<Millis> {
-    probe(line).ok()?.ts
+    probe(line, "ts").ok()?.time
 }
 
 /// What one event's JSON says about itself.
 struct Probe {
-    ts: Option<Millis>,
+    /// The value of the time field.
+    time: Option<Millis>,
+    /// Whether it has a `ts` besides a time field of another name.
+    has_ts: bool,
     fields: usize,
 }
 
-/// Checks that `line` is exactly one JSON object and reads its `ts`, skipping every other value.
-fn probe(line: &[u8]) -> Result<Probe, String> {
+/// Checks that `line` is exactly one JSON object and reads its time field `key`, skipping every other value.
+fn probe(line: &[u8], key: &str) -> Result<Probe, String> {
     let mut de = serde_json::Deserializer::from_slice(line);
-    let probe = de::Deserializer::deserialize_any(&mut de, ObjectVisitor).map_err(describe)?;
+    let probe =
+        de::Deserializer::deserialize_any(&mut de, ObjectVisitor { key }).map_err(describe)?;
     de.end().map_err(describe)?;
     Ok(probe)
 }
@@ -267,9 +306,11 @@ fn describe(e: serde_json::Error) -> String {
     }
 }
 
-struct ObjectVisitor;
+struct ObjectVisitor<'k> {
+    key: &'k str,
+}
 
-impl<'de> Visitor<'de> for ObjectVisitor {
+impl<'de> Visitor<'de> for ObjectVisitor<'_> {
     type Value = Probe;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -277,116 +318,150 @@ impl<'de> Visitor<'de> for ObjectVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+        let key = self.key;
         let mut probe = Probe {
-            ts: None,
+            time: None,
+            has_ts: false,
             fields: 0,
         };
-        while let Some(is_ts) = map.next_key_seed(IsTs)? {
+        while let Some(kind) = map.next_key_seed(KeyKind { key })? {
             probe.fields += 1;
-            if is_ts {
-                if probe.ts.is_some() {
-                    return Err(de::Error::custom("\"ts\" appears twice"));
+            match kind {
+                Key::Time => {
+                    if probe.time.is_some() {
+                        return Err(de::Error::custom(format!("{key:?} appears twice")));
+                    }
+                    probe.time = Some(map.next_value_seed(TimeVisitor { key })?);
                 }
-                probe.ts = Some(map.next_value_seed(TsSeed)?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
+                Key::Ts => {
+                    probe.has_ts = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
         Ok(probe)
     }
 }
 
-/// Reads an object key and tells whether it is `ts`, without allocating it.
-struct IsTs;
+enum Key {
+    /// The time field.
+    Time,
+    /// `ts`, when the time field has another name.
+    Ts,
+    Other,
+}
 
-impl<'de> DeserializeSeed<'de> for IsTs {
-    type Value = bool;
+/// Reads an object key and tells what it is, without allocating it.
+struct KeyKind<'k> {
+    key: &'k str,
+}
 
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+impl<'de> DeserializeSeed<'de> for KeyKind<'_> {
+    type Value = Key;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
         d.deserialize_str(self)
     }
 }
 
-impl Visitor<'_> for IsTs {
-    type Value = bool;
+impl Visitor<'_> for KeyKind<'_> {
+    type Value = Key;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a key")
     }
 
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
-        Ok(key == "ts")
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        Ok(if key == self.key {
+            Key::Time
+        } else if key == "ts" {
+            Key::Ts
+        } else {
+            Key::Other
+        })
     }
 }
 
-struct TsSeed;
+/// Reads a time field: an RFC 3339 string or a number of Unix milliseconds.
+struct TimeVisitor<'k> {
+    key: &'k str,
+}
 
-impl<'de> DeserializeSeed<'de> for TsSeed {
+impl<'de> DeserializeSeed<'de> for TimeVisitor<'_> {
     type Value = Millis;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Millis, D::Error> {
-        d.deserialize_any(TsVisitor)
+        d.deserialize_any(self)
     }
 }
 
-struct TsVisitor;
+impl TimeVisitor<'_> {
+    fn in_range<E: de::Error>(&self, t: Millis) -> Result<Millis, E> {
+        if time::in_range(t) {
+            Ok(t)
+        } else {
+            Err(E::custom(format!(
+                "{:?} {t} is outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59.999Z",
+                self.key
+            )))
+        }
+    }
 
-const TS_EXPECTED: &str = "\"ts\" is not an RFC 3339 string or a number of Unix milliseconds";
-
-fn in_range<E: de::Error>(t: Millis) -> Result<Millis, E> {
-    if time::in_range(t) {
-        Ok(t)
-    } else {
-        Err(E::custom(format!(
-            "\"ts\" {t} is outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59.999Z"
-        )))
+    fn expected<E: de::Error>(&self) -> E {
+        E::custom(format!(
+            "{:?} is not an RFC 3339 string or a number of Unix milliseconds",
+            self.key
+        ))
     }
 }
 
-impl<'de> Visitor<'de> for TsVisitor {
+impl<'de> Visitor<'de> for TimeVisitor<'_> {
     type Value = Millis;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(TS_EXPECTED)
+        write!(f, "{:?} as RFC 3339 or Unix milliseconds", self.key)
     }
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Millis, E> {
         match time::parse_rfc3339(s) {
-            Some(t) => in_range(t),
-            None => Err(E::custom(format!("\"ts\" {s:?} is not RFC 3339"))),
+            Some(t) => self.in_range(t),
+            None => Err(E::custom(format!("{:?} {s:?} is not RFC 3339", self.key))),
         }
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
-        in_range(v)
+        self.in_range(v)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
-        in_range(i64::try_from(v).unwrap_or(i64::MAX))
+        self.in_range(i64::try_from(v).unwrap_or(i64::MAX))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Millis, E> {
         if v.is_finite() && v >= time::MIN_TIME as f64 && v <= time::MAX_TIME as f64 {
             Ok(v.floor() as Millis)
         } else {
-            in_range(i64::MIN)
+            self.in_range(i64::MIN)
         }
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Millis, E> {
-        Err(E::custom(TS_EXPECTED))
+        Err(self.expected())
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Millis, E> {
-        Err(E::custom(TS_EXPECTED))
+        Err(self.expected())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Millis, A::Error> {
-        Err(de::Error::custom(TS_EXPECTED))
+        Err(self.expected())
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Millis, A::Error> {
-        Err(de::Error::custom(TS_EXPECTED))
+        Err(self.expected())
     }
 }
 
@@ -496,5 +571,38 @@ mod tests {
     fn numbers_may_be_floats_of_milliseconds() {
         let p = parse(b"{\"ts\":1.5e3}", Format::Ndjson, NOW).unwrap();
         assert_eq!(p.batch.ts(), &[1500]);
+    }
+
+    #[test]
+    fn imported_lines_get_ts_from_their_field_or_the_fallback() {
+        let mut out = Vec::new();
+        let import = |line: &str, field: &str, out: &mut Vec<u8>| {
+            import_line(line.as_bytes(), field, 3_600_000, out)
+                .map(|t| (t, String::from_utf8(out.clone()).unwrap()))
+        };
+        assert_eq!(
+            import(r#"{"ts":5000,"a":1}"#, "ts", &mut out),
+            Ok((5000, r#"{"ts":5000,"a":1}"#.into()))
+        );
+        assert_eq!(
+            import(r#"{"a":1}"#, "ts", &mut out),
+            Ok((
+                3_600_000,
+                r#"{"ts":"1970-01-01T01:00:00.000Z","a":1}"#.into()
+            ))
+        );
+        assert_eq!(
+            import(r#"{"time":"1970-01-01T00:00:02Z"}"#, "time", &mut out),
+            Ok((
+                2000,
+                r#"{"ts":"1970-01-01T00:00:02.000Z","time":"1970-01-01T00:00:02Z"}"#.into()
+            ))
+        );
+        let err = import(r#"{"time":1,"ts":2}"#, "time", &mut out).unwrap_err();
+        assert!(err.contains("both"), "{err}");
+        let err = import(r#"{"time":true}"#, "time", &mut out).unwrap_err();
+        assert!(err.contains("\"time\" is not an RFC 3339"), "{err}");
+        assert!(import("{\"a\":", "ts", &mut out).is_err());
+        assert!(import("[1]", "ts", &mut out).is_err());
     }
 }

@@ -10,6 +10,7 @@
 //! last persists the watermark. Replaying a seal is idempotent: a chunk already whole in its archive is skipped.
 
 mod chunk;
+mod import;
 mod read;
 mod seal;
 pub mod series;
@@ -29,8 +30,9 @@ use crate::ingest::parse::{Parsed, Position};
 use crate::ingest::wal::{self, Logged, Wal};
 use crate::time::{self, ChunkStart, ChunkWidth, Millis};
 use chunk::OpenChunk;
+pub use import::{ImportChunk, Imported};
 pub use read::{Located, PageLines, PageRef};
-pub use series::{SeriesName, Settings};
+pub use series::{Generation, SeriesName, Settings};
 
 /// What the store needs from the configuration.
 #[derive(Clone, Debug)]
@@ -138,6 +140,9 @@ struct Series {
     dir: PathBuf,
     width: ChunkWidth,
     created: Millis,
+    revision: u32,
+    /// Whether this process gave the series a new revision already (imports).
+    revised: bool,
     archive: Arc<SeriesArchive>,
     /// The sealed watermark S as persisted.
     sealed: Millis,
@@ -168,7 +173,12 @@ impl Series {
             chunk_seconds: self.width.secs(),
             sealed: self.sealed,
             created: self.created,
+            revision: self.revision,
         }
+    }
+
+    fn generation(&self) -> Generation {
+        self.settings().generation()
     }
 }
 
@@ -552,6 +562,8 @@ fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
         dir: dir.to_owned(),
         width,
         created: settings.created,
+        revision: settings.revision,
+        revised: false,
         archive: Arc::new(archive),
         sealed: settings.sealed,
         closing,
@@ -576,6 +588,7 @@ fn create_series(
         chunk_seconds: width.secs(),
         sealed,
         created: now,
+        revision: 0,
     };
     settings.store(&dir).map_err(io_err)?;
     archive::sync_dir(data).map_err(io_err)?;

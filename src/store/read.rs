@@ -11,7 +11,7 @@
 use std::io;
 
 use super::chunk::OpenChunk;
-use super::{SeriesName, Store, StoreError, lock};
+use super::{Generation, SeriesName, Store, StoreError, lock};
 use crate::archive::{SeriesArchive, member};
 use crate::ingest::wal::{LineReader, LineRef};
 use crate::time::{ChunkStart, ChunkWidth, Millis};
@@ -31,8 +31,8 @@ pub enum PageRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Located {
     pub page: PageRef,
-    /// When the series was created: a recreated series gets new page identities.
-    pub series_created: Millis,
+    /// Part of every page identity of the series.
+    pub generation: Generation,
     pub width: ChunkWidth,
     /// The start of the chunk shown, `None` for a head with no events.
     pub start: Option<Millis>,
@@ -198,7 +198,7 @@ impl Store {
             && matches!(next, Some(PageRef::Before { .. }));
         Ok(Located {
             page,
-            series_created: s.created,
+            generation: s.generation(),
             width: s.width,
             start,
             part,
@@ -280,10 +280,12 @@ impl Store {
         Ok(Some((entry.meta, archive.read_member(&entry)?)))
     }
 
-    /// The series' sealed watermark and when it was created: what decides whether a range is final.
-    pub fn watermark(&self, name: &SeriesName) -> Option<(Millis, Millis)> {
+    /// The series' sealed watermark and generation: what decides whether a range is final, and its identity.
+    pub fn watermark(&self, name: &SeriesName) -> Option<(Millis, Generation)> {
         let st = lock(&self.inner.state);
-        st.series.get(name.as_str()).map(|s| (s.sealed, s.created))
+        st.series
+            .get(name.as_str())
+            .map(|s| (s.sealed, s.generation()))
     }
 
     /// Event counts in `[from, to)` per bucket of `step`, from the indexes and open chunks alone (no line is

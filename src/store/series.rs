@@ -55,9 +55,40 @@ pub struct Settings {
     /// The sealed watermark S, Unix milliseconds: every chunk below it is final.
     pub sealed: Millis,
     pub created: Millis,
+    /// How many times an import rewrote the sealed past of the series after it held events.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// What a series' page identities are made of: when it was created and its revision. A series deleted and made
+/// again, or a past rewritten by an import, gives every page a new ETag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Generation {
+    pub created: Millis,
+    pub revision: u32,
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.revision {
+            0 => write!(f, "{:x}", self.created),
+            r => write!(f, "{:x}r{r}", self.created),
+        }
+    }
 }
 
 impl Settings {
+    pub fn generation(&self) -> Generation {
+        Generation {
+            created: self.created,
+            revision: self.revision,
+        }
+    }
+
     pub fn width(&self) -> Result<ChunkWidth, String> {
         ChunkWidth::from_secs(self.chunk_seconds)
     }

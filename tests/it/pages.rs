@@ -21,6 +21,7 @@ pub fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) 
         chunk_seconds: 10,
         sealed: now - now % 10_000,
         created: 1_400_000_000_000,
+        revision: 0,
     }
     .store(&dir)
     .unwrap();

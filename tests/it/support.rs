@@ -291,3 +291,12 @@ pub fn gunzip(b: &[u8]) -> Vec<u8> {
         .unwrap();
     out
 }
+
+/// Runs `hourglass ARGS` to completion.
+pub fn hourglass(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hourglass"))
+        .args(args)
+        .env("HOURGLASS_LOG", "warn")
+        .output()
+        .expect("run hourglass")
+}

@@ -1,0 +1,293 @@
+//! `hourglass export` and `hourglass import`: the bulk commands for scripts. Progress goes to stderr, and only
+//! when stderr is a terminal; results go to the output file or stdout.
+
+use std::error::Error;
+use std::fs::File;
+use std::io::{self, IsTerminal, Write};
+
+use axum::body::Bytes;
+use axum::http::{Request, Uri, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+
+use crate::bulk::export::{self, Export, Format, Sink};
+use crate::bulk::import::{self, Report};
+use crate::config::{ExportArgs, ImportArgs, StoreArgs};
+use crate::server;
+use crate::store::{SeriesName, Store, StoreError};
+use crate::time::Millis;
+
+type CliResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// A bar on stderr when it is a terminal; nothing otherwise.
+fn progress(len: u64, template: &str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Opens a data folder for a command, with a hint when a server holds it.
+async fn open(args: &StoreArgs, hint: &str) -> CliResult<Store> {
+    match server::open_store(args).await {
+        Ok(store) => Ok(store),
+        Err(e @ StoreError::DataInUse(_)) => Err(format!("{e}: {hint}").into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn export(args: ExportArgs) -> CliResult<()> {
+    match export_to_output(args).await {
+        // A reader that stopped early (`| head`) is not a failure.
+        Err(e) if broken_pipe(&*e) => Ok(()),
+        other => other,
+    }
+}
+
+fn broken_pipe(e: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+async fn export_to_output(args: ExportArgs) -> CliResult<()> {
+    let name = SeriesName::parse(&args.series)?;
+    let (from, to) = export::parse_range(&args.from, &args.to)?;
+    let format = Format::parse(&args.format)?;
+    let fields = export::csv_fields(format, args.fields.as_deref())?;
+    let out: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
+        None => Box::new(io::stdout()),
+    };
+    let mut out = io::BufWriter::with_capacity(1 << 20, out);
+    match &args.url {
+        Some(url) => export_from_server(url, &args, &mut out).await?,
+        None => {
+            let store_args = StoreArgs::for_data(args.data.clone())?;
+            let job = Export {
+                name,
+                from,
+                to,
+                format,
+                fields,
+                gzip: args.gzip,
+                level: store_args.gzip_level,
+            };
+            export_from_folder(&store_args, job, &mut out).await?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes pieces to the output and moves the bar along the range's time.
+struct ToWriter<'a> {
+    out: &'a mut dyn Write,
+    bar: ProgressBar,
+    from: Millis,
+    written: u64,
+}
+
+impl Sink for ToWriter<'_> {
+    fn write(&mut self, piece: Bytes) -> io::Result<()> {
+        self.out.write_all(&piece)?;
+        self.written += piece.len() as u64;
+        Ok(())
+    }
+
+    fn reached(&mut self, t: Millis) {
+        self.bar.set_position((t - self.from) as u64);
+        self.bar.set_message(HumanBytes(self.written).to_string());
+    }
+}
+
+async fn export_from_folder(
+    store_args: &StoreArgs,
+    job: Export,
+    out: &mut (dyn Write + Send),
+) -> CliResult<()> {
+    let store = open(
+        store_args,
+        "stop the server, or export through it with --url http://HOST:PORT",
+    )
+    .await?;
+    let bar = progress(
+        (job.to - job.from) as u64,
+        "{spinner} {elapsed_precise} [{wide_bar}] {percent}% {msg}",
+    );
+    let result = tokio::task::block_in_place(|| {
+        let mut sink = ToWriter {
+            out,
+            bar: bar.clone(),
+            from: job.from,
+            written: 0,
+        };
+        job.run(&store, &mut sink)
+    });
+    bar.finish_and_clear();
+    store.shutdown();
+    Ok(result?)
+}
+
+/// `GET {url}/api/series/{series}/export?...`, its body written as it comes.
+async fn export_from_server(url: &str, args: &ExportArgs, out: &mut dyn Write) -> CliResult<()> {
+    let base: Uri = url.parse().map_err(|e| format!("--url {url:?}: {e}"))?;
+    if base.scheme_str() != Some("http") {
+        return Err(format!(
+            "--url {url:?}: only http:// is spoken here (put a TLS proxy in front, or use curl)"
+        )
+        .into());
+    }
+    let authority = base
+        .authority()
+        .ok_or_else(|| format!("--url {url:?} has no host"))?
+        .clone();
+    let mut query = format!(
+        "from={}&to={}&format={}",
+        encode(&args.from),
+        encode(&args.to),
+        encode(&args.format)
+    );
+    if let Some(fields) = &args.fields {
+        query.push_str(&format!("&fields={}", encode(fields)));
+    }
+    let path = format!(
+        "{}/api/series/{}/export?{query}",
+        base.path().trim_end_matches('/'),
+        encode(&args.series)
+    );
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let stream = tokio::net::TcpStream::connect((host, authority.port_u16().unwrap_or(80)))
+        .await
+        .map_err(|e| format!("{authority}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::get(path)
+        .header(header::HOST, authority.as_str())
+        .header(
+            header::ACCEPT_ENCODING,
+            if args.gzip { "gzip" } else { "identity" },
+        );
+    if let Some(token) = &args.token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let mut res = sender
+        .send_request(req.body(Empty::<Bytes>::new())?)
+        .await?;
+    let status = res.status();
+    if !status.is_success() {
+        let body = res.into_body().collect().await?.to_bytes();
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(format!("the server answered {status}: {message}").into());
+    }
+    let bar = progress(0, "{spinner} {elapsed_precise} {bytes} {bytes_per_sec}");
+    let body = res.body_mut();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("the export broke off: {e}"))?;
+        if let Some(data) = frame.data_ref() {
+            out.write_all(data)?;
+            bar.inc(data.len() as u64);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Returns whether everything offered was imported (or was there already).
+pub async fn import(args: ImportArgs) -> CliResult<bool> {
+    let series = SeriesName::parse(&args.series)?;
+    let sources =
+        import::find_sources(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    if sources.hours.is_empty() {
+        return Err(format!(
+            "{}: no files named YYYYMMDDHH.json.gz found",
+            args.dir.display()
+        )
+        .into());
+    }
+    let store = open(
+        &args.store,
+        "stop the server first: imports need the folder alone",
+    )
+    .await?;
+    store.ensure_series(&series, None).await?;
+    let options = import::Options {
+        dir: args.dir.clone(),
+        series,
+        ts_field: args.ts_field.clone(),
+    };
+    let bar = progress(
+        sources.bytes,
+        "{spinner} {elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec}",
+    );
+    let result = tokio::task::block_in_place(|| {
+        import::import(&store, &options, &sources, &mut |done| {
+            bar.set_position(done)
+        })
+    });
+    bar.finish_and_clear();
+    store.shutdown();
+    let report = result?;
+    print_report(&report);
+    Ok(report.is_complete())
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "imported {} events in {} chunks from {} files ({}); {} events were there already",
+        r.events_written,
+        r.chunks_written,
+        r.files,
+        HumanBytes(r.bytes),
+        r.events_present
+    );
+    if r.ignored_files > 0 {
+        println!(
+            "{} files not named YYYYMMDDHH.json.gz were left alone",
+            r.ignored_files
+        );
+    }
+    if r.bad_lines > 0 {
+        println!("{} lines could not be used", r.bad_lines);
+    }
+    if r.chunks_refused > 0 {
+        println!(
+            "{} chunks ({} events) were refused",
+            r.chunks_refused, r.events_refused
+        );
+    }
+    for e in &r.examples {
+        println!("  {e}");
+    }
+}

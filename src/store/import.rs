@@ -1,0 +1,181 @@
+//! Sealed chunks made elsewhere (by `hourglass import`) put into a series' past.
+//!
+//! Only below the sealed watermark: above it, the log may hold events of the same chunks. A chunk that already
+//! holds events is left alone: when its lines are the ones offered it counts as imported already (so an
+//! interrupted import can simply be run again), otherwise it is refused. The first import into a series that
+//! held events gives the series a new revision first, so no page keeps an ETag whose content changed.
+
+use std::thread;
+
+use super::{Store, StoreError, lock};
+use crate::archive::member::{self, Member, MemberMeta};
+use crate::store::SeriesName;
+use crate::time::{self, ChunkStart, Millis};
+
+/// One chunk's events, in time order.
+#[derive(Debug)]
+pub struct ImportChunk {
+    pub start: ChunkStart,
+    /// Each event's time.
+    pub ts: Vec<Millis>,
+    /// Each event's line, ending in `\n`, in the order of `ts`.
+    pub lines: Vec<u8>,
+}
+
+/// What became of a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Imported {
+    Written,
+    /// The archive holds exactly these lines already.
+    AlreadyThere,
+    Refused(String),
+}
+
+impl Store {
+    /// Puts chunks of one hour into the series' archive (see the module's rules); one answer per chunk.
+    pub fn import_chunks(
+        &self,
+        name: &SeriesName,
+        chunks: Vec<ImportChunk>,
+    ) -> Result<Vec<Imported>, StoreError> {
+        let (archive, width, sealed) = {
+            let st = lock(&self.inner.state);
+            let s = st
+                .series
+                .get(name.as_str())
+                .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+            (s.archive.clone(), s.width, s.sealed)
+        };
+        let mut answers = Vec::with_capacity(chunks.len());
+        let mut fresh = Vec::new();
+        for chunk in chunks {
+            let answer = if chunk.start.millis() + width.millis() > sealed {
+                Imported::Refused(format!(
+                    "newer than the sealed watermark {}: send these events with POST",
+                    time::format_rfc3339(sealed)
+                ))
+            } else {
+                match archive.read_chunk(chunk.start)? {
+                    Some(lines) if lines == chunk.lines => Imported::AlreadyThere,
+                    Some(lines) => Imported::Refused(format!(
+                        "the chunk holds {} events already",
+                        lines.iter().filter(|&&b| b == b'\n').count()
+                    )),
+                    None => {
+                        fresh.push(chunk);
+                        Imported::Written
+                    }
+                }
+            };
+            answers.push(answer);
+        }
+        if fresh.is_empty() {
+            return Ok(answers);
+        }
+        if archive.summary().events > 0 {
+            self.new_revision(name)?;
+        }
+        let cfg = &self.inner.cfg;
+        let encoded = encode_all(&fresh, width.secs(), cfg.max_member_entries, cfg.gzip_level);
+        archive.insert_chunks(&encoded)?;
+        Ok(answers)
+    }
+
+    /// Gives the series a new revision, once per process: every page identity changes.
+    fn new_revision(&self, name: &SeriesName) -> Result<(), StoreError> {
+        let (dir, settings) = {
+            let mut st = lock(&self.inner.state);
+            let Some(s) = st.series.get_mut(name.as_str()) else {
+                return Ok(());
+            };
+            if s.revised {
+                return Ok(());
+            }
+            let settings = super::Settings {
+                revision: s.revision + 1,
+                ..s.settings()
+            };
+            (s.dir.clone(), settings)
+        };
+        settings
+            .store(&dir)
+            .map_err(|e| StoreError::storage(format!("{}: {e}", dir.display()), Some(e.kind())))?;
+        if let Some(s) = lock(&self.inner.state).series.get_mut(name.as_str()) {
+            s.revision = settings.revision;
+            s.revised = true;
+        }
+        Ok(())
+    }
+}
+
+/// Every chunk's members, compressed on every core.
+fn encode_all(
+    chunks: &[ImportChunk],
+    width_secs: u32,
+    max_entries: usize,
+    level: u32,
+) -> Vec<Vec<Member>> {
+    let threads = thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(chunks.len())
+        .max(1);
+    let per = chunks.len().div_ceil(threads);
+    let sealed_at = time::now();
+    thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .chunks(per)
+            .map(|group| {
+                scope.spawn(move || {
+                    group
+                        .iter()
+                        .map(|c| encode(c, width_secs, max_entries, level, sealed_at))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+fn encode(
+    chunk: &ImportChunk,
+    width_secs: u32,
+    max_entries: usize,
+    level: u32,
+    sealed_at: Millis,
+) -> Vec<Member> {
+    // Where each line starts, and one past the last.
+    let mut starts = vec![0];
+    starts.extend(
+        chunk
+            .lines
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'\n')
+            .map(|(i, _)| i + 1),
+    );
+    let n = chunk.ts.len();
+    let per = max_entries.max(1);
+    let parts = n.div_ceil(per);
+    (0..parts)
+        .map(|p| {
+            let (lo, hi) = (p * per, ((p + 1) * per).min(n));
+            let meta = MemberMeta {
+                chunk_start: chunk.start,
+                width_secs,
+                part: p as u32,
+                last_part: p + 1 == parts,
+                entries: (hi - lo) as u32,
+                sealed_at,
+                first_ts: chunk.ts[lo],
+                last_ts: chunk.ts[hi - 1],
+                raw_len: 0,
+                member_len: 0,
+            };
+            member::encode(meta, &chunk.lines[starts[lo]..starts[hi]], level)
+        })
+        .collect()
+}

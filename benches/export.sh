@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Export benchmark: a sealed multi-hour range exported over HTTP, against zcat and cat of the same archives in
-# the same run; and the server's peak RSS while it streams. Loopback only.
+# the same run; and the server's peak RSS while it streams. Loopback only. Then the command line: the same range
+# by `hourglass export` straight from the data folder, and `hourglass import` of the archives themselves (they
+# are a {partition}/{YYYYMMDDHH}.json.gz tree) into a new data folder, exported back and compared.
 #
 #   bash benches/export.sh [HOURS]      (8 hours = 5.76 M events, 1.1 GB of NDJSON)
 set -euo pipefail
@@ -40,3 +42,13 @@ echo "server peak RSS: $((rss0 / 1024)) MB before, $((rss1 / 1024)) MB after 9 f
 # Identical bytes: the export is the archives' lines.
 cmp <(curl -sf "$url") <(zcat "${archives[@]}") && echo "export == zcat of the archives: identical"
 kill $pid; wait $pid || true
+
+hg=./target/release/hourglass
+range=(--series big --from "$from" --to "$to")
+t_cli=$(run3 "$hg" export --data "$work/data" "${range[@]}")
+rss_cli=$( { /usr/bin/time -f %M "$hg" export --data "$work/data" "${range[@]}" >/dev/null; } 2>&1 | tail -1)
+echo "hourglass export --data: $t_cli s, $(mbps "$raw" "$t_cli") MB/s; ratio to zcat $(python3 -c "print(round($t_zcat / $t_cli, 2))"); peak RSS $((rss_cli / 1024)) MB"
+t_import=$(seconds "$hg" import "$work/data/big" --series copy --data "$work/copy")
+echo "hourglass import of the $gz bytes of archives: $t_import s, $(mbps "$raw" "$t_import") MB/s of NDJSON"
+cmp <("$hg" export --data "$work/copy" --series copy --from "$from" --to "$to") <(zcat "${archives[@]}") \
+  && echo "import then export == zcat of the archives: identical"

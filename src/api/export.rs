@@ -141,7 +141,7 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
     let format = Format::parse(q.get("format").map_or("ndjson", String::as_str))
         .map_err(ApiError::bad_request)?;
     let fields = export::csv_fields(format, q.get("fields").map(String::as_str))
-        .map_err(|e| ApiError::bad_request(format!("{e}: fields=a,b,c")))?;
+        .ok_or_else(|| ApiError::bad_request("format=csv needs fields=a,b,c (top-level fields)"))?;
     let mut h = match caching(
         &state,
         &name,

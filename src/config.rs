@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// Largest request body, in bytes, before and after gzip inflation.
     #[arg(long, env = "HOURGLASS_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Requests that may be held at once by `Prefer: wait` (long polls); past it they are answered at once.
+    #[arg(long, env = "HOURGLASS_MAX_HELD_REQUESTS", default_value_t = 1024)]
+    pub max_held_requests: usize,
     /// Bytes of rendered final pages kept in memory (0: none).
     #[arg(long, env = "HOURGLASS_PAGE_CACHE_BYTES", default_value_t = 256 << 20)]
     pub page_cache_bytes: u64,

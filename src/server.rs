@@ -2,6 +2,7 @@
 //! in-flight requests finish and stops the store. Tests bind `127.0.0.1:0` and call it, as `main` does.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -24,6 +25,12 @@ pub async fn run(
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        // Release held requests first: graceful shutdown waits for every request in flight.
+        let _ = stop.send(true);
+    };
     let state = AppState::new(Shared {
         store: store.clone(),
         tokens: Tokens {
@@ -33,6 +40,8 @@ pub async fn run(
         max_body_bytes: args.max_body_bytes,
         pages: crate::api::pages::page_cache(args.page_cache_bytes),
         gzip_level: args.store.gzip_level,
+        held: Arc::new(tokio::sync::Semaphore::new(args.max_held_requests)),
+        stopping,
     });
     // TCP_NODELAY: a response written in pieces must not wait for the client's delayed ACK (Nagle).
     let listener = listener.tap_io(|tcp| {

@@ -50,6 +50,10 @@ pub struct Shared {
     pub pages: pages::PageCache,
     /// gzip level for pages compressed on the fly.
     pub gzip_level: u32,
+    /// Permits for requests held by `Prefer: wait`.
+    pub held: Arc<tokio::sync::Semaphore>,
+    /// Turns true when the server begins to stop: held requests are answered at once.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The series `default`, which also answers on the short URLs.
@@ -93,7 +97,7 @@ pub fn router(state: AppState) -> Router {
 
 /// What cross-origin scripts may read of an answer.
 pub const EXPOSED_HEADERS: HeaderValue =
-    HeaderValue::from_static("Link, ETag, Last-Modified, Retry-After");
+    HeaderValue::from_static("Link, ETag, Last-Modified, Retry-After, Preference-Applied");
 
 /// The answer to a CORS preflight (an `OPTIONS` request, which no route has).
 fn preflight() -> Response {

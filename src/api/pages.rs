@@ -10,6 +10,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::RawPathParamsRejection;
@@ -128,6 +129,29 @@ pub struct PageRequest {
     part: Option<u32>,
     repr: Repr,
     validators: Validators,
+    /// `Prefer: wait=N`, at most `MAX_WAIT`.
+    wait: Option<Duration>,
+}
+
+/// The longest a request may be held for `Prefer: wait`.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The `wait` preference of `Prefer` headers (RFC 7240 §4.3), capped at `MAX_WAIT`; anything unreadable is
+/// ignored, as preferences may be.
+fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|pref| {
+            let (name, value) = pref.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            let secs: u64 = value.trim().trim_matches('"').parse().ok()?;
+            Some(Duration::from_secs(secs).min(MAX_WAIT))
+        })
 }
 
 impl FromRequestParts<AppState> for PageRequest {
@@ -141,6 +165,7 @@ impl FromRequestParts<AppState> for PageRequest {
             part: None,
             repr: Repr::negotiate(&parts.headers),
             validators: Validators::from_headers(&parts.headers),
+            wait: prefer_wait(&parts.headers),
         };
         let params = match RawPathParams::from_request_parts(parts, state).await {
             Ok(p) => p,
@@ -189,19 +214,54 @@ fn stamp(p: &PageRequest) -> Result<Millis, ApiError> {
     p.t.ok_or_else(|| ApiError::bad_request("missing time in the path"))
 }
 
+/// Answers a page request. The head and `after` pages honour `Prefer: wait=N`: while the answer would tell the
+/// client nothing new (a 304, or a page without events), the request is held until the series changes, the
+/// wait ends or the server stops, and then answered as usual. Held requests are bounded; past the bound they
+/// are answered at once.
 async fn serve(state: AppState, page: PageRef, req: PageRequest) -> Result<Response, ApiError> {
-    let PageRequest {
-        series: name,
-        repr,
-        validators,
-        ..
-    } = req;
+    let wait = req.wait.filter(|_| !matches!(page, PageRef::Before { .. }));
+    let held = wait.and_then(|wait| {
+        let changes = state.store.changes(&req.series)?;
+        let permit = state.held.clone().try_acquire_owned().ok()?;
+        Some((wait, changes, permit))
+    });
+    let Some((wait, mut changes, _permit)) = held else {
+        return answer(&state, page, &req).await.map(|(res, _)| res);
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut stopping = state.stopping.clone();
+    loop {
+        // Marked seen before looking, so a change while the page is read wakes the wait below.
+        changes.borrow_and_update();
+        let (mut res, nothing_new) = answer(&state, page, &req).await?;
+        if !nothing_new || tokio::time::Instant::now() >= deadline || *stopping.borrow() {
+            if let Ok(v) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+                res.headers_mut().insert("preference-applied", v);
+            }
+            return Ok(res);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return Ok(res) },
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = stopping.changed() => {}
+        }
+    }
+}
+
+/// The answer to a page request, and whether it tells the client nothing new: a 304, or a page without events.
+async fn answer(
+    state: &AppState,
+    page: PageRef,
+    req: &PageRequest,
+) -> Result<(Response, bool), ApiError> {
+    let (name, repr, validators) = (&req.series, req.repr, &req.validators);
     let private = state.tokens.read.is_some();
-    let at = state.store.locate(&name, page)?;
+    let at = state.store.locate(name, page)?;
+    let empty = at.parts == 0;
 
     // A final page is answered from memory: a 304 from its identity, or a 200 from the page cache. Its ETag
     // names series, chunk, part and representation, so it is the cache key too.
-    let final_tag = at.is_final.then(|| final_etag(&name, &at, repr));
+    let final_tag = at.is_final.then(|| final_etag(name, &at, repr));
     if let Some(etag) = &final_tag {
         let hit = state.pages.as_ref().and_then(|c| c.get(etag));
         if validators.not_modified(etag, at.sealed_at) {
@@ -209,16 +269,16 @@ async fn serve(state: AppState, page: PageRef, req: PageRequest) -> Result<Respo
                 Some(r) => r.not_modified.clone(),
                 None => validator_headers(
                     header_value(etag),
-                    link_header(&name, &at),
+                    link_header(name, &at),
                     at.sealed_at.map(http_date),
                     true,
                     private,
                 ),
             };
-            return Ok(not_modified(headers));
+            return Ok((not_modified(headers), true));
         }
         if let Some(r) = hit {
-            return Ok(respond(&r));
+            return Ok((respond(&r), empty));
         }
     }
 
@@ -244,9 +304,9 @@ async fn serve(state: AppState, page: PageRef, req: PageRequest) -> Result<Respo
     } else if let Ok(etag) = rendered.etag.to_str()
         && validators.not_modified(etag, None)
     {
-        return Ok(not_modified(rendered.not_modified.clone()));
+        return Ok((not_modified(rendered.not_modified.clone()), true));
     }
-    Ok(respond(&rendered))
+    Ok((respond(&rendered), empty))
 }
 
 /// A final page's ETag: its identity, never its bytes, so it is known before (and without) reading them.

@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::archive::{self, SeriesArchive};
 use crate::ingest::parse::{Parsed, Position};
@@ -152,6 +152,8 @@ struct Series {
     open: BTreeMap<ChunkStart, OpenChunk>,
     /// Chunks below `closing` that the sealer has taken but not yet appended to their archive.
     sealing: BTreeMap<ChunkStart, Arc<OpenChunk>>,
+    /// Counts changes a reader can see (events applied, chunks sealed); held requests wait on it.
+    changes: watch::Sender<u64>,
 }
 
 impl Series {
@@ -166,6 +168,10 @@ impl Series {
             chunk.push(*e);
             current = Some((start, chunk));
         }
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     fn settings(&self) -> Settings {
@@ -457,6 +463,14 @@ impl Store {
         Some(info)
     }
 
+    /// Ticks each time what the series shows changes (events applied, chunks sealed); `None`: no such series.
+    pub fn changes(&self, name: &SeriesName) -> Option<watch::Receiver<u64>> {
+        lock(&self.inner.state)
+            .series
+            .get(name.as_str())
+            .map(|s| s.changes.subscribe())
+    }
+
     /// The archive of a series, for readers.
     pub fn archive(&self, name: &SeriesName) -> Option<Arc<SeriesArchive>> {
         lock(&self.inner.state)
@@ -569,6 +583,7 @@ fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
         closing,
         open: BTreeMap::new(),
         sealing: BTreeMap::new(),
+        changes: watch::channel(0).0,
     })
 }
 
@@ -695,7 +710,10 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
         for (i, job) in accepted.iter().enumerate() {
             st.inflight -= job.bytes;
             match (logged.get(i), st.series.get_mut(&*job.series)) {
-                (Some(events), Some(s)) => s.insert(events),
+                (Some(events), Some(s)) => {
+                    s.insert(events);
+                    s.changed();
+                }
                 _ => st.backlog -= job.bytes,
             }
         }

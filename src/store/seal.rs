@@ -145,6 +145,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display()), Some(e.kind())))?;
     if let Some(s) = lock(&inner.state).series.get_mut(name) {
         s.sealed = s.sealed.max(closing);
+        s.changed();
     }
     Ok(())
 }

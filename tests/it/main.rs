@@ -6,6 +6,7 @@ mod cache;
 mod crash;
 mod export;
 mod ingest;
+mod live;
 mod pages;
 mod recovery;
 mod support;

@@ -7,6 +7,7 @@ pub mod bulk;
 pub mod cli;
 pub mod config;
 pub mod ingest;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod time;

@@ -41,6 +41,8 @@ pub async fn run(
         pages: crate::api::pages::page_cache(args.page_cache_bytes),
         gzip_level: args.store.gzip_level,
         held: Arc::new(tokio::sync::Semaphore::new(args.max_held_requests)),
+        held_limit: args.max_held_requests,
+        metrics: Default::default(),
         stopping,
     });
     // TCP_NODELAY: a response written in pieces must not wait for the client's delayed ACK (Nagle).

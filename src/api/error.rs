@@ -69,6 +69,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut res = (self.status, axum::Json(body)).into_response();
+        res.extensions_mut()
+            .insert(super::metrics::ErrorCode(self.code));
         let headers = res.headers_mut();
         match self.status {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE => {

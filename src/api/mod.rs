@@ -6,6 +6,7 @@ mod conditional;
 pub mod error;
 mod export;
 mod ingest;
+pub mod metrics;
 pub mod pages;
 mod series;
 
@@ -50,8 +51,10 @@ pub struct Shared {
     pub pages: pages::PageCache,
     /// gzip level for pages compressed on the fly.
     pub gzip_level: u32,
-    /// Permits for requests held by `Prefer: wait`.
+    /// Permits for requests held by `Prefer: wait`, of `held_limit`.
     pub held: Arc<tokio::sync::Semaphore>,
+    pub held_limit: usize,
+    pub metrics: metrics::ApiMetrics,
     /// Turns true when the server begins to stop: held requests are answered at once.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -81,8 +84,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/data/before/{t}/part/{part}", get(pages::before))
         .route("/api/data/after/{t}", get(pages::after))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics_get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         // Cross-origin browsers may read every answer, `Link` and `ETag` included (pages set these themselves).
         .layer(SetResponseHeaderLayer::if_not_present(
             header::ACCESS_CONTROL_ALLOW_ORIGIN,

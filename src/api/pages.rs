@@ -278,8 +278,10 @@ async fn answer(
             return Ok((not_modified(headers), true));
         }
         if let Some(r) = hit {
+            crate::metrics::add(&state.metrics.cache_hits, 1);
             return Ok((respond(&r), empty));
         }
+        crate::metrics::add(&state.metrics.cache_misses, 1);
     }
 
     let store = state.store.clone();

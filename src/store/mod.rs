@@ -19,15 +19,18 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::{oneshot, watch};
 
 use crate::archive::{self, SeriesArchive};
 use crate::ingest::parse::{Parsed, Position};
 use crate::ingest::wal::{self, Logged, Wal};
+use crate::metrics::{self, Histogram};
 use crate::time::{self, ChunkStart, ChunkWidth, Millis};
 use chunk::OpenChunk;
 pub use import::{ImportChunk, Imported};
@@ -111,6 +114,18 @@ impl From<archive::ArchiveError> for StoreError {
         let kind = e.io_kind();
         StoreError::storage(e, kind)
     }
+}
+
+/// What the store counts, for `GET /metrics`.
+#[derive(Default)]
+pub struct StoreMetrics {
+    pub events_accepted: AtomicU64,
+    pub batches_accepted: AtomicU64,
+    /// Appends to the log, each with its fdatasync, and how long they took.
+    pub fsyncs: AtomicU64,
+    pub fsync_seconds: Histogram,
+    pub chunks_sealed: AtomicU64,
+    pub seal_failures: AtomicU64,
 }
 
 /// The answer to an accepted batch.
@@ -226,6 +241,7 @@ struct Inner {
     create: Mutex<()>,
     stopping: Mutex<bool>,
     stop_signal: Condvar,
+    metrics: StoreMetrics,
     _lock: File,
 }
 
@@ -303,6 +319,7 @@ impl Store {
             create: Mutex::new(()),
             stopping: Mutex::new(false),
             stop_signal: Condvar::new(),
+            metrics: StoreMetrics::default(),
             _lock: lock_file,
         });
         let committer = {
@@ -469,6 +486,18 @@ impl Store {
             .series
             .get(name.as_str())
             .map(|s| s.changes.subscribe())
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.inner.metrics
+    }
+
+    /// How far the oldest sealed watermark is behind the clock, and the bytes of events not sealed yet.
+    pub fn lag_and_backlog(&self) -> (Millis, u64) {
+        let st = lock(&self.inner.state);
+        let oldest = st.series.values().map(|s| s.sealed).min();
+        let lag = oldest.map_or(0, |s| (time::now() - s).max(0));
+        (lag, st.backlog)
     }
 
     /// The archive of a series, for readers.
@@ -676,8 +705,15 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
         })
     } else {
         let mut log = lock(&inner.wal);
+        let began = Instant::now();
         let result = log.append(records);
+        let m = &inner.metrics;
+        metrics::add(&m.fsyncs, 1);
+        m.fsync_seconds.observe(began.elapsed());
         if result.is_ok() {
+            metrics::add(&m.batches_accepted, accepted.len() as u64);
+            let events = accepted.iter().map(|j| j.parsed.batch.len() as u64).sum();
+            metrics::add(&m.events_accepted, events);
             for job in &accepted {
                 if let Some(&newest) = job.parsed.batch.ts().iter().max() {
                     log.note(&job.series, newest);

@@ -41,6 +41,7 @@ pub(super) fn seal_loop(inner: &Inner) {
             }
             Ok(()) => {}
             Err(e) => {
+                crate::metrics::add(&inner.metrics.seal_failures, 1);
                 // Said once per distinct failure, not every tick.
                 let text = e.to_string();
                 if text != last_error {
@@ -120,6 +121,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
             )
             .map_err(|e| StoreError::Storage(format!("reading the log: {e}"), Some(e.kind())))?;
             archive.append_chunk(&members)?;
+            crate::metrics::add(&inner.metrics.chunks_sealed, 1);
         }
         let mut st = lock(&inner.state);
         st.backlog -= chunk.bytes();

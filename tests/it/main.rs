@@ -7,6 +7,7 @@ mod crash;
 mod export;
 mod ingest;
 mod live;
+mod metrics;
 mod pages;
 mod recovery;
 mod support;

@@ -1,0 +1,358 @@
+//! `GET /metrics` in the Prometheus text format, and the layer that counts and times every request. The same
+//! layer writes one access-log event per request at debug level, target `hourglass::access`
+//! (`HOURGLASS_LOG=info,hourglass::access=debug`); it names the route, never a header, so no token is logged.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::metrics::{self, Histogram, describe, get, sample};
+
+/// The error code of an error answer, put in its extensions for the counts here.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
+#[derive(Default)]
+pub struct ApiMetrics {
+    /// Per method and route template (never the raw path: the label set stays small).
+    routes: RwLock<BTreeMap<(Method, &'static str), Arc<RouteStats>>>,
+    /// Ingest batches refused, by error code.
+    refused: RwLock<BTreeMap<&'static str, AtomicU64>>,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+}
+
+#[derive(Default)]
+struct RouteStats {
+    statuses: RwLock<BTreeMap<u16, AtomicU64>>,
+    latency: Histogram,
+}
+
+/// Routes by template; a request no route matched counts as `unmatched`.
+fn template(matched: Option<&MatchedPath>) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "/api/series",
+        "/api/series/{series}",
+        "/api/series/{series}/events",
+        "/api/series/{series}/export",
+        "/api/series/{series}/histogram",
+        "/api/series/{series}/data",
+        "/api/series/{series}/data/before/{t}",
+        "/api/series/{series}/data/before/{t}/part/{part}",
+        "/api/series/{series}/data/after/{t}",
+        "/api/data",
+        "/api/data/before/{t}",
+        "/api/data/before/{t}/part/{part}",
+        "/api/data/after/{t}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/",
+        "/app.js",
+        "/style.css",
+        "/api-docs/openapi.yaml",
+    ];
+    matched
+        .and_then(|m| KNOWN.iter().find(|k| **k == m.as_str()))
+        .copied()
+        .unwrap_or("unmatched")
+}
+
+/// Counts into `map[key]`, adding the key on first use.
+fn count<K: Ord + Copy>(map: &RwLock<BTreeMap<K, AtomicU64>>, key: K) {
+    if let Some(c) = map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        metrics::add(c, 1);
+        return;
+    }
+    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+    metrics::add(map.entry(key).or_default(), 1);
+}
+
+impl ApiMetrics {
+    fn route(&self, method: &Method, route: &'static str) -> Arc<RouteStats> {
+        let key = (method.clone(), route);
+        if let Some(r) = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return r.clone();
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.entry(key).or_default().clone()
+    }
+}
+
+pub async fn track(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let began = Instant::now();
+    let method = req.method().clone();
+    let route = template(matched.as_ref());
+    let stats = state.metrics.route(&method, route);
+    let res = next.run(req).await;
+    let took = began.elapsed();
+    let status = res.status().as_u16();
+    stats.latency.observe(took);
+    count(&stats.statuses, status);
+    if method == Method::POST
+        && let Some(ErrorCode(code)) = res.extensions().get::<ErrorCode>()
+    {
+        count(&state.metrics.refused, *code);
+    }
+    tracing::debug!(
+        target: "hourglass::access",
+        %method,
+        route,
+        status,
+        micros = took.as_micros() as u64,
+        "request"
+    );
+    res
+}
+
+/// What kind of page a route serves, if it serves pages.
+fn page_kind(route: &str) -> Option<&'static str> {
+    if route.contains("/data/before/") {
+        Some("before")
+    } else if route.contains("/data/after/") {
+        Some("after")
+    } else if route.ends_with("/data") {
+        Some("head")
+    } else {
+        None
+    }
+}
+
+pub async fn metrics_get(State(state): State<AppState>) -> Response {
+    let mut out = String::with_capacity(16 << 10);
+    let store = state.store.metrics();
+    let api = &state.metrics;
+
+    describe(
+        &mut out,
+        "hourglass_events_accepted_total",
+        "counter",
+        "Events acknowledged (durable in the log).",
+    );
+    sample(
+        &mut out,
+        "hourglass_events_accepted_total",
+        "",
+        get(&store.events_accepted),
+    );
+    describe(
+        &mut out,
+        "hourglass_batches_accepted_total",
+        "counter",
+        "Ingest batches acknowledged.",
+    );
+    sample(
+        &mut out,
+        "hourglass_batches_accepted_total",
+        "",
+        get(&store.batches_accepted),
+    );
+    describe(
+        &mut out,
+        "hourglass_batches_refused_total",
+        "counter",
+        "Ingest batches refused, by reason (the error code); a refused batch stores none of its events.",
+    );
+    for (code, n) in api.refused.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        sample(
+            &mut out,
+            "hourglass_batches_refused_total",
+            &format!("reason=\"{code}\","),
+            get(n),
+        );
+    }
+    describe(
+        &mut out,
+        "hourglass_fsyncs_total",
+        "counter",
+        "Appends to the write-ahead log, each ending in one fdatasync (group commit).",
+    );
+    sample(&mut out, "hourglass_fsyncs_total", "", get(&store.fsyncs));
+    describe(
+        &mut out,
+        "hourglass_fsync_seconds",
+        "histogram",
+        "Time of a log append and its fdatasync.",
+    );
+    store
+        .fsync_seconds
+        .write(&mut out, "hourglass_fsync_seconds", "");
+    describe(
+        &mut out,
+        "hourglass_chunks_sealed_total",
+        "counter",
+        "Chunks sealed into hour archives.",
+    );
+    sample(
+        &mut out,
+        "hourglass_chunks_sealed_total",
+        "",
+        get(&store.chunks_sealed),
+    );
+    describe(
+        &mut out,
+        "hourglass_seal_failures_total",
+        "counter",
+        "Seal attempts that failed (retried).",
+    );
+    sample(
+        &mut out,
+        "hourglass_seal_failures_total",
+        "",
+        get(&store.seal_failures),
+    );
+    let (lag, backlog) = state.store.lag_and_backlog();
+    describe(
+        &mut out,
+        "hourglass_seal_lag_seconds",
+        "gauge",
+        "The clock minus the oldest sealed watermark of any series.",
+    );
+    sample(
+        &mut out,
+        "hourglass_seal_lag_seconds",
+        "",
+        lag as f64 / 1000.0,
+    );
+    describe(
+        &mut out,
+        "hourglass_backlog_bytes",
+        "gauge",
+        "Bytes of events not sealed yet.",
+    );
+    sample(&mut out, "hourglass_backlog_bytes", "", backlog);
+
+    let routes = api.routes.read().unwrap_or_else(|e| e.into_inner());
+    let mut pages: BTreeMap<(&str, u16), u64> = BTreeMap::new();
+    describe(
+        &mut out,
+        "hourglass_http_requests_total",
+        "counter",
+        "Requests answered, by method, route and status.",
+    );
+    for ((method, route), stats) in routes.iter() {
+        for (status, n) in stats
+            .statuses
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\",");
+            sample(&mut out, "hourglass_http_requests_total", &labels, get(n));
+            if let Some(kind) = page_kind(route) {
+                *pages.entry((kind, *status)).or_default() += get(n);
+            }
+        }
+    }
+    describe(
+        &mut out,
+        "hourglass_http_request_seconds",
+        "histogram",
+        "Time to answer, by method and route (to the end of the headers for streamed answers).",
+    );
+    for ((method, route), stats) in routes.iter() {
+        let labels = format!("method=\"{method}\",route=\"{route}\",");
+        stats
+            .latency
+            .write(&mut out, "hourglass_http_request_seconds", &labels);
+    }
+    drop(routes);
+    describe(
+        &mut out,
+        "hourglass_pages_total",
+        "counter",
+        "Pages answered, by kind (head, before, after) and status; 304s are status 304.",
+    );
+    for ((kind, status), n) in &pages {
+        sample(
+            &mut out,
+            "hourglass_pages_total",
+            &format!("kind=\"{kind}\",status=\"{status}\","),
+            n,
+        );
+    }
+    describe(
+        &mut out,
+        "hourglass_page_cache_hits_total",
+        "counter",
+        "Final pages answered from the in-memory page cache.",
+    );
+    sample(
+        &mut out,
+        "hourglass_page_cache_hits_total",
+        "",
+        get(&api.cache_hits),
+    );
+    describe(
+        &mut out,
+        "hourglass_page_cache_misses_total",
+        "counter",
+        "Final pages read from the archive and rendered.",
+    );
+    sample(
+        &mut out,
+        "hourglass_page_cache_misses_total",
+        "",
+        get(&api.cache_misses),
+    );
+    describe(
+        &mut out,
+        "hourglass_held_requests",
+        "gauge",
+        "Requests held by Prefer: wait.",
+    );
+    sample(
+        &mut out,
+        "hourglass_held_requests",
+        "",
+        state.held_limit - state.held.available_permits(),
+    );
+    describe(
+        &mut out,
+        "hourglass_open_files",
+        "gauge",
+        "File descriptors open in the process.",
+    );
+    sample(&mut out, "hourglass_open_files", "", open_files());
+
+    let mut res = out.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// 200 while serving; 503 once the server begins to stop. Nothing listens before recovery is over, so a
+/// readiness probe fails while it runs.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if *state.stopping.borrow() {
+        let body = axum::Json(serde_json::json!({"status": "stopping"}));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    }
+}

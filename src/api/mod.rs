@@ -9,6 +9,7 @@ mod ingest;
 pub mod metrics;
 pub mod pages;
 mod series;
+mod ui;
 
 use std::sync::Arc;
 
@@ -63,7 +64,11 @@ pub struct Shared {
 pub const DEFAULT_SERIES: &str = "default";
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    for path in ui::paths() {
+        router = router.route(path, get(ui::asset));
+    }
+    router
         .route("/api/series", get(series::series_list))
         .route(
             "/api/series/{series}",

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a loopback port, spoken to over HTTP, its files checked with the
 //! system's own gzip tools.
 
+mod browser;
 mod bulk;
 mod cache;
 mod crash;

@@ -16,6 +16,7 @@
 //! Standard tools (`zcat`, `gzip -t`) skip the subfield and print the lines.
 
 use std::io::{Read, Write};
+use std::ops::Range;
 
 use flate2::Compression;
 use flate2::write::DeflateEncoder;
@@ -32,6 +33,32 @@ const TRAILER_LEN: usize = 8;
 
 /// An encoded member and what it says about itself.
 pub type Member = (MemberMeta, Vec<u8>);
+
+/// `raw` as raw deflate data ending in a sync flush, without a final block: a piece of a longer stream.
+pub fn deflate_flushed(raw: &[u8], level: u32) -> Vec<u8> {
+    let mut enc = DeflateEncoder::new(
+        Vec::with_capacity(raw.len() / 3 + 64),
+        Compression::new(level),
+    );
+    // Writing into a Vec cannot fail; `flush` is a sync flush. Taking the Vec leaves the encoder nothing to
+    // finish into.
+    let _ = enc.write_all(raw);
+    let _ = enc.flush();
+    std::mem::take(enc.get_mut())
+}
+
+/// What a joined gzip stream takes from one of our members: where its deflate data is, without the final
+/// block, and the CRC-32 of its lines. `None` for a member that does not end in a sync flush.
+pub fn joinable(member: &[u8], raw_len: u64) -> Option<(Range<usize>, u32)> {
+    let end = member.len().checked_sub(TRAILER_LEN)?;
+    if !member.get(HEADER_LEN..end)?.ends_with(&JOINABLE_END) {
+        return None;
+    }
+    let crc = u32::from_le_bytes(member[end..end + 4].try_into().ok()?);
+    let isize = u32::from_le_bytes(member[end + 4..].try_into().ok()?);
+    (u64::from(isize) == raw_len & 0xffff_ffff)
+        .then_some((HEADER_LEN..end - FINAL_BLOCK.len(), crc))
+}
 
 /// A plain gzip member of `bytes`, for answers compressed on the fly.
 pub fn gzip(bytes: &[u8], level: u32) -> Vec<u8> {
@@ -128,16 +155,22 @@ impl MemberMeta {
     pub const BYTES: usize = PAYLOAD_LEN;
 }
 
+/// How the deflate data of a member we write ends: a sync flush (an empty stored block, `00 00 ff ff`), then an
+/// empty final block (`03 00`). Without its last two bytes the data is a deflate stream that another can
+/// continue, so members join into one gzip member without being inflated (as pigz joins its blocks).
+const JOINABLE_END: [u8; 6] = [0x00, 0x00, 0xff, 0xff, 0x03, 0x00];
+
+/// The empty final deflate block that ends a joined stream.
+pub const FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
+
 /// Compresses `raw` (NDJSON lines, each ending in `\n`) into one member. `meta.raw_len` and `meta.member_len`
 /// are filled in here; the metadata is returned with the bytes.
 pub fn encode(mut meta: MemberMeta, raw: &[u8], level: u32) -> Member {
     meta.raw_len = raw.len() as u64;
     let mut out = Vec::with_capacity(HEADER_LEN + raw.len() / 3 + 64);
     out.resize(HEADER_LEN, 0);
-    let mut enc = DeflateEncoder::new(out, Compression::new(level));
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(raw);
-    let mut out = enc.finish().unwrap_or_default();
+    out.extend_from_slice(&deflate_flushed(raw, level));
+    out.extend_from_slice(&FINAL_BLOCK);
     out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
     out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
     meta.member_len = out.len() as u64;
@@ -276,5 +309,36 @@ mod tests {
         let mid = HEADER_LEN + (bytes.len() - HEADER_LEN) / 2;
         bad[mid] ^= 0xff;
         assert!(decode(&bad).is_err());
+    }
+
+    #[test]
+    fn members_join_into_one_gzip_member_without_inflating() {
+        let raws: [&[u8]; 3] = [
+            b"{\"ts\":1}\n",
+            b"",
+            b"{\"ts\":2,\"a\":\"xyz\"}\n{\"ts\":3}\n",
+        ];
+        let mut joined = vec![0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 255];
+        let mut crc = crc32fast::Hasher::new();
+        for raw in raws {
+            let (meta, bytes) = encode(meta(), raw, 6);
+            let (data, member_crc) = joinable(&bytes, meta.raw_len).unwrap();
+            joined.extend_from_slice(&bytes[data]);
+            crc.combine(&crc32fast::Hasher::new_with_initial_len(
+                member_crc,
+                raw.len() as u64,
+            ));
+        }
+        joined.extend_from_slice(&FINAL_BLOCK);
+        joined.extend_from_slice(&crc.finalize().to_le_bytes());
+        joined.extend_from_slice(&(raws.concat().len() as u32).to_le_bytes());
+        // A single-member decoder reads it all: it is one member.
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&joined[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, raws.concat());
+        // A member from elsewhere is not joinable.
+        assert_eq!(joinable(&gzip(b"x\n", 6), 2), None);
     }
 }

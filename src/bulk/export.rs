@@ -3,15 +3,16 @@
 //!
 //! The walk visits the non-empty chunks of the range in time order, one part at a time, so memory does not grow
 //! with the range, and stops at the first piece its sink refuses. Only the two edge chunks are filtered line by
-//! line; for gzip'd NDJSON, a stored member wholly inside the range goes out as it is (no inflate, no deflate).
-//! With gzip every piece is its own gzip member, and members back to back are one valid gzip stream.
+//! line. With gzip the output is one gzip member, which every HTTP client can decode: pieces are deflated with
+//! a sync flush and continue one deflate stream, and for NDJSON a stored member wholly inside the range
+//! contributes its deflate data as it is (no inflate, no deflate; see `member::joinable`).
 
 use std::io;
 
 use axum::body::Bytes;
 use serde_json::Value;
 
-use crate::archive::member::gzip;
+use crate::archive::member::{self, FINAL_BLOCK};
 use crate::ingest::parse::event_time;
 use crate::store::{PageRef, SeriesName, Store, StoreError};
 use crate::time::{self, Millis};
@@ -110,10 +111,13 @@ impl Export {
     pub fn run(&self, store: &Store, sink: &mut impl Sink) -> Result<(), ExportError> {
         let mut out = Out {
             sink,
-            gzip: self.gzip,
-            level: self.level,
-            sent: false,
+            gzip: self.gzip.then(|| Gzip {
+                crc: crc32fast::Hasher::new(),
+                len: 0,
+                level: self.level,
+            }),
         };
+        out.start()?;
         let width = store
             .width_of(&self.name)
             .ok_or_else(|| StoreError::UnknownSeries(self.name.to_string()))?;
@@ -139,11 +143,12 @@ impl Export {
                 };
                 let at = store.locate(&self.name, page)?;
                 if pass_through
-                    && let Some((meta, member)) = store.read_stored(&self.name, &at)?
+                    && let Some((meta, stored)) = store.read_stored(&self.name, &at)?
                     && meta.first_ts >= self.from
                     && meta.last_ts < self.to
+                    && let Some((data, crc)) = member::joinable(&stored, meta.raw_len)
                 {
-                    out.raw(Bytes::from(member))?;
+                    out.joined(Bytes::from(stored).slice(data), crc, meta.raw_len)?;
                     continue;
                 }
                 let lines = store.read_page(&self.name, &at)?.lines;
@@ -158,10 +163,7 @@ impl Export {
         if self.format == Format::Json {
             out.text(b"]\n".to_vec())?;
         }
-        if self.gzip && !out.sent {
-            // An empty body is not valid gzip; an empty member is.
-            out.text(Vec::new())?;
-        }
+        out.finish()?;
         out.sink.reached(self.to);
         Ok(())
     }
@@ -197,24 +199,60 @@ impl Export {
 /// The sink, with the export's encoding.
 struct Out<'a, S> {
     sink: &'a mut S,
-    gzip: bool,
-    level: u32,
-    /// Whether anything was written.
-    sent: bool,
+    gzip: Option<Gzip>,
 }
 
+/// The state of the one gzip member an export writes: the CRC-32 and length of everything so far.
+struct Gzip {
+    crc: crc32fast::Hasher,
+    len: u64,
+    level: u32,
+}
+
+/// A gzip header without options (RFC 1952: no name, no time, OS unknown).
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 255];
+
 impl<S: Sink> Out<'_, S> {
-    fn text(&mut self, text: Vec<u8>) -> Result<(), ExportError> {
-        let bytes = if self.gzip {
-            gzip(&text, self.level)
-        } else {
-            text
-        };
-        self.raw(Bytes::from(bytes))
+    fn start(&mut self) -> Result<(), ExportError> {
+        match self.gzip {
+            Some(_) => self.write(Bytes::from_static(&GZIP_HEADER)),
+            None => Ok(()),
+        }
     }
 
-    fn raw(&mut self, bytes: Bytes) -> Result<(), ExportError> {
-        self.sent = true;
+    fn text(&mut self, text: Vec<u8>) -> Result<(), ExportError> {
+        let bytes = match &mut self.gzip {
+            Some(gz) => {
+                gz.crc.update(&text);
+                gz.len += text.len() as u64;
+                member::deflate_flushed(&text, gz.level)
+            }
+            None => text,
+        };
+        self.write(Bytes::from(bytes))
+    }
+
+    /// Deflate data that continues the stream as it is: its lines' CRC-32 and length join the member's.
+    fn joined(&mut self, data: Bytes, crc: u32, len: u64) -> Result<(), ExportError> {
+        if let Some(gz) = &mut self.gzip {
+            gz.crc
+                .combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
+            gz.len += len;
+        }
+        self.write(data)
+    }
+
+    fn finish(&mut self) -> Result<(), ExportError> {
+        let Some(gz) = self.gzip.take() else {
+            return Ok(());
+        };
+        let mut end = FINAL_BLOCK.to_vec();
+        end.extend_from_slice(&gz.crc.finalize().to_le_bytes());
+        end.extend_from_slice(&(gz.len as u32).to_le_bytes());
+        self.write(Bytes::from(end))
+    }
+
+    fn write(&mut self, bytes: Bytes) -> Result<(), ExportError> {
         self.sink.write(bytes).map_err(ExportError::Write)
     }
 }

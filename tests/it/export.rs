@@ -6,7 +6,7 @@ use std::io::Read;
 use serde_json::Value;
 
 use crate::pages::{SPARSE, seed};
-use crate::support::{Server, TempDir, gunzip, now_ms, request};
+use crate::support::{Server, TempDir, now_ms, request};
 
 /// The seeded events as stored: `{"ts":t,"n":n}`.
 fn lines(ts: &[i64], from: i64, to: i64) -> Vec<String> {

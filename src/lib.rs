@@ -11,3 +11,6 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod time;
+
+#[cfg(test)]
+mod fuzz;

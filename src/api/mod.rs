@@ -2,7 +2,7 @@
 //! about events and time live below. Every answer that is not a success goes through `error::ApiError`.
 
 pub mod auth;
-mod conditional;
+pub(crate) mod conditional;
 pub mod error;
 mod export;
 mod ingest;

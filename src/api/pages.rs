@@ -138,7 +138,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// The `wait` preference of `Prefer` headers (RFC 7240 §4.3), capped at `MAX_WAIT`; anything unreadable is
 /// ignored, as preferences may be.
-fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get_all("prefer")
         .iter()

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -19,76 +18,106 @@ use crate::metrics::{self, Histogram, describe, get, sample};
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorCode(pub &'static str);
 
-#[derive(Default)]
+/// Routes by template; a request no route matched counts as `unmatched` (the last slot).
+const ROUTES: &[&str] = &[
+    "/api/series",
+    "/api/series/{series}",
+    "/api/series/{series}/events",
+    "/api/series/{series}/export",
+    "/api/series/{series}/histogram",
+    "/api/series/{series}/data",
+    "/api/series/{series}/data/before/{t}",
+    "/api/series/{series}/data/before/{t}/part/{part}",
+    "/api/series/{series}/data/after/{t}",
+    "/api/data",
+    "/api/data/before/{t}",
+    "/api/data/before/{t}/part/{part}",
+    "/api/data/after/{t}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/",
+    "/app.js",
+    "/style.css",
+    "/api-docs/openapi.yaml",
+    "unmatched",
+];
+
+const METHODS: &[Method] = &[
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::OPTIONS,
+];
+
+/// The statuses counted one by one; any other counts in a last slot, labelled `other`.
+const STATUSES: &[u16] = &[
+    200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 409, 410, 413, 415, 422, 500, 503, 507,
+];
+
+/// Error codes of refused ingest batches, as `ApiError` names them; any other counts as `other`.
+const REFUSALS: &[&str] = &[
+    "bad_request",
+    "malformed_event",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "unknown_series",
+    "payload_too_large",
+    "unsupported_media_type",
+    "late_event",
+    "future_event",
+    "overloaded",
+    "storage_full",
+    "storage_error",
+    "other",
+];
+
+/// Fixed tables of atomics, one slot per method and route: counting a request takes no lock and allocates
+/// nothing.
 pub struct ApiMetrics {
-    /// Per method and route template (never the raw path: the label set stays small).
-    routes: RwLock<BTreeMap<(Method, &'static str), Arc<RouteStats>>>,
-    /// Ingest batches refused, by error code.
-    refused: RwLock<BTreeMap<&'static str, AtomicU64>>,
+    routes: Vec<RouteStats>,
+    refused: Vec<AtomicU64>,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
 }
 
 #[derive(Default)]
 struct RouteStats {
-    statuses: RwLock<BTreeMap<u16, AtomicU64>>,
+    statuses: [AtomicU64; STATUSES.len() + 1],
     latency: Histogram,
 }
 
-/// Routes by template; a request no route matched counts as `unmatched`.
-fn template(matched: Option<&MatchedPath>) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "/api/series",
-        "/api/series/{series}",
-        "/api/series/{series}/events",
-        "/api/series/{series}/export",
-        "/api/series/{series}/histogram",
-        "/api/series/{series}/data",
-        "/api/series/{series}/data/before/{t}",
-        "/api/series/{series}/data/before/{t}/part/{part}",
-        "/api/series/{series}/data/after/{t}",
-        "/api/data",
-        "/api/data/before/{t}",
-        "/api/data/before/{t}/part/{part}",
-        "/api/data/after/{t}",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/",
-        "/app.js",
-        "/style.css",
-        "/api-docs/openapi.yaml",
-    ];
-    matched
-        .and_then(|m| KNOWN.iter().find(|k| **k == m.as_str()))
-        .copied()
-        .unwrap_or("unmatched")
-}
-
-/// Counts into `map[key]`, adding the key on first use.
-fn count<K: Ord + Copy>(map: &RwLock<BTreeMap<K, AtomicU64>>, key: K) {
-    if let Some(c) = map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        metrics::add(c, 1);
-        return;
+impl Default for ApiMetrics {
+    fn default() -> ApiMetrics {
+        ApiMetrics {
+            routes: (0..METHODS.len() * ROUTES.len())
+                .map(|_| RouteStats::default())
+                .collect(),
+            refused: (0..REFUSALS.len()).map(|_| AtomicU64::new(0)).collect(),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+        }
     }
-    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
-    metrics::add(map.entry(key).or_default(), 1);
 }
 
 impl ApiMetrics {
-    fn route(&self, method: &Method, route: &'static str) -> Arc<RouteStats> {
-        let key = (method.clone(), route);
-        if let Some(r) = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return r.clone();
-        }
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        routes.entry(key).or_default().clone()
+    /// The slot of a method and route; `None` for a method no route answers.
+    fn route(&self, method: &Method, matched: Option<&MatchedPath>) -> Option<&RouteStats> {
+        let m = METHODS.iter().position(|x| x == method)?;
+        let r = matched
+            .and_then(|p| ROUTES.iter().position(|k| *k == p.as_str()))
+            .unwrap_or(ROUTES.len() - 1);
+        self.routes.get(m * ROUTES.len() + r)
     }
+}
+
+fn status_slot(status: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|&s| s == status)
+        .unwrap_or(STATUSES.len())
 }
 
 pub async fn track(
@@ -99,22 +128,26 @@ pub async fn track(
 ) -> Response {
     let began = Instant::now();
     let method = req.method().clone();
-    let route = template(matched.as_ref());
-    let stats = state.metrics.route(&method, route);
     let res = next.run(req).await;
     let took = began.elapsed();
     let status = res.status().as_u16();
-    stats.latency.observe(took);
-    count(&stats.statuses, status);
+    if let Some(stats) = state.metrics.route(&method, matched.as_ref()) {
+        stats.latency.observe(took);
+        metrics::add(&stats.statuses[status_slot(status)], 1);
+    }
     if method == Method::POST
         && let Some(ErrorCode(code)) = res.extensions().get::<ErrorCode>()
     {
-        count(&state.metrics.refused, *code);
+        let i = REFUSALS
+            .iter()
+            .position(|r| r == code)
+            .unwrap_or(REFUSALS.len() - 1);
+        metrics::add(&state.metrics.refused[i], 1);
     }
     tracing::debug!(
         target: "hourglass::access",
         %method,
-        route,
+        route = matched.as_ref().map_or("unmatched", |m| m.as_str()),
         status,
         micros = took.as_micros() as u64,
         "request"
@@ -170,13 +203,13 @@ pub async fn metrics_get(State(state): State<AppState>) -> Response {
         "counter",
         "Ingest batches refused, by reason (the error code); a refused batch stores none of its events.",
     );
-    for (code, n) in api.refused.read().unwrap_or_else(|e| e.into_inner()).iter() {
-        sample(
-            &mut out,
-            "hourglass_batches_refused_total",
-            &format!("reason=\"{code}\","),
-            get(n),
-        );
+    for (code, n) in REFUSALS
+        .iter()
+        .zip(&api.refused)
+        .filter(|(_, n)| get(n) > 0)
+    {
+        let labels = format!("reason=\"{code}\",");
+        sample(&mut out, "hourglass_batches_refused_total", &labels, get(n));
     }
     describe(
         &mut out,
@@ -239,25 +272,31 @@ pub async fn metrics_get(State(state): State<AppState>) -> Response {
     );
     sample(&mut out, "hourglass_backlog_bytes", "", backlog);
 
-    let routes = api.routes.read().unwrap_or_else(|e| e.into_inner());
-    let mut pages: BTreeMap<(&str, u16), u64> = BTreeMap::new();
+    let slots = || {
+        METHODS
+            .iter()
+            .flat_map(|m| ROUTES.iter().map(move |r| (m, *r)))
+            .zip(&api.routes)
+    };
+    let mut pages: BTreeMap<(&str, String), u64> = BTreeMap::new();
     describe(
         &mut out,
         "hourglass_http_requests_total",
         "counter",
         "Requests answered, by method, route and status.",
     );
-    for ((method, route), stats) in routes.iter() {
-        for (status, n) in stats
+    for ((method, route), stats) in slots() {
+        for (i, n) in stats
             .statuses
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
+            .enumerate()
+            .filter(|(_, n)| get(n) > 0)
         {
+            let status = STATUSES.get(i).map_or("other".to_string(), u16::to_string);
             let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\",");
             sample(&mut out, "hourglass_http_requests_total", &labels, get(n));
             if let Some(kind) = page_kind(route) {
-                *pages.entry((kind, *status)).or_default() += get(n);
+                *pages.entry((kind, status)).or_default() += get(n);
             }
         }
     }
@@ -267,13 +306,12 @@ pub async fn metrics_get(State(state): State<AppState>) -> Response {
         "histogram",
         "Time to answer, by method and route (to the end of the headers for streamed answers).",
     );
-    for ((method, route), stats) in routes.iter() {
+    for ((method, route), stats) in slots().filter(|(_, s)| s.latency.count() > 0) {
         let labels = format!("method=\"{method}\",route=\"{route}\",");
         stats
             .latency
             .write(&mut out, "hourglass_http_request_seconds", &labels);
     }
-    drop(routes);
     describe(
         &mut out,
         "hourglass_pages_total",

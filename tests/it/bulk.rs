@@ -187,12 +187,7 @@ fn an_imported_tree_exports_back_every_good_event() {
 }
 
 fn archives(dir: &Path) -> Vec<Vec<u8>> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".json.gz"))
-        .collect();
-    files.sort();
+    let files = crate::support::archive_files(dir);
     files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
 

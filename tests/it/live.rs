@@ -23,16 +23,18 @@ fn post_now(server: &Server, series: &str) -> Instant {
     Instant::now()
 }
 
+/// Sends the series' first event; returns the head's ETag.
+fn first_event(server: &Server) -> String {
+    post_now(server, "s");
+    let head = server.get("/api/series/s/data");
+    head.header("etag").unwrap().to_string()
+}
+
 #[test]
 fn a_held_head_answers_within_100_ms_of_an_ingest() {
     let dir = TempDir::new("live");
     let server = Server::start(dir.path(), &["--chunk-seconds", "1"]);
-    post_now(&server, "s");
-    let etag = server
-        .get("/api/series/s/data")
-        .header("etag")
-        .unwrap()
-        .to_string();
+    let etag = first_event(&server);
 
     thread::scope(|scope| {
         let held = scope.spawn(|| held_get(&server, "/api/series/s/data", Some(&etag), 20));
@@ -75,12 +77,7 @@ fn a_held_head_answers_within_100_ms_of_an_ingest() {
 fn the_wait_is_bounded_and_so_are_held_requests() {
     let dir = TempDir::new("live-bound");
     let server = Server::start(dir.path(), &["--max-held-requests", "1"]);
-    post_now(&server, "s");
-    let etag = server
-        .get("/api/series/s/data")
-        .header("etag")
-        .unwrap()
-        .to_string();
+    let etag = first_event(&server);
 
     let start = Instant::now();
     let (res, done) = held_get(&server, "/api/series/s/data", Some(&etag), 1);
@@ -114,12 +111,7 @@ fn the_wait_is_bounded_and_so_are_held_requests() {
 fn stopping_the_server_answers_held_requests() {
     let dir = TempDir::new("live-stop");
     let server = Server::start(dir.path(), &[]);
-    post_now(&server, "s");
-    let etag = server
-        .get("/api/series/s/data")
-        .header("etag")
-        .unwrap()
-        .to_string();
+    let etag = first_event(&server);
     let addr = server.addr;
     let held = thread::spawn(move || {
         request(

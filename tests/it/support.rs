@@ -247,17 +247,22 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Every line of every hour archive of a series, in file-name (time) order, read with the system's `zcat`;
-/// each archive is checked with `gzip -t` first.
-pub fn zcat_series(dir: &Path) -> Vec<String> {
+/// The hour archives of a series folder, in time order.
+pub fn archive_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".json.gz"))
         .collect();
     files.sort();
+    files
+}
+
+/// Every line of every hour archive of a series, in file-name (time) order, read with the system's `zcat`;
+/// each archive is checked with `gzip -t` first.
+pub fn zcat_series(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
-    for f in files {
+    for f in archive_files(dir) {
         let t = Command::new("gzip").arg("-t").arg(&f).output().unwrap();
         assert!(
             t.status.success(),

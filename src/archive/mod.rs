@@ -330,6 +330,8 @@ impl SeriesArchive {
             return Ok(());
         };
         let hour = first.hour();
+        // Held from the look at the hour to the swap of its index: an append in between would be lost.
+        let writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let old = {
             let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
             hours.get(&hour).cloned()
@@ -339,9 +341,10 @@ impl SeriesArchive {
                 .last()
                 .is_some_and(|e| e.meta.chunk_start >= first)
         }) else {
+            // All after the hour's last chunk: appends, each checking the order again under the lock.
+            drop(writing);
             return chunks.iter().try_for_each(|c| self.append_chunk(c));
         };
-        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let path = self.archive_path(hour);
         let tmp = self.dir.join(format!("{}{REWRITE_SUFFIX}", hour.stem()));
         let merged = merge_hour(&path, &tmp, &old, &chunks).map_err(io_at(&path))?;
@@ -366,6 +369,7 @@ impl SeriesArchive {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(hour, merged);
+        drop(writing);
         Ok(())
     }
 

@@ -76,7 +76,7 @@ impl Store {
             self.new_revision(name)?;
         }
         let cfg = &self.inner.cfg;
-        let encoded = encode_all(&fresh, width.secs(), cfg.max_member_entries, cfg.gzip_level);
+        let encoded = encode_all(&fresh, width.secs(), cfg.max_member_entries, cfg.gzip_level)?;
         archive.insert_chunks(&encoded)?;
         Ok(answers)
     }
@@ -114,7 +114,7 @@ fn encode_all(
     width_secs: u32,
     max_entries: usize,
     level: u32,
-) -> Vec<Vec<Member>> {
+) -> Result<Vec<Vec<Member>>, StoreError> {
     let threads = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(chunks.len())
@@ -133,10 +133,14 @@ fn encode_all(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+        let mut all = Vec::with_capacity(chunks.len());
+        for h in handles {
+            let group = h
+                .join()
+                .map_err(|_| StoreError::storage("a compression thread panicked", None))?;
+            all.extend(group);
+        }
+        Ok(all)
     })
 }
 

@@ -111,8 +111,8 @@ pub struct ExportArgs {
     /// The file to write (default: stdout).
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    /// Read from a running server (`http://host:port`) instead of a data folder.
-    #[arg(long, conflicts_with = "data")]
+    /// Read from a running server (`http://host:port`) instead of a data folder (`--data` is then not used).
+    #[arg(long)]
     pub url: Option<String>,
     /// Read a data folder directly (the server must be stopped: the folder is locked while in use).
     #[arg(long, env = "HOURGLASS_DATA", default_value = "./data")]

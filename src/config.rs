@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Largest request body, in bytes, before and after gzip inflation.
     #[arg(long, env = "HOURGLASS_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Seconds a client has to send a request's headers, and then its body; slower clients are cut off (the
+    /// body with a 408).
+    #[arg(long, env = "HOURGLASS_REQUEST_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout: u64,
     /// Requests that may be held at once by `Prefer: wait` (long polls); past it they are answered at once.
     #[arg(long, env = "HOURGLASS_MAX_HELD_REQUESTS", default_value_t = 1024)]
     pub max_held_requests: usize,
@@ -142,6 +146,12 @@ fn parse_width(s: &str) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     ChunkWidth::from_secs(secs).map(ChunkWidth::secs)
+}
+
+impl ServeArgs {
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.request_timeout)
+    }
 }
 
 impl StoreArgs {

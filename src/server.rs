@@ -4,7 +4,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::api::auth::Tokens;
@@ -38,6 +42,7 @@ pub async fn run(
             read: args.read_token.clone(),
         },
         max_body_bytes: args.max_body_bytes,
+        request_timeout: args.request_timeout(),
         pages: crate::api::pages::page_cache(args.page_cache_bytes),
         gzip_level: args.store.gzip_level,
         held: Arc::new(tokio::sync::Semaphore::new(args.max_held_requests)),
@@ -45,20 +50,61 @@ pub async fn run(
         metrics: Default::default(),
         stopping,
     });
-    // TCP_NODELAY: a response written in pieces must not wait for the client's delayed ACK (Nagle).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = serve(
+        listener,
+        api::router(state),
+        args.request_timeout(),
+        shutdown,
+    )
+    .await;
     tracing::info!("no more requests; stopping the store");
     tokio::task::spawn_blocking(move || store.shutdown())
         .await
         .ok();
     served
+}
+
+/// Accepts connections until `shutdown`, then lets the requests in flight finish. A client gets `timeout` to
+/// send its request's headers (after that the connection is closed; request bodies have their own limit, see
+/// `api::ingest`), so slow or silent clients cannot hold connections forever.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(timeout);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // TCP_NODELAY: a response written in pieces must not wait for the client's delayed ACK (Nagle).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -2,6 +2,7 @@
 //! it off the async threads, hand it to the store, answer 202 once it is durable.
 
 use std::io::Read;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -44,7 +45,7 @@ async fn ingest(
     let format = body_format(&headers)?;
     let gzip = gzip_encoded(&headers)?;
     let limit = state.max_body_bytes;
-    let bytes = read_body(body, &headers, limit).await?;
+    let bytes = read_body(body, &headers, limit, state.request_timeout).await?;
     let received = time::now();
     let parsed = tokio::task::spawn_blocking(move || {
         let inflated;
@@ -125,7 +126,33 @@ fn too_large(limit: usize, what: &str) -> ApiError {
 }
 
 /// Reads a request body, refusing it as soon as it passes `limit` bytes.
-pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads a whole request body of at most `limit` bytes, within `timeout` (408 after it: a client that trickles
+/// its body cannot hold a request open).
+pub async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
+    tokio::time::timeout(timeout, read_body_within(body, headers, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs()
+                ),
+            ))
+        })
+}
+
+async fn read_body_within(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -48,6 +48,8 @@ pub struct Shared {
     pub tokens: Tokens,
     /// The most bytes a request body may have, before and after gzip inflation.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub request_timeout: std::time::Duration,
     /// Rendered final pages.
     pub pages: pages::PageCache,
     /// gzip level for pages compressed on the fly.

@@ -75,7 +75,7 @@ pub async fn series_put(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state.tokens.check_write(&headers)?;
-    let bytes = read_body(body, &headers, 64 << 10).await?;
+    let bytes = read_body(body, &headers, 64 << 10, state.request_timeout).await?;
     let settings: SeriesSettings = if bytes.iter().all(u8::is_ascii_whitespace) {
         SeriesSettings {
             chunk_seconds: None,

@@ -6,6 +6,7 @@ mod bulk;
 mod cache;
 mod crash;
 mod export;
+mod hostile;
 mod ingest;
 mod live;
 mod metrics;

@@ -47,7 +47,7 @@ pub async fn run(
         gzip_level: args.store.gzip_level,
         held: Arc::new(tokio::sync::Semaphore::new(args.max_held_requests)),
         held_limit: args.max_held_requests,
-        metrics: Default::default(),
+        metrics: api::metrics::ApiMetrics::new(api::route_paths()),
         stopping,
     });
     let served = serve(

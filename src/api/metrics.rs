@@ -18,31 +18,6 @@ use crate::metrics::{self, Histogram, describe, get, sample};
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorCode(pub &'static str);
 
-/// Routes by template; a request no route matched counts as `unmatched` (the last slot).
-const ROUTES: &[&str] = &[
-    "/api/series",
-    "/api/series/{series}",
-    "/api/series/{series}/events",
-    "/api/series/{series}/export",
-    "/api/series/{series}/histogram",
-    "/api/series/{series}/data",
-    "/api/series/{series}/data/before/{t}",
-    "/api/series/{series}/data/before/{t}/part/{part}",
-    "/api/series/{series}/data/after/{t}",
-    "/api/data",
-    "/api/data/before/{t}",
-    "/api/data/before/{t}/part/{part}",
-    "/api/data/after/{t}",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/",
-    "/app.js",
-    "/style.css",
-    "/api-docs/openapi.yaml",
-    "unmatched",
-];
-
 const METHODS: &[Method] = &[
     Method::GET,
     Method::HEAD,
@@ -78,6 +53,8 @@ const REFUSALS: &[&str] = &[
 /// Fixed tables of atomics, one slot per method and route: counting a request takes no lock and allocates
 /// nothing.
 pub struct ApiMetrics {
+    /// The router's route templates, then `unmatched` for requests no route matched.
+    names: Vec<&'static str>,
     routes: Vec<RouteStats>,
     refused: Vec<AtomicU64>,
     pub cache_hits: AtomicU64,
@@ -90,27 +67,29 @@ struct RouteStats {
     latency: Histogram,
 }
 
-impl Default for ApiMetrics {
-    fn default() -> ApiMetrics {
+impl ApiMetrics {
+    /// Slots for the router's route templates (`api::route_paths`).
+    pub fn new(paths: impl IntoIterator<Item = &'static str>) -> ApiMetrics {
+        let mut names: Vec<&'static str> = paths.into_iter().collect();
+        names.push("unmatched");
         ApiMetrics {
-            routes: (0..METHODS.len() * ROUTES.len())
+            routes: (0..METHODS.len() * names.len())
                 .map(|_| RouteStats::default())
                 .collect(),
             refused: (0..REFUSALS.len()).map(|_| AtomicU64::new(0)).collect(),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            names,
         }
     }
-}
 
-impl ApiMetrics {
     /// The slot of a method and route; `None` for a method no route answers.
     fn route(&self, method: &Method, matched: Option<&MatchedPath>) -> Option<&RouteStats> {
         let m = METHODS.iter().position(|x| x == method)?;
         let r = matched
-            .and_then(|p| ROUTES.iter().position(|k| *k == p.as_str()))
-            .unwrap_or(ROUTES.len() - 1);
-        self.routes.get(m * ROUTES.len() + r)
+            .and_then(|p| self.names.iter().position(|k| *k == p.as_str()))
+            .unwrap_or(self.names.len() - 1);
+        self.routes.get(m * self.names.len() + r)
     }
 }
 
@@ -276,7 +255,7 @@ pub async fn metrics_get(State(state): State<AppState>) -> Response {
     let slots = || {
         METHODS
             .iter()
-            .flat_map(|m| ROUTES.iter().map(move |r| (m, *r)))
+            .flat_map(|m| api.names.iter().map(move |r| (m, *r)))
             .zip(&api.routes)
     };
     let mut pages: BTreeMap<(&str, String), u64> = BTreeMap::new();

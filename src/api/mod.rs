@@ -18,7 +18,7 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::store::{SeriesName, Store};
@@ -65,34 +65,47 @@ pub struct Shared {
 /// The series `default`, which also answers on the short URLs.
 pub const DEFAULT_SERIES: &str = "default";
 
-pub fn router(state: AppState) -> Router {
-    let mut router = Router::new();
-    for path in ui::paths() {
-        router = router.route(path, get(ui::asset));
-    }
-    router
-        .route("/api/series", get(series::series_list))
-        .route(
+/// Every route: its path template and what answers it. The router and the request metrics both read it.
+fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    let mut routes: Vec<(&'static str, MethodRouter<AppState>)> = vec![
+        ("/api/series", get(series::series_list)),
+        (
             "/api/series/{series}",
             get(series::series_show).put(series::series_put),
-        )
-        .route("/api/series/{series}/events", post(ingest::events_post))
-        .route("/api/series/{series}/export", get(export::export_get))
-        .route("/api/series/{series}/histogram", get(export::histogram_get))
-        .route("/api/series/{series}/data", get(pages::head))
-        .route("/api/series/{series}/data/before/{t}", get(pages::before))
-        .route(
+        ),
+        ("/api/series/{series}/events", post(ingest::events_post)),
+        ("/api/series/{series}/export", get(export::export_get)),
+        ("/api/series/{series}/histogram", get(export::histogram_get)),
+        ("/api/series/{series}/data", get(pages::head)),
+        ("/api/series/{series}/data/before/{t}", get(pages::before)),
+        (
             "/api/series/{series}/data/before/{t}/part/{part}",
             get(pages::before),
-        )
-        .route("/api/series/{series}/data/after/{t}", get(pages::after))
-        .route("/api/data", get(pages::head).post(ingest::data_post))
-        .route("/api/data/before/{t}", get(pages::before))
-        .route("/api/data/before/{t}/part/{part}", get(pages::before))
-        .route("/api/data/after/{t}", get(pages::after))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(metrics::readyz))
-        .route("/metrics", get(metrics::metrics_get))
+        ),
+        ("/api/series/{series}/data/after/{t}", get(pages::after)),
+        ("/api/data", get(pages::head).post(ingest::data_post)),
+        ("/api/data/before/{t}", get(pages::before)),
+        ("/api/data/before/{t}/part/{part}", get(pages::before)),
+        ("/api/data/after/{t}", get(pages::after)),
+        ("/healthz", get(healthz)),
+        ("/readyz", get(metrics::readyz)),
+        ("/metrics", get(metrics::metrics_get)),
+    ];
+    routes.extend(ui::paths().map(|path| (path, get(ui::asset))));
+    routes
+}
+
+/// The path templates of every route, for the request metrics' labels.
+pub fn route_paths() -> impl Iterator<Item = &'static str> {
+    routes().into_iter().map(|(path, _)| path)
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (path, method_router) in routes() {
+        router = router.route(path, method_router);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

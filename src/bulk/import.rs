@@ -66,9 +66,9 @@ impl Report {
     }
 }
 
-/// The hour files under `dir`, by hour, each hour's files in path order.
+/// The hour files under `dir` with their sizes, by hour, each hour's files in path order.
 pub struct Sources {
-    pub hours: BTreeMap<Hour, Vec<PathBuf>>,
+    pub hours: BTreeMap<Hour, Vec<(PathBuf, u64)>>,
     pub bytes: u64,
     pub ignored: u64,
 }
@@ -96,8 +96,9 @@ pub fn find_sources(dir: &Path) -> io::Result<Sources> {
                 .and_then(Hour::parse_stem);
             match hour {
                 Some(hour) if kind.is_file() => {
-                    sources.bytes += entry.metadata()?.len();
-                    sources.hours.entry(hour).or_default().push(path);
+                    let size = entry.metadata()?.len();
+                    sources.bytes += size;
+                    sources.hours.entry(hour).or_default().push((path, size));
                 }
                 _ => sources.ignored += 1,
             }
@@ -125,7 +126,7 @@ pub fn import(
     };
     for (&hour, files) in &sources.hours {
         let mut events = HourEvents::default();
-        for path in files {
+        for (path, size) in files {
             let shown = path.strip_prefix(&options.dir).unwrap_or(path).display();
             read_file(
                 path,
@@ -141,7 +142,7 @@ pub fn import(
                 },
             );
             report.files += 1;
-            report.bytes += fs::metadata(path).map_or(0, |m| m.len());
+            report.bytes += size;
             progress(report.bytes);
         }
         let chunks = events.into_chunks(width);

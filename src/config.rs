@@ -90,6 +90,9 @@ pub struct ServeArgs {
     /// Bytes of rendered final pages kept in memory (0: none).
     #[arg(long, env = "HOURGLASS_PAGE_CACHE_BYTES", default_value_t = 256 << 20)]
     pub page_cache_bytes: u64,
+    /// Milliseconds added to the system clock: for tests that must cross an hour boundary now.
+    #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_offset_ms: i64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -2,6 +2,7 @@
 //! the strings users see. Everything is UTC Unix milliseconds (`Millis`); nothing here touches the disk.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Timelike, Utc};
 
@@ -16,9 +17,17 @@ pub const MIN_TIME: Millis = 0;
 /// The latest: the last millisecond of year 9999, so every hour archive name has four year digits.
 pub const MAX_TIME: Millis = 253_402_300_799_999;
 
+/// How far this process' clock is moved from the system's; 0 but in tests (`--clock-offset-ms`).
+static CLOCK_OFFSET: AtomicI64 = AtomicI64::new(0);
+
 /// The current wall-clock time.
 pub fn now() -> Millis {
-    Utc::now().timestamp_millis()
+    Utc::now().timestamp_millis() + CLOCK_OFFSET.load(Ordering::Relaxed)
+}
+
+/// Moves `now()` by `offset`, so a test can put an hour rollover a second away. Set once, at start.
+pub fn set_clock_offset(offset: Millis) {
+    CLOCK_OFFSET.store(offset, Ordering::Relaxed);
 }
 
 /// The width of a series' chunks: a divisor of 3600 seconds, so that no chunk straddles two hour archives.

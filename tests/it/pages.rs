@@ -88,15 +88,6 @@ fn sparse_server(tag: &str, name: &str, extra: &[&str]) -> (TempDir, Server) {
     (dir, server)
 }
 
-fn rel(r: &Response, rel: &str) -> Option<String> {
-    let link = r.header("link")?;
-    link.split(", ").find_map(|l| {
-        let (url, params) = l.split_once(';')?;
-        (params.trim() == format!("rel=\"{rel}\""))
-            .then(|| url.trim_matches(|c| c == '<' || c == '>').to_string())
-    })
-}
-
 fn numbers(page: &Value) -> Vec<u64> {
     page["events"]
         .as_array()
@@ -117,10 +108,10 @@ fn walk(server: &Server, start: &str, direction: &str) -> Vec<Value> {
         // The body repeats the links, for clients that cannot read headers.
         assert_eq!(
             body[direction].as_str().map(str::to_string),
-            rel(&r, direction),
+            r.link(direction),
             "{u}"
         );
-        url = rel(&r, direction);
+        url = r.link(direction);
         pages.push(body);
         assert!(pages.len() < 100, "walk does not end");
     }
@@ -449,7 +440,7 @@ fn the_head_is_never_cached_and_its_etag_changes_only_with_the_series() {
     let b = server.get("/api/series/h/data");
     assert_ne!(b.header("etag"), Some(etag.as_str()));
     // The page that was the head is now a `before` page whose next is `after`: not final, not cached.
-    let before = server.get(&rel(&b, "prev").unwrap());
+    let before = server.get(&b.link("prev").unwrap());
     assert!(
         before.json()["next"].as_str().unwrap().contains("/after/"),
         "{}",

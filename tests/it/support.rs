@@ -166,6 +166,15 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The URL of the `Link` header's relation `rel`.
+    pub fn link(&self, rel: &str) -> Option<String> {
+        self.header("link")?.split(", ").find_map(|l| {
+            let (url, params) = l.split_once(';')?;
+            (params.trim() == format!("rel=\"{rel}\""))
+                .then(|| url.trim_matches(|c| c == '<' || c == '>').to_string())
+        })
+    }
+
     /// The `error.code` of a JSON error body, checking the error's shape on the way.
     pub fn error_code(&self) -> String {
         let v = self.json();

@@ -147,10 +147,13 @@ pub fn write_sidecar(path: &Path, index: &HourIndex) -> io::Result<()> {
         bytes.extend_from_slice(&record(e));
     }
     let tmp = path.with_extension("idx.tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_data()?;
-    fs::rename(&tmp, path)
+    let written = File::create(&tmp)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_data()))
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Appends records for new members to a sidecar (creating it with its magic when absent). Not fsync'd: a
@@ -160,14 +163,18 @@ pub fn append_sidecar(path: &Path, entries: &[IndexEntry]) -> io::Result<()> {
         .append(true)
         .create(true)
         .open(path)?;
+    let len = f.metadata()?.len();
     let mut bytes = Vec::with_capacity(MAGIC.len() + entries.len() * RECORD_LEN);
-    if f.metadata()?.len() == 0 {
+    if len == 0 {
         bytes.extend_from_slice(MAGIC);
     }
     for e in entries {
         bytes.extend_from_slice(&record(e));
     }
-    f.write_all(&bytes)
+    f.write_all(&bytes).inspect_err(|_| {
+        // A torn record would shift every later one (a full disk): keep whole records only.
+        let _ = f.set_len(len);
+    })
 }
 
 /// Extends `index` by reading member headers from the archive itself, starting where the index ends, and

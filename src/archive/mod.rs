@@ -289,8 +289,12 @@ impl SeriesArchive {
         let entries = match written {
             Ok(entries) => entries,
             Err(e) => {
-                // Leave the archive as valid gzip: drop whatever part of the members reached the file.
+                // Leave the archive as valid gzip: drop whatever part of the members reached the file, and an
+                // archive this append created (an empty file is not gzip).
                 let _ = file.set_len(start).and_then(|()| file.sync_data());
+                if is_new {
+                    let _ = fs::remove_file(&path);
+                }
                 return Err(io_at(&path)(e));
             }
         };
@@ -347,11 +351,17 @@ impl SeriesArchive {
         };
         let path = self.archive_path(hour);
         let tmp = self.dir.join(format!("{}{REWRITE_SUFFIX}", hour.stem()));
-        let merged = merge_hour(&path, &tmp, &old, &chunks).map_err(io_at(&path))?;
+        let merged = merge_hour(&path, &tmp, &old, &chunks)
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })
+            .map_err(io_at(&path))?;
         fs::rename(&tmp, &path).map_err(io_at(&path))?;
         sync_dir(&self.dir).map_err(io_at(&self.dir))?;
         let sidecar = sidecar_path(&self.dir, hour);
         if let Err(e) = index::write_sidecar(&sidecar, &merged) {
+            // The old sidecar describes the old file: without one, the next open indexes the archive itself.
+            let _ = fs::remove_file(&sidecar);
             tracing::warn!(path = %sidecar.display(), error = %e, "index sidecar not updated");
         }
         let added: Vec<IndexEntry> = merged

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -242,6 +242,8 @@ struct Inner {
     stopping: Mutex<bool>,
     stop_signal: Condvar,
     metrics: StoreMetrics,
+    /// The last append to the log failed: said once, not at every refused group (a full disk).
+    log_failing: AtomicBool,
     _lock: File,
 }
 
@@ -320,6 +322,7 @@ impl Store {
             stopping: Mutex::new(false),
             stop_signal: Condvar::new(),
             metrics: StoreMetrics::default(),
+            log_failing: AtomicBool::new(false),
             _lock: lock_file,
         });
         let committer = {
@@ -757,8 +760,14 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
     }
     inner.settled.notify_all();
 
-    if let Err(e) = &written {
-        tracing::error!(error = %e, "write-ahead log append failed; batches refused");
+    match &written {
+        Err(e) if !inner.log_failing.swap(true, Ordering::Relaxed) => {
+            tracing::error!(error = %e, "write-ahead log append failed; batches refused until it works");
+        }
+        Ok(_) if !accepted.is_empty() && inner.log_failing.swap(false, Ordering::Relaxed) => {
+            tracing::info!("write-ahead log appends work again");
+        }
+        _ => {}
     }
     for job in accepted {
         let answer = match &written {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::support::{FAST, Response, Server, TempDir, now_ms, request};
+use crate::support::{FAST, Response, Server, TempDir, missing, now_ms, request};
 
 struct Nginx {
     child: Child,
@@ -96,12 +96,9 @@ fn via(n: &Nginx, path: &str) -> Response {
 #[test]
 fn nginx_keeps_final_pages_and_never_the_head() {
     let Some(bin) = nginx_binary() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nginx is required in CI (apt-get install -y nginx)"
-        );
-        eprintln!(
-            "\n*** SKIPPED nginx_keeps_final_pages_and_never_the_head: nginx is not installed ***\n"
+        missing(
+            "nginx_keeps_final_pages_and_never_the_head",
+            "nginx is not installed (apt-get install -y nginx)",
         );
         return;
     };

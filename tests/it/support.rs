@@ -314,3 +314,54 @@ pub fn hourglass(args: &[&str]) -> std::process::Output {
         .output()
         .expect("run hourglass")
 }
+
+/// A test cannot find a part it needs: fails under CI (`CI` set), where `.ci/run` installs everything, and
+/// elsewhere says loudly that the test was skipped.
+pub fn missing(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} cannot run under CI: {why}"
+    );
+    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+}
+
+/// A tmpfs of `size` (e.g. "8m") mounted on a fresh folder, unmounted on drop; None (after `missing`) where
+/// this process may not mount.
+pub struct Tmpfs(TempDir);
+
+impl Tmpfs {
+    pub fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        let dir = TempDir::new("tmpfs");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
+            Ok(o) => {
+                missing(
+                    test,
+                    &format!(
+                        "mount -t tmpfs: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                missing(test, &format!("mount: {e}"));
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}

@@ -45,6 +45,7 @@ pub async fn run(
         request_timeout: args.request_timeout(),
         pages: crate::api::pages::page_cache(args.page_cache_bytes),
         gzip_level: args.store.gzip_level,
+        intake: api::Intake::new(args.store.max_inflight_bytes),
         held: Arc::new(tokio::sync::Semaphore::new(args.max_held_requests)),
         held_limit: args.max_held_requests,
         metrics: api::metrics::ApiMetrics::new(api::route_paths()),

@@ -2,6 +2,7 @@
 //! it off the async threads, hand it to the store, answer 202 once it is durable.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 use super::{AppState, DEFAULT_SERIES, SeriesPath};
@@ -45,17 +47,26 @@ async fn ingest(
     let format = body_format(&headers)?;
     let gzip = gzip_encoded(&headers)?;
     let limit = state.max_body_bytes;
+    // Room for the body before its first byte is read (all of `limit` when its length is not declared), and
+    // for the inflated body once it is known: kept until the answer.
+    let _body_room = state
+        .intake
+        .reserve(declared_length(&headers).unwrap_or(limit as u64))?;
     let bytes = read_body(body, &headers, limit, state.request_timeout).await?;
     let received = time::now();
-    let parsed = tokio::task::spawn_blocking(move || {
+    let intake = state.intake.clone();
+    let (parsed, _inflated_room) = tokio::task::spawn_blocking(move || {
         let inflated;
+        let mut room = None;
         let raw = if gzip {
             inflated = inflate(&bytes, limit)?;
+            room = Some(intake.reserve(inflated.len() as u64)?);
             &inflated[..]
         } else {
             &bytes[..]
         };
-        parse::parse(raw, format, received).map_err(ApiError::from)
+        let parsed = parse::parse(raw, format, received).map_err(ApiError::from)?;
+        Ok::<_, ApiError>((parsed, room))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
@@ -64,6 +75,40 @@ async fn ingest(
         StatusCode::ACCEPTED,
         Json(json!({"accepted": ack.accepted, "series": name.as_str()})),
     ))
+}
+
+/// Memory for request bodies, from the first byte read to the answer: one permit per KiB of
+/// `--max-inflight-bytes`, taken without waiting.
+#[derive(Clone)]
+pub struct Intake {
+    permits: Arc<Semaphore>,
+    total: u32,
+}
+
+impl Intake {
+    pub fn new(bytes: u64) -> Intake {
+        let total = (bytes / 1024).clamp(1, u64::from(u32::MAX)) as u32;
+        Intake {
+            permits: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Room for `bytes` (at most the whole budget, so any body fits when alone), or 503 at once: a server that
+    /// cannot keep up says so rather than grow.
+    fn reserve(&self, bytes: u64) -> Result<OwnedSemaphorePermit, ApiError> {
+        let kib = bytes.div_ceil(1024).min(u64::from(self.total)) as u32;
+        self.permits
+            .clone()
+            .try_acquire_many_owned(kib.max(1))
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the server holds as many incoming batches as it may (--max-inflight-bytes): retry later",
+                )
+            })
+    }
 }
 
 fn body_format(headers: &HeaderMap) -> Result<Format, ApiError> {
@@ -153,10 +198,7 @@ async fn read_body_within(
     headers: &HeaderMap,
     limit: usize,
 ) -> Result<Vec<u8>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit, "request body"));
     }
@@ -173,6 +215,13 @@ async fn read_body_within(
         }
     }
     Ok(buf)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Inflates a gzip body (one member or several), refusing it once the output passes `limit` bytes, so a small

@@ -6,6 +6,7 @@ pub(crate) mod conditional;
 pub mod error;
 mod export;
 mod ingest;
+pub use ingest::Intake;
 pub mod metrics;
 pub mod pages;
 mod series;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub pages: pages::PageCache,
     /// gzip level for pages compressed on the fly.
     pub gzip_level: u32,
+    /// Memory for request bodies being read, parsed and logged; 503 past it.
+    pub intake: Intake,
     /// Permits for requests held by `Prefer: wait`, of `held_limit`.
     pub held: Arc<tokio::sync::Semaphore>,
     pub held_limit: usize,

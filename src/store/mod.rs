@@ -376,7 +376,8 @@ impl Store {
             if st.backlog + bytes > cfg.max_backlog_bytes {
                 return Err(StoreError::Busy("too many events waiting to be sealed"));
             }
-            if st.inflight + bytes > cfg.max_inflight_bytes {
+            // A batch alone always fits, whatever its size, as the HTTP intake lets it in.
+            if st.inflight > 0 && st.inflight + bytes > cfg.max_inflight_bytes {
                 return Err(StoreError::Busy("too many batches waiting for the log"));
             }
             st.backlog += bytes;

@@ -267,3 +267,40 @@ fn a_full_backlog_answers_503_with_retry_after() {
     let accepted = statuses.iter().filter(|&&s| s == 202).count() as u64;
     assert_eq!(server.get("/api/series/b").json()["events"], accepted * 20);
 }
+
+#[test]
+fn bodies_past_the_memory_budget_are_refused_at_once_with_503() {
+    let dir = TempDir::new("intake");
+    let server = Server::start(dir.path(), &["--max-inflight-bytes", "100000"]);
+    let t = now_ms();
+    let line = |i: usize| format!("{{\"ts\":{t},\"i\":{i},\"pad\":\"{}\"}}\n", ".".repeat(60));
+    let big: String = (0..1_000).map(line).collect(); // ~90 KB of the 100 KB budget
+    let small: String = (0..200).map(line).collect(); // ~18 KB
+    assert!(big.len() < 100_000 && big.len() + small.len() > 100_000);
+
+    // A slow client holds room for its whole declared body while it sends it.
+    let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(
+        slow,
+        "POST /api/series/m/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{}",
+        big.len(),
+        &big[..10]
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let refused = server.post_ndjson("/api/series/m/events", &small);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.error_code(), "overloaded");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+
+    slow.write_all(&big.as_bytes()[10..]).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut slow, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    // The room is given back with the answer; a body larger than the whole budget still fits when alone.
+    assert_eq!(server.post_ndjson("/api/series/m/events", &small).status, 202);
+    let huge: String = (0..1_500).map(line).collect();
+    assert_eq!(server.post_ndjson("/api/series/m/events", &huge).status, 202);
+    assert_eq!(server.get("/api/series/m").json()["events"], 2_700);
+}

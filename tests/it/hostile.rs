@@ -57,3 +57,97 @@ fn slow_clients_are_cut_off_and_huge_headers_refused() {
     assert_eq!(server.get("/healthz").status, 200);
     assert_eq!(server.get("/api/series/s").status, 404);
 }
+
+#[test]
+fn hostile_series_names_never_reach_the_file_system() {
+    let parent = TempDir::new("names");
+    let data = parent.path().join("data");
+    let server = Server::start(&data, &[]);
+    let names = [
+        "..",
+        ".",
+        "%2e%2e",
+        "%2E%2E%2F%2E%2E%2Fescaped",
+        "..%2F..%2Fescaped",
+        "%252e%252e",
+        "a%2Fb",
+        "a%5Cb",
+        "a%00b",
+        "%00",
+        "_wal",
+        ".hidden",
+        "-dash",
+        "Upper",
+        "%C3%A9t%C3%A9",
+        "%E2%80%AE",
+        "a%20b",
+        "%7E",
+        &"n".repeat(129),
+    ];
+    let paths = |n: &str| {
+        [
+            ("POST", format!("/api/series/{n}/events")),
+            ("PUT", format!("/api/series/{n}")),
+            ("GET", format!("/api/series/{n}")),
+            ("GET", format!("/api/series/{n}/data")),
+            (
+                "GET",
+                format!("/api/series/{n}/data/before/2014_09_29_00_00_00"),
+            ),
+            ("GET", format!("/api/series/{n}/export?from=0&to=1")),
+            ("GET", format!("/api/series/{n}/histogram?from=0&to=3600")),
+        ]
+    };
+    let event = format!("{{\"ts\":{}}}\n", crate::support::now_ms());
+    for name in names {
+        for (method, path) in paths(name) {
+            let headers = [("Content-Type", "application/x-ndjson")];
+            let r = request(server.addr, method, &path, &headers, event.as_bytes()).unwrap();
+            assert!(
+                matches!(r.status, 400 | 404),
+                "{method} {path}: {} {}",
+                r.status,
+                r.text()
+            );
+            if r.status == 400 {
+                assert_eq!(r.error_code(), "bad_request", "{method} {path}");
+            }
+        }
+    }
+    // Raw bytes in the request line that are not a valid path are refused by the HTTP layer.
+    for raw in [
+        "/api/series/\u{e9}/events",
+        "/api/series/a b/events",
+        "/api/series/a\\b/events",
+    ] {
+        let r = request(server.addr, "POST", raw, &[], event.as_bytes());
+        assert!(
+            r.as_ref().map_or(true, |r| matches!(r.status, 400 | 404)),
+            "{raw}: {r:?}"
+        );
+    }
+    assert_eq!(server.get("/healthz").status, 200);
+    server.stop();
+
+    let listing = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        listing(parent.path()),
+        ["data"],
+        "something was written beside the data folder"
+    );
+    let series: Vec<String> = listing(&data)
+        .into_iter()
+        .filter(|n| !n.starts_with(['_', '.']))
+        .collect();
+    assert!(
+        series.is_empty(),
+        "series created from hostile names: {series:?}"
+    );
+}

@@ -299,8 +299,14 @@ fn bodies_past_the_memory_budget_are_refused_at_once_with_503() {
     std::io::Read::read_to_string(&mut slow, &mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     // The room is given back with the answer; a body larger than the whole budget still fits when alone.
-    assert_eq!(server.post_ndjson("/api/series/m/events", &small).status, 202);
+    assert_eq!(
+        server.post_ndjson("/api/series/m/events", &small).status,
+        202
+    );
     let huge: String = (0..1_500).map(line).collect();
-    assert_eq!(server.post_ndjson("/api/series/m/events", &huge).status, 202);
+    assert_eq!(
+        server.post_ndjson("/api/series/m/events", &huge).status,
+        202
+    );
     assert_eq!(server.get("/api/series/m").json()["events"], 2_700);
 }

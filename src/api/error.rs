@@ -49,6 +49,9 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchPart { .. } => (StatusCode::NOT_FOUND, "not_found"),
             StoreError::Misaligned { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             StoreError::WidthConflict { .. } => (StatusCode::CONFLICT, "width_conflict"),
+            StoreError::KeyReused(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             StoreError::Busy(_) | StoreError::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
             }

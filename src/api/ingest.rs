@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::error::ApiError;
 use super::{AppState, DEFAULT_SERIES, SeriesPath};
 use crate::ingest::parse::{self, Format};
+use crate::ingest::wal::BatchKey;
 use crate::store::SeriesName;
 use crate::time;
 
@@ -46,6 +47,7 @@ async fn ingest(
     state.tokens.check_write(&headers)?;
     let format = body_format(&headers)?;
     let gzip = gzip_encoded(&headers)?;
+    let key = idempotency_key(&headers)?;
     let limit = state.max_body_bytes;
     // Room for the body before its first byte is read (all of `limit` when its length is not declared), and
     // for the inflated body once it is known: kept until the answer.
@@ -55,7 +57,7 @@ async fn ingest(
     let bytes = read_body(body, &headers, limit, state.request_timeout).await?;
     let received = time::now();
     let intake = state.intake.clone();
-    let (parsed, _inflated_room) = tokio::task::spawn_blocking(move || {
+    let (key, parsed, _inflated_room) = tokio::task::spawn_blocking(move || {
         let inflated;
         let mut room = None;
         let raw = if gzip {
@@ -65,16 +67,21 @@ async fn ingest(
         } else {
             &bytes[..]
         };
+        let key = key.map(|key| BatchKey {
+            key,
+            digest: digest(raw),
+        });
         let parsed = parse::parse(raw, format, received).map_err(ApiError::from)?;
-        Ok::<_, ApiError>((parsed, room))
+        Ok::<_, ApiError>((key, parsed, room))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    let ack = state.store.ingest(&name, parsed).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"accepted": ack.accepted, "series": name.as_str()})),
-    ))
+    let ack = state.store.ingest(&name, key, parsed).await?;
+    let mut answer = json!({"accepted": ack.accepted, "series": name.as_str()});
+    if ack.replayed {
+        answer["replayed"] = json!(true);
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 /// Memory for request bodies, from the first byte read to the answer: one permit per KiB of
@@ -109,6 +116,40 @@ impl Intake {
                 )
             })
     }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 printable ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<Box<str>>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    // Structured-field strings arrive quoted; the quotes are not part of the key.
+    let bytes = match bytes {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => bytes,
+    };
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into()))
+}
+
+/// 64 bits that tell one body from another, so a key reused for a different batch is refused rather than taken
+/// for a retry: FNV-1a over 8-byte words (stable across builds, as digests outlive the process in the log).
+fn digest(body: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ body.len() as u64;
+    let mut words = body.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().unwrap_or_default())).wrapping_mul(PRIME);
+    }
+    for &b in words.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+    }
+    h
 }
 
 fn body_format(headers: &HeaderMap) -> Result<Format, ApiError> {

@@ -44,6 +44,7 @@ const REFUSALS: &[&str] = &[
     "unsupported_media_type",
     "late_event",
     "future_event",
+    "idempotency_key_reused",
     "overloaded",
     "storage_full",
     "storage_error",

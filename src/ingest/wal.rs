@@ -4,7 +4,8 @@
 //! Segments are files `{data}/_wal/{n:016}.log`, appended by one writer, rotated at `SEGMENT_BYTES`, and
 //! removed once every event in them lies below its series' sealed watermark. A record is
 //! `len(u32 LE) crc32(u32 LE) payload`; a payload is one batch of one series:
-//! `kind=1(u8) series_len(u8) series count(u32)` then per event `ts(i64) len(u32) line`.
+//! `kind=1(u8) series_len(u8) series count(u32)` then per event `ts(i64) len(u32) line`; a batch sent with an
+//! `Idempotency-Key` is `kind=2(u8) series_len(u8) series key_len(u8) key digest(u64) count(u32)` then the same.
 //! Replay stops at the first record that is short or fails its CRC: that is the torn tail of a crash, never
 //! acknowledged (the ack waits for the fsync that covers the whole record), and it is cut off.
 
@@ -19,6 +20,7 @@ use crate::time::Millis;
 
 const SEGMENT_BYTES: u64 = 64 << 20;
 const KIND_EVENTS: u8 = 1;
+const KIND_KEYED: u8 = 2;
 const FRAME: usize = 8;
 
 /// One segment file and, for garbage collection, the newest event time it holds per series.
@@ -53,9 +55,18 @@ pub struct Logged {
     pub line: LineRef,
 }
 
+/// A client's name for a batch (`Idempotency-Key`) and a digest of the batch's body, kept in its record so a
+/// retry is known after a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchKey {
+    pub key: Box<str>,
+    pub digest: u64,
+}
+
 /// A replayed record: one batch of one series.
 pub struct Replayed {
     pub series: String,
+    pub key: Option<BatchKey>,
     pub events: Vec<Logged>,
 }
 
@@ -254,12 +265,21 @@ fn create_segment(dir: &Path, id: u64) -> Result<(File, Segment), WalError> {
 }
 
 /// Appends one framed record for `batch` of `series` to `out`.
-pub fn encode(series: &str, batch: &Batch, out: &mut Vec<u8>) {
+pub fn encode(series: &str, key: Option<&BatchKey>, batch: &Batch, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME]);
-    out.push(KIND_EVENTS);
+    out.push(if key.is_some() {
+        KIND_KEYED
+    } else {
+        KIND_EVENTS
+    });
     out.push(series.len() as u8);
     out.extend_from_slice(series.as_bytes());
+    if let Some(k) = key {
+        out.push(k.key.len() as u8);
+        out.extend_from_slice(k.key.as_bytes());
+        out.extend_from_slice(&k.digest.to_le_bytes());
+    }
     out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
     for (ts, line) in batch.iter() {
         out.extend_from_slice(&ts.to_le_bytes());
@@ -274,8 +294,9 @@ pub fn encode(series: &str, batch: &Batch, out: &mut Vec<u8>) {
 
 /// Where `encode` put the lines of `batch`, given where its record begins: the one other place that knows the
 /// record layout.
-pub fn line_refs(at: Position, series: &str, batch: &Batch) -> Vec<Logged> {
-    let mut offset = at.offset + (FRAME + 2 + series.len() + 4) as u64;
+pub fn line_refs(at: Position, series: &str, key: Option<&BatchKey>, batch: &Batch) -> Vec<Logged> {
+    let key_len = key.map_or(0, |k| 1 + k.key.len() + 8);
+    let mut offset = at.offset + (FRAME + 2 + series.len() + key_len + 4) as u64;
     batch
         .iter()
         .map(|(ts, line)| {
@@ -323,11 +344,20 @@ fn read_records(bytes: &[u8], segment: u64, mut each: impl FnMut(Replayed)) -> u
 /// Decodes a payload that begins at `at` (just past its frame) into its series and line references.
 fn decode(p: &[u8], at: Position) -> Option<Replayed> {
     let mut r = Reader(p);
-    if r.take(1)?[0] != KIND_EVENTS {
+    let kind = r.take(1)?[0];
+    if kind != KIND_EVENTS && kind != KIND_KEYED {
         return None;
     }
     let name_len = usize::from(r.take(1)?[0]);
     let series = std::str::from_utf8(r.take(name_len)?).ok()?.to_string();
+    let key = if kind == KIND_KEYED {
+        let key_len = usize::from(r.take(1)?[0]);
+        let key = std::str::from_utf8(r.take(key_len)?).ok()?.into();
+        let digest = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        Some(BatchKey { key, digest })
+    } else {
+        None
+    };
     let count = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
     let mut events = Vec::with_capacity(count.min(p.len() / 12));
     for _ in 0..count {
@@ -342,7 +372,11 @@ fn decode(p: &[u8], at: Position) -> Option<Replayed> {
         };
         events.push(Logged { ts, line });
     }
-    r.0.is_empty().then_some(Replayed { series, events })
+    r.0.is_empty().then_some(Replayed {
+        series,
+        key,
+        events,
+    })
 }
 
 /// Reads lines back from log segments by their references, coalescing neighbours into one `pread`.
@@ -443,10 +477,14 @@ mod tests {
     fn records_round_trip_and_a_torn_tail_is_not_read() {
         let a = batch(&[(1, "{\"a\":1}"), (2, "{\"a\":2}")]);
         let b = batch(&[(3, "{\"b\":3}")]);
+        let key = BatchKey {
+            key: "retry-7".into(),
+            digest: 0x0123_4567_89ab_cdef,
+        };
         let mut bytes = Vec::new();
-        encode("alpha", &a, &mut bytes);
+        encode("alpha", None, &a, &mut bytes);
         let first_len = bytes.len();
-        encode("beta", &b, &mut bytes);
+        encode("beta", Some(&key), &b, &mut bytes);
         let mut seen = Vec::new();
         assert_eq!(read_records(&bytes, 7, |r| seen.push(r)), bytes.len());
         assert_eq!(
@@ -455,8 +493,15 @@ mod tests {
         );
         // The references found at replay are the ones worked out at append, and point at the lines.
         let at = |offset| Position { segment: 7, offset };
-        assert_eq!(seen[0].events, line_refs(at(0), "alpha", &a));
-        assert_eq!(seen[1].events, line_refs(at(first_len as u64), "beta", &b));
+        assert_eq!(seen[0].events, line_refs(at(0), "alpha", None, &a));
+        assert_eq!(
+            seen[1].events,
+            line_refs(at(first_len as u64), "beta", Some(&key), &b)
+        );
+        assert_eq!(
+            (seen[0].key.as_ref(), seen[1].key.as_ref()),
+            (None, Some(&key))
+        );
         for (logged, (ts, line)) in seen[0].events.iter().zip(a.iter()) {
             let r = logged.line;
             assert_eq!(logged.ts, ts);
@@ -481,11 +526,11 @@ mod tests {
         assert!(notes.is_empty());
         let mut rec = Vec::new();
         let b = batch(&[(5, "{}"), (4, "{\"x\":1}"), (6, "[]")]);
-        encode("s", &b, &mut rec);
+        encode("s", None, &b, &mut rec);
         let at = wal.append(&rec).unwrap();
         wal.note(&Arc::from("s"), 6);
         // Lines come back in whatever order they are asked for.
-        let refs: Vec<LineRef> = line_refs(at, "s", &b)
+        let refs: Vec<LineRef> = line_refs(at, "s", None, &b)
             .iter()
             .rev()
             .map(|l| l.line)

@@ -15,7 +15,7 @@ mod read;
 mod seal;
 pub mod series;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::archive::{self, SeriesArchive};
 use crate::ingest::parse::{Parsed, Position};
-use crate::ingest::wal::{self, Logged, Wal};
+use crate::ingest::wal::{self, BatchKey, Logged, Wal};
 use crate::metrics::{self, Histogram};
 use crate::time::{self, ChunkStart, ChunkWidth, Millis};
 use chunk::OpenChunk;
@@ -86,6 +86,10 @@ pub enum StoreError {
         existing: ChunkWidth,
         requested: ChunkWidth,
     },
+    #[error(
+        "Idempotency-Key {0:?} was used for a different batch: a retry must send the same body, a new batch a new key"
+    )]
+    KeyReused(String),
     #[error("server busy: {0}")]
     Busy(&'static str),
     #[error("server is shutting down")]
@@ -132,6 +136,8 @@ pub struct StoreMetrics {
 #[derive(Debug, Clone, Copy)]
 pub struct Ack {
     pub accepted: usize,
+    /// A retry of a batch stored before under the same `Idempotency-Key`: nothing was stored this time.
+    pub replayed: bool,
 }
 
 /// A series as `GET /api/series/{series}` shows it.
@@ -169,6 +175,17 @@ struct Series {
     sealing: BTreeMap<ChunkStart, Arc<OpenChunk>>,
     /// Counts changes a reader can see (events applied, chunks sealed); held requests wait on it.
     changes: watch::Sender<u64>,
+    /// Batches stored under an `Idempotency-Key`, until their newest event falls below `closing`: from then on a
+    /// retry is refused as late, so it can never be stored twice.
+    keys: HashMap<Box<str>, Keyed>,
+}
+
+/// What a retry with the same key is answered.
+#[derive(Clone, Copy, Debug)]
+struct Keyed {
+    digest: u64,
+    accepted: usize,
+    newest: Millis,
 }
 
 impl Series {
@@ -187,6 +204,32 @@ impl Series {
 
     fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Remembers a stored batch's key, while a retry of it could still be accepted.
+    fn remember(&mut self, key: &BatchKey, events: &[Logged]) {
+        let newest = events.iter().map(|e| e.ts).max().unwrap_or(Millis::MIN);
+        if newest >= self.closing {
+            let keyed = Keyed {
+                digest: key.digest,
+                accepted: events.len(),
+                newest,
+            };
+            self.keys.insert(key.key.clone(), keyed);
+        }
+    }
+
+    /// The answer to a batch whose key was seen: the first one's, or a refusal when the bodies differ.
+    fn answer_again(&self, key: &BatchKey) -> Option<Result<Ack, StoreError>> {
+        let seen = self.keys.get(&key.key)?;
+        Some(if seen.digest == key.digest {
+            Ok(Ack {
+                accepted: seen.accepted,
+                replayed: true,
+            })
+        } else {
+            Err(StoreError::KeyReused(key.key.to_string()))
+        })
     }
 
     fn settings(&self) -> Settings {
@@ -218,6 +261,7 @@ struct State {
 /// A batch on its way to the commit thread.
 struct Job {
     series: Arc<str>,
+    key: Option<BatchKey>,
     parsed: Parsed,
     bytes: u64,
     reply: oneshot::Sender<Result<Ack, StoreError>>,
@@ -281,7 +325,7 @@ impl Store {
         let now = time::now();
         let mut missing = Vec::new();
         let (wal, notes) = Wal::open(&data.join("_wal"), |r| match series.get_mut(&r.series) {
-            Some(s) => replay_into(s, &r.events),
+            Some(s) => replay_into(s, &r),
             None => missing.push(r),
         })?;
         for note in notes {
@@ -296,7 +340,7 @@ impl Store {
                 series.insert(name.as_str().to_string(), s);
             }
             if let Some(s) = series.get_mut(name.as_str()) {
-                replay_into(s, &r.events);
+                replay_into(s, &r);
             }
         }
         let backlog = series
@@ -347,10 +391,19 @@ impl Store {
     }
 
     /// Makes a batch durable and adds it to its series (created with default settings on first write).
-    pub async fn ingest(&self, name: &SeriesName, parsed: Parsed) -> Result<Ack, StoreError> {
+    /// A batch with a `key` already stored under it is answered as before and stored no second time.
+    pub async fn ingest(
+        &self,
+        name: &SeriesName,
+        key: Option<BatchKey>,
+        parsed: Parsed,
+    ) -> Result<Ack, StoreError> {
         self.ensure_series(name, None).await?;
         if parsed.batch.is_empty() {
-            return Ok(Ack { accepted: 0 });
+            return Ok(Ack {
+                accepted: 0,
+                replayed: false,
+            });
         }
         let cfg = &self.inner.cfg;
         let limit = time::now() + cfg.max_future;
@@ -369,6 +422,9 @@ impl Store {
                 .get(name.as_str())
                 .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
             // Fail fast; the commit thread checks again, exactly.
+            if let Some(answer) = key.as_ref().and_then(|k| s.answer_again(k)) {
+                return answer;
+            }
             if let Some(e) = late(s, &parsed) {
                 return Err(e);
             }
@@ -387,6 +443,7 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             series,
+            key,
             parsed,
             bytes,
             reply,
@@ -559,7 +616,12 @@ fn late(s: &Series, parsed: &Parsed) -> Option<StoreError> {
 }
 
 /// Events from the log that are not sealed yet go back into open chunks; sealed ones are already archived.
-fn replay_into(s: &mut Series, events: &[Logged]) {
+/// A batch's key is remembered again.
+fn replay_into(s: &mut Series, r: &wal::Replayed) {
+    if let Some(key) = &r.key {
+        s.remember(key, &r.events);
+    }
+    let events = &r.events;
     let sealed = s.sealed;
     if events.iter().all(|e| e.ts >= sealed) {
         s.insert(events);
@@ -617,6 +679,7 @@ fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
         open: BTreeMap::new(),
         sealing: BTreeMap::new(),
         changes: watch::channel(0).0,
+        keys: HashMap::new(),
     })
 }
 
@@ -675,32 +738,47 @@ fn commit_loop(inner: &Inner, rx: Receiver<Msg>) {
 }
 
 fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
-    let (accepted, seq) = {
+    // `twins`: batches whose key an earlier batch of this group carries; they are answered as its retries.
+    let (accepted, twins, seq) = {
         let mut st = lock(&inner.state);
-        let mut accepted = Vec::with_capacity(group.len());
+        let mut accepted: Vec<Job> = Vec::with_capacity(group.len());
+        let mut twins = Vec::new();
         for job in group {
+            let twin = |a: &Job| a.series == job.series && a.key.is_some() && a.key == job.key;
+            if job.key.is_some() && accepted.iter().any(twin) {
+                twins.push(job);
+                continue;
+            }
             let verdict = match st.series.get(&*job.series) {
-                Some(s) => late(s, &job.parsed),
-                None => Some(StoreError::UnknownSeries(job.series.to_string())),
+                Some(s) => job
+                    .key
+                    .as_ref()
+                    .and_then(|k| s.answer_again(k))
+                    .or_else(|| late(s, &job.parsed).map(Err)),
+                None => Some(Err(StoreError::UnknownSeries(job.series.to_string()))),
             };
             match verdict {
-                Some(e) => {
+                Some(answer) => {
                     st.backlog -= job.bytes;
                     st.inflight -= job.bytes;
-                    let _ = job.reply.send(Err(e));
+                    let _ = job.reply.send(answer);
                 }
                 None => accepted.push(job),
             }
         }
+        for twin in &twins {
+            st.backlog -= twin.bytes;
+            st.inflight -= twin.bytes;
+        }
         st.checked += 1;
-        (accepted, st.checked)
+        (accepted, twins, st.checked)
     };
 
     records.clear();
     let mut starts = Vec::with_capacity(accepted.len());
     for job in &accepted {
         starts.push(records.len() as u64);
-        wal::encode(&job.series, &job.parsed.batch, records);
+        wal::encode(&job.series, job.key.as_ref(), &job.parsed.batch, records);
     }
     let written = if accepted.is_empty() {
         Ok(wal::Position {
@@ -740,7 +818,7 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
                     segment: at.segment,
                     offset: at.offset + start,
                 };
-                wal::line_refs(record_at, &job.series, &job.parsed.batch)
+                wal::line_refs(record_at, &job.series, job.key.as_ref(), &job.parsed.batch)
             })
             .collect(),
         Err(_) => Vec::new(),
@@ -752,10 +830,22 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
             match (logged.get(i), st.series.get_mut(&*job.series)) {
                 (Some(events), Some(s)) => {
                     s.insert(events);
+                    if let Some(key) = &job.key {
+                        s.remember(key, events);
+                    }
                     s.changed();
                 }
                 _ => st.backlog -= job.bytes,
             }
+        }
+        for twin in twins {
+            let answer = match (&written, st.series.get(&*twin.series), &twin.key) {
+                (Ok(_), Some(s), Some(key)) => s.answer_again(key),
+                _ => None,
+            };
+            let _ = twin.reply.send(answer.unwrap_or(Err(StoreError::Busy(
+                "the first batch with this key was not stored",
+            ))));
         }
         st.settled = seq;
     }
@@ -774,6 +864,7 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
         let answer = match &written {
             Ok(_) => Ok(Ack {
                 accepted: job.parsed.batch.len(),
+                replayed: false,
             }),
             Err(e) => Err(StoreError::Storage(e.to_string(), Some(e.source.kind()))),
         };

@@ -60,7 +60,11 @@ pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
         let mut due = Vec::new();
         for s in st.series.values_mut() {
             let target = s.width.align_down(now - inner.cfg.lateness);
-            s.closing = s.closing.max(target);
+            if target > s.closing {
+                s.closing = target;
+                // A retry of these batches is refused as late from now on: their keys are not needed.
+                s.keys.retain(|_, k| k.newest >= target);
+            }
             if s.closing > s.sealed {
                 due.push(s.name.clone());
             }

@@ -310,3 +310,98 @@ fn bodies_past_the_memory_budget_are_refused_at_once_with_503() {
     );
     assert_eq!(server.get("/api/series/m").json()["events"], 2_700);
 }
+
+#[test]
+fn a_retry_with_the_same_idempotency_key_is_stored_once_also_after_a_crash() {
+    let dir = TempDir::new("idempotency");
+    // Keys are kept while a retry could still be accepted: until the batch's chunk closes (lateness 60 s).
+    let start = || Server::start(dir.path(), &["--lateness", "60"]);
+    let server = start();
+    let t = now_ms();
+    let body: String = (0..3)
+        .map(|i| format!("{{\"ts\":{t},\"i\":{i}}}\n"))
+        .collect();
+    let post = |server: &Server, series: &str, key: &str, body: &str| {
+        let headers = [
+            ("Content-Type", "application/x-ndjson"),
+            ("Idempotency-Key", key),
+        ];
+        let path = format!("/api/series/{series}/events");
+        request(server.addr, "POST", &path, &headers, body.as_bytes()).unwrap()
+    };
+    let events = |server: &Server, series: &str| {
+        server.get(&format!("/api/series/{series}")).json()["events"].clone()
+    };
+
+    let first = post(&server, "k", "batch-1", &body);
+    assert_eq!(
+        (first.status, first.json()),
+        (202, json!({"accepted": 3, "series": "k"}))
+    );
+    let again = post(&server, "k", "batch-1", &body);
+    assert_eq!(
+        (again.status, again.json()),
+        (202, json!({"accepted": 3, "series": "k", "replayed": true}))
+    );
+    let other = post(&server, "k", "batch-1", &body.replace("\"i\":2", "\"i\":9"));
+    assert_eq!(other.status, 422, "{}", other.text());
+    assert_eq!(other.error_code(), "idempotency_key_reused");
+    // Keys belong to their series.
+    assert_eq!(
+        post(&server, "k2", "batch-1", &body).json()["replayed"],
+        Value::Null
+    );
+    for bad in ["", "caf\u{e9}", &"k".repeat(256)] {
+        let r = post(&server, "k", bad, &body);
+        assert_eq!(
+            (r.status, r.error_code()),
+            (400, "bad_request".to_string()),
+            "{bad:?}"
+        );
+    }
+
+    // Several copies of a new batch at once: stored once, every copy acknowledged.
+    let copies: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, body) = (server.addr, body.clone());
+            std::thread::spawn(move || {
+                let headers = [
+                    ("Content-Type", "application/x-ndjson"),
+                    ("Idempotency-Key", "batch-2"),
+                ];
+                request(
+                    addr,
+                    "POST",
+                    "/api/series/k/events",
+                    &headers,
+                    body.as_bytes(),
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    let answers: Vec<Value> = copies
+        .into_iter()
+        .map(|c| c.join().unwrap().json())
+        .collect();
+    assert!(answers.iter().all(|a| a["accepted"] == 3), "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|a| a["replayed"].is_null()).count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(events(&server, "k"), 6);
+
+    // The keys are in the log: known again after a crash.
+    server.kill9();
+    let server = start();
+    for key in ["batch-1", "batch-2"] {
+        let r = post(&server, "k", key, &body);
+        assert_eq!(
+            (r.status, &r.json()["replayed"]),
+            (202, &json!(true)),
+            "{key}"
+        );
+    }
+    assert_eq!(events(&server, "k"), 6);
+}

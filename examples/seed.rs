@@ -50,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sealed: end,
         created: start,
         revision: 0,
+        retained_from: 0,
     }
     .store(&dir)?;
     let (archive, _) = SeriesArchive::open(&dir)?;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::store::StoreConfig;
-use crate::time::{ChunkWidth, SECOND};
+use crate::time::{ChunkWidth, HOUR, SECOND};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -59,6 +59,10 @@ pub struct StoreArgs {
     /// Most events on one page; a sealed chunk with more is stored as several gzip members, one per page.
     #[arg(long, env = "HOURGLASS_MAX_PAGE_ENTRIES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_page_entries: u32,
+    /// Keep sealed hours this long (`30d`, `12h`, `90m`; at least 1h), then remove their hour archives: their pages
+    /// and exports answer 410 Gone. Default: keep everything.
+    #[arg(long, env = "HOURGLASS_RETENTION", value_parser = parse_retention)]
+    pub retention: Option<i64>,
     /// gzip level for sealed chunks and for answers compressed on the fly (1 fastest .. 9 smallest).
     #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub gzip_level: u32,
@@ -144,6 +148,25 @@ pub struct ImportArgs {
     pub store: StoreArgs,
 }
 
+fn parse_retention(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not a duration like 30d, 12h or 90m");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: i64 = s[..split].parse().map_err(|_| bad())?;
+    let unit = match &s[split..] {
+        "w" => 7 * 24 * HOUR,
+        "d" => 24 * HOUR,
+        "h" => HOUR,
+        "m" => 60 * SECOND,
+        "s" => SECOND,
+        _ => return Err(bad()),
+    };
+    let t = n.checked_mul(unit).ok_or_else(bad)?;
+    if t < HOUR {
+        return Err(format!("retention {s} is shorter than an hour"));
+    }
+    Ok(t)
+}
+
 fn parse_width(s: &str) -> Result<u32, String> {
     let secs: u32 = s
         .parse()
@@ -181,6 +204,33 @@ impl StoreArgs {
             max_backlog_bytes: self.max_backlog_bytes,
             max_inflight_bytes: self.max_inflight_bytes,
             max_queued_batches: 4096,
+            retention: self.retention,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_is_a_duration_of_at_least_an_hour() {
+        assert_eq!(parse_retention("30d"), Ok(30 * 24 * HOUR));
+        assert_eq!(parse_retention("2w"), Ok(14 * 24 * HOUR));
+        assert_eq!(parse_retention("12h"), Ok(12 * HOUR));
+        assert_eq!(parse_retention("90m"), Ok(90 * 60 * SECOND));
+        assert_eq!(parse_retention("3600s"), Ok(HOUR));
+        for bad in [
+            "",
+            "30",
+            "d",
+            "59m",
+            "1x",
+            "-1h",
+            "1.5h",
+            "99999999999999999w",
+        ] {
+            assert!(parse_retention(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -49,6 +49,7 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchPart { .. } => (StatusCode::NOT_FOUND, "not_found"),
             StoreError::Misaligned { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             StoreError::WidthConflict { .. } => (StatusCode::CONFLICT, "width_conflict"),
+            StoreError::Gone(_) => (StatusCode::GONE, "gone"),
             StoreError::KeyReused(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }

@@ -142,6 +142,7 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         .map_err(ApiError::bad_request)?;
     let fields = export::csv_fields(format, q.get("fields").map(String::as_str))
         .ok_or_else(|| ApiError::bad_request("format=csv needs fields=a,b,c (top-level fields)"))?;
+    state.store.check_kept(&name, from)?;
     let mut h = match caching(
         &state,
         &name,

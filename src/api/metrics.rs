@@ -45,6 +45,7 @@ const REFUSALS: &[&str] = &[
     "late_event",
     "future_event",
     "idempotency_key_reused",
+    "gone",
     "overloaded",
     "storage_full",
     "storage_error",

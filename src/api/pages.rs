@@ -317,8 +317,12 @@ fn final_etag(name: &SeriesName, at: &Located, repr: Repr) -> String {
         PageRef::Before { end, part } => (end, part.map_or("last".to_string(), |p| p.to_string())),
         _ => (0, String::new()),
     };
+    // The oldest page retention left lost its `prev`: another content, another tag.
+    let edge = at
+        .retention_edge
+        .map_or(String::new(), |t| format!(".x{t:x}"));
     format!(
-        "\"{FORMAT_VERSION}.{name}.{}.{:x}.{part}.{}\"",
+        "\"{FORMAT_VERSION}.{name}.{}.{:x}.{part}{edge}.{}\"",
         at.generation,
         end,
         repr.tag()

@@ -25,6 +25,7 @@ fn info_json(i: &SeriesInfo) -> Value {
         "first_event": at(i.first_ts),
         "last_event": at(i.last_ts),
         "sealed_watermark": time::format_rfc3339(i.sealed),
+        "retained_from": at(i.retained_from),
         "created": time::format_rfc3339(i.created),
     })
 }

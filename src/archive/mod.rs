@@ -313,6 +313,44 @@ impl SeriesArchive {
         Ok(())
     }
 
+    /// Removes every hour archive before `keep_from` (retention), and its sidecar: first from the index, so no
+    /// reader finds them, then from the disk, including files a removal cut short by a crash left behind.
+    /// Returns how many archives were removed.
+    pub fn remove_before(&self, keep_from: Hour) -> Result<usize, ArchiveError> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut hours = self.hours.write().unwrap_or_else(|e| e.into_inner());
+            let kept = hours.split_off(&keep_from);
+            *hours = kept;
+            let mut totals = Summary::default();
+            hours
+                .values()
+                .flat_map(|h| &h.entries)
+                .for_each(|e| totals.add(&e.meta));
+            *self.totals.write().unwrap_or_else(|e| e.into_inner()) = totals;
+        }
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
+            let entry = entry.map_err(io_at(&self.dir))?;
+            let name = entry.file_name();
+            let stem = name.to_str().and_then(|n| {
+                n.strip_suffix(ARCHIVE_SUFFIX)
+                    .or_else(|| n.strip_suffix(".idx"))
+            });
+            if stem
+                .and_then(Hour::parse_stem)
+                .is_some_and(|h| h < keep_from)
+            {
+                fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
+                removed += usize::from(name.to_str().is_some_and(|n| n.ends_with(ARCHIVE_SUFFIX)));
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.dir).map_err(io_at(&self.dir))?;
+        }
+        Ok(removed)
+    }
+
     fn add_totals(&self, entries: &[IndexEntry]) {
         let mut totals = self.totals.write().unwrap_or_else(|e| e.into_inner());
         for e in entries {

@@ -117,6 +117,7 @@ impl Export {
                 level: self.level,
             }),
         };
+        store.check_kept(&self.name, self.from)?;
         out.start()?;
         let width = store
             .width_of(&self.name)

@@ -38,13 +38,13 @@ impl Store {
         name: &SeriesName,
         chunks: Vec<ImportChunk>,
     ) -> Result<Vec<Imported>, StoreError> {
-        let (archive, width, sealed) = {
+        let (archive, width, sealed, retained_from) = {
             let st = lock(&self.inner.state);
             let s = st
                 .series
                 .get(name.as_str())
                 .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
-            (s.archive.clone(), s.width, s.sealed)
+            (s.archive.clone(), s.width, s.sealed, s.retained_from)
         };
         let mut answers = Vec::with_capacity(chunks.len());
         let mut fresh = Vec::new();
@@ -53,6 +53,11 @@ impl Store {
                 Imported::Refused(format!(
                     "newer than the sealed watermark {}: send these events with POST",
                     time::format_rfc3339(sealed)
+                ))
+            } else if chunk.start.millis() < retained_from {
+                Imported::Refused(format!(
+                    "older than the retention boundary {}",
+                    time::format_rfc3339(retained_from)
                 ))
             } else {
                 match archive.read_chunk(chunk.start)? {

@@ -31,7 +31,7 @@ use crate::archive::{self, SeriesArchive};
 use crate::ingest::parse::{Parsed, Position};
 use crate::ingest::wal::{self, BatchKey, Logged, Wal};
 use crate::metrics::{self, Histogram};
-use crate::time::{self, ChunkStart, ChunkWidth, Millis};
+use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
 use chunk::OpenChunk;
 pub use import::{ImportChunk, Imported};
 pub use read::{Located, PageLines, PageRef};
@@ -57,6 +57,8 @@ pub struct StoreConfig {
     pub max_inflight_bytes: u64,
     /// The most batches waiting for the commit thread before ingest answers 503.
     pub max_queued_batches: usize,
+    /// How long sealed hours are kept (None: for ever); older hour archives are removed.
+    pub retention: Option<Millis>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,8 @@ pub enum StoreError {
         "Idempotency-Key {0:?} was used for a different batch: a retry must send the same body, a new batch a new key"
     )]
     KeyReused(String),
+    #[error("events before {} were removed by retention", time::format_rfc3339(*.0))]
+    Gone(Millis),
     #[error("server busy: {0}")]
     Busy(&'static str),
     #[error("server is shutting down")]
@@ -146,6 +150,8 @@ pub struct SeriesInfo {
     pub name: String,
     pub width: ChunkWidth,
     pub sealed: Millis,
+    /// Retention removed everything before this time.
+    pub retained_from: Option<Millis>,
     pub events: u64,
     pub unsealed_events: u64,
     pub sealed_chunks: u64,
@@ -167,6 +173,8 @@ struct Series {
     archive: Arc<SeriesArchive>,
     /// The sealed watermark S as persisted.
     sealed: Millis,
+    /// Retention removed everything before this hour boundary (0: nothing): pages and exports there are gone.
+    retained_from: Millis,
     /// The boundary below which events are refused: S, or above it while the sealer works up to it.
     closing: Millis,
     /// Chunks still taking events.
@@ -238,6 +246,7 @@ impl Series {
             sealed: self.sealed,
             created: self.created,
             revision: self.revision,
+            retained_from: self.retained_from,
         }
     }
 
@@ -506,6 +515,16 @@ impl Store {
             .collect()
     }
 
+    /// Refuses a range that begins where retention removed the events.
+    pub fn check_kept(&self, name: &SeriesName, from: Millis) -> Result<(), StoreError> {
+        let st = lock(&self.inner.state);
+        match st.series.get(name.as_str()) {
+            Some(s) if from < s.retained_from => Err(StoreError::Gone(s.retained_from)),
+            Some(_) => Ok(()),
+            None => Err(StoreError::UnknownSeries(name.to_string())),
+        }
+    }
+
     pub fn info(&self, name: &SeriesName) -> Option<SeriesInfo> {
         let (archive, mut info) = {
             let st = lock(&self.inner.state);
@@ -514,6 +533,7 @@ impl Store {
                 name: name.to_string(),
                 width: s.width,
                 sealed: s.sealed,
+                retained_from: (s.retained_from > 0).then_some(s.retained_from),
                 events: 0,
                 unsealed_events: 0,
                 sealed_chunks: 0,
@@ -661,6 +681,10 @@ fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
     for r in repairs {
         tracing::warn!(series = %name, "{r}");
     }
+    // A removal cut short by a crash: the boundary was persisted first, the files go now.
+    if settings.retained_from > 0 {
+        archive.remove_before(Hour::of(settings.retained_from))?;
+    }
     // Chunks found whole in the archive are sealed even if the watermark did not get persisted after them
     // (a crash in between): no new event may land in them.
     let closing = archive.last_chunk().map_or(settings.sealed, |c| {
@@ -675,6 +699,7 @@ fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
         revised: false,
         archive: Arc::new(archive),
         sealed: settings.sealed,
+        retained_from: settings.retained_from,
         closing,
         open: BTreeMap::new(),
         sealing: BTreeMap::new(),
@@ -700,6 +725,7 @@ fn create_series(
         sealed,
         created: now,
         revision: 0,
+        retained_from: 0,
     };
     settings.store(&dir).map_err(io_err)?;
     archive::sync_dir(data).map_err(io_err)?;

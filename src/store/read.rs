@@ -41,6 +41,8 @@ pub struct Located {
     pub parts: u32,
     pub prev: Option<PageRef>,
     pub next: Option<PageRef>,
+    /// The retention boundary, on the oldest page retention left (whose `prev` it removed).
+    pub retention_edge: Option<Millis>,
     /// Its content and links can never change again.
     pub is_final: bool,
     /// When its chunk was sealed; only for final pages with events.
@@ -94,6 +96,15 @@ impl Store {
             && !s.width.is_aligned(t)
         {
             return Err(StoreError::Misaligned { t, width: s.width });
+        }
+        // What retention removed is gone, never another page at the same URL.
+        let gone = match page {
+            PageRef::Before { end, .. } => end <= s.retained_from,
+            PageRef::After { start } => start < s.retained_from,
+            PageRef::Head => false,
+        };
+        if gone {
+            return Err(StoreError::Gone(s.retained_from));
         }
         let in_memory = |start: &ChunkStart, c: &OpenChunk| ChunkView {
             start: start.millis(),
@@ -193,6 +204,8 @@ impl Store {
                 _ => Some(PageRef::After { start: st + w }),
             },
         };
+        // The oldest page left by retention lost its `prev`: that shows in its identity.
+        let retention_edge = (prev.is_none() && s.retained_from > 0).then_some(s.retained_from);
         let is_final = matches!(page, PageRef::Before { .. })
             && start.is_some_and(|st| st + w <= s.sealed)
             && matches!(next, Some(PageRef::Before { .. }));
@@ -205,6 +218,7 @@ impl Store {
             parts,
             prev,
             next,
+            retention_edge,
             is_final,
             sealed_at: chunk.and_then(|c| c.sealed_at).filter(|_| is_final),
         })

@@ -6,6 +6,9 @@
 //! fsync its members (the archive layer); persist the watermark; let the log collect segments below it.
 //! A failure (a full disk, say) leaves the chunk in `sealing` and the watermark where it was: the next tick
 //! tries again, and a restart replays the log, skipping chunks that are already whole in their archive.
+//!
+//! With `--retention`, the sealer also removes sealed hours that are too old: it persists the new retention
+//! boundary, lets readers see it (they answer 410 Gone below it), and only then deletes the hour archives.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use std::time::Duration;
 use super::{Inner, OpenChunk, StoreError, lock};
 use crate::archive::member::{self, Member, MemberMeta};
 use crate::ingest::wal::{LineReader, LineRef};
-use crate::time::{self, ChunkStart, ChunkWidth, Millis};
+use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -34,7 +37,8 @@ pub(super) fn seal_loop(inner: &Inner) {
                 break;
             }
         }
-        match seal_due(inner, time::now()) {
+        let now = time::now();
+        match seal_due(inner, now).and_then(|()| remove_expired(inner, now)) {
             Ok(()) if !last_error.is_empty() => {
                 tracing::info!("sealing works again");
                 last_error.clear();
@@ -51,6 +55,43 @@ pub(super) fn seal_loop(inner: &Inner) {
             }
         }
     }
+}
+
+/// Removes, for every series, the sealed hours that retention no longer keeps at `now`.
+fn remove_expired(inner: &Inner, now: Millis) -> Result<(), StoreError> {
+    let Some(keep) = inner.cfg.retention else {
+        return Ok(());
+    };
+    let due: Vec<_> = {
+        let st = lock(&inner.state);
+        st.series
+            .values()
+            .filter_map(|s| {
+                // Whole hours, and sealed ones only.
+                let from = Hour::of(now - keep).start().min(Hour::of(s.sealed).start());
+                (from > s.retained_from).then(|| {
+                    let settings = super::Settings {
+                        retained_from: from,
+                        ..s.settings()
+                    };
+                    (s.name.clone(), s.dir.clone(), settings, s.archive.clone())
+                })
+            })
+            .collect()
+    };
+    for (name, dir, settings, archive) in due {
+        let from = settings.retained_from;
+        settings
+            .store(&dir)
+            .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display()), Some(e.kind())))?;
+        if let Some(s) = lock(&inner.state).series.get_mut(&*name) {
+            s.retained_from = s.retained_from.max(from);
+            s.changed();
+        }
+        let removed = archive.remove_before(Hour::of(from))?;
+        tracing::info!(series = %name, before = %time::format_rfc3339(from), removed, "retention removed hour archives");
+    }
+    Ok(())
 }
 
 /// Seals, for every series, the chunks that are due at `now`.

@@ -58,10 +58,13 @@ pub struct Settings {
     /// How many times an import rewrote the sealed past of the series after it held events.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revision: u32,
+    /// Retention removed every hour before this one (an hour boundary; 0: nothing removed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retained_from: Millis,
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 /// What a series' page identities are made of: when it was created and its revision. A series deleted and made

@@ -13,4 +13,5 @@ mod live;
 mod metrics;
 mod pages;
 mod recovery;
+mod retention;
 mod support;

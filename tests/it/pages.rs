@@ -22,6 +22,7 @@ pub fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) 
         sealed: now - now % 10_000,
         created: 1_400_000_000_000,
         revision: 0,
+        retained_from: 0,
     }
     .store(&dir)
     .unwrap();

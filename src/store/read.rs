@@ -103,7 +103,7 @@ impl Store {
             PageRef::After { start } => start < s.retained_from,
             PageRef::Head => false,
         };
-        if gone {
+        if gone && s.retained_from > 0 {
             return Err(StoreError::Gone(s.retained_from));
         }
         let in_memory = |start: &ChunkStart, c: &OpenChunk| ChunkView {

@@ -65,6 +65,12 @@ fn retention_removes_old_hours_and_what_is_gone_answers_410() {
     // Hour A, five hours back: 2 chunks of 3 events; hour B, three hours back: 3 chunks of 4 events.
     let (a, offset) = start_at(&dir, 5, &[]);
     write(&a, offset, 2, 3);
+    // Without retention nothing is gone, not even the first chunk boundary there is.
+    assert_eq!(
+        a.get("/api/series/r/data/before/1970_01_01_00_00_00")
+            .status,
+        200
+    );
     a.stop();
     let (b, offset) = start_at(&dir, 3, &[]);
     write(&b, offset, 3, 4);

@@ -20,7 +20,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::store::{SeriesName, Store};
 use auth::Tokens;
@@ -111,19 +110,7 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
-        // Cross-origin browsers may read every answer, `Link` and `ETag` included (pages set these themselves).
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            EXPOSED_HEADERS,
-        ))
+        .layer(metrics::Edge(state.clone()))
         .with_state(state)
 }
 

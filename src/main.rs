@@ -6,6 +6,9 @@ use hourglass::config::{Cli, Command, ServeArgs};
 use hourglass::{cli, server};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `hourglass import` finished, but left some of its input out.
 const INCOMPLETE: u8 = 3;
 

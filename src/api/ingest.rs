@@ -51,9 +51,8 @@ async fn ingest(
     let limit = state.max_body_bytes;
     // Room for the body before its first byte is read (all of `limit` when its length is not declared), and
     // for the inflated body once it is known: kept until the answer.
-    let _body_room = state
-        .intake
-        .reserve(declared_length(&headers).unwrap_or(limit as u64))?;
+    let declared = declared_length(&headers).map_or(limit as u64, |n| n.min(limit as u64));
+    let _body_room = state.intake.reserve(declared)?;
     let bytes = read_body(body, &headers, limit, state.request_timeout).await?;
     let received = time::now();
     let intake = state.intake.clone();

@@ -770,8 +770,12 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
         let mut accepted: Vec<Job> = Vec::with_capacity(group.len());
         let mut twins = Vec::new();
         for job in group {
-            let twin = |a: &Job| a.series == job.series && a.key.is_some() && a.key == job.key;
-            if job.key.is_some() && accepted.iter().any(twin) {
+            // Same series and key, whatever the body: a twin with another body is refused like any reuse.
+            let same_key = |a: &Job| match (&a.key, &job.key) {
+                (Some(a_key), Some(key)) => a.series == job.series && a_key.key == key.key,
+                _ => false,
+            };
+            if accepted.iter().any(same_key) {
                 twins.push(job);
                 continue;
             }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::support::{Response, Server, TempDir, now_ms, request, zcat_series};
+use crate::support::{Response, Server, TempDir, gzip_test_series, now_ms, request};
 
 const WRITERS: usize = 4;
 const BATCH: usize = 10;
@@ -222,7 +222,7 @@ fn check(server: &Server, dir: &TempDir, seen: &mut Seen, offset: i64) {
     }
     seen.stored.extend(stored.keys());
     if dir.path().join("crash").exists() {
-        zcat_series(&dir.path().join("crash")); // gzip -t of each archive
+        gzip_test_series(&dir.path().join("crash"));
     }
     for (url, before) in &seen.finals {
         let now = server.get(url);

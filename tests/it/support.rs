@@ -267,10 +267,8 @@ pub fn archive_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Every line of every hour archive of a series, in file-name (time) order, read with the system's `zcat`;
-/// each archive is checked with `gzip -t` first.
-pub fn zcat_series(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
+/// Checks every hour archive of a series with the system's `gzip -t`.
+pub fn gzip_test_series(dir: &Path) {
     for f in archive_files(dir) {
         let t = Command::new("gzip").arg("-t").arg(&f).output().unwrap();
         assert!(
@@ -279,6 +277,15 @@ pub fn zcat_series(dir: &Path) -> Vec<String> {
             f.display(),
             String::from_utf8_lossy(&t.stderr)
         );
+    }
+}
+
+/// Every line of every hour archive of a series, in file-name (time) order, read with the system's `zcat`;
+/// each archive is checked with `gzip -t` first.
+pub fn zcat_series(dir: &Path) -> Vec<String> {
+    gzip_test_series(dir);
+    let mut lines = Vec::new();
+    for f in archive_files(dir) {
         let out = Command::new("zcat").arg(&f).output().unwrap();
         assert!(out.status.success(), "zcat {}", f.display());
         lines.extend(

@@ -301,7 +301,7 @@ pub async fn metrics_get(State(state): State<AppState>) -> Response {
         &mut out,
         "hourglass_seal_failures_total",
         "counter",
-        "Seal attempts that failed (retried).",
+        "Sealer ticks that failed, sealing or removing expired hours (retried).",
     );
     sample(
         &mut out,

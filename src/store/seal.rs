@@ -49,7 +49,7 @@ pub(super) fn seal_loop(inner: &Inner) {
                 // Said once per distinct failure, not every tick.
                 let text = e.to_string();
                 if text != last_error {
-                    tracing::error!(error = %text, "sealing failed; retrying");
+                    tracing::error!(error = %text, "sealing (or retention's removal) failed; retrying");
                     last_error = text;
                 }
             }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::api::auth::Tokens;
@@ -53,7 +52,7 @@ pub async fn run(
     });
     let served = serve(
         listener,
-        api::router(state),
+        api::Front::new(state),
         args.request_timeout(),
         shutdown,
     )
@@ -70,7 +69,7 @@ pub async fn run(
 /// `api::ingest`), so slow or silent clients cannot hold connections forever.
 async fn serve(
     listener: TcpListener,
-    router: axum::Router,
+    front: api::Front,
     timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -95,8 +94,7 @@ async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let service = TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), front.clone()));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended");

@@ -89,11 +89,11 @@ impl ApiMetrics {
         }
     }
 
-    /// The slot of a method and route; `None` for a method no route answers.
-    fn slot(&self, method: &Method, matched: Option<&MatchedPath>) -> Option<usize> {
+    /// The slot of a method and route template; `None` for a method no route answers.
+    fn slot(&self, method: &Method, route: Option<&str>) -> Option<usize> {
         let m = METHODS.iter().position(|x| x == method)?;
-        let r = matched
-            .and_then(|p| self.names.iter().position(|k| *k == p.as_str()))
+        let r = route
+            .and_then(|p| self.names.iter().position(|k| *k == p))
             .unwrap_or(self.names.len() - 1);
         Some(m * self.names.len() + r)
     }
@@ -149,15 +149,16 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let method = req.method().clone();
         let matched = req.extensions().get::<MatchedPath>();
-        let route = self.state.metrics.slot(&method, matched);
-        let route_name = self.state.metrics.name(route);
+        let route = self
+            .state
+            .metrics
+            .slot(&method, matched.map(MatchedPath::as_str));
         EdgeFuture {
             inner: self.inner.call(req),
             state: self.state.clone(),
             began: Instant::now(),
             method,
             route,
-            route_name,
         }
     }
 }
@@ -170,7 +171,6 @@ pin_project_lite::pin_project! {
         began: Instant,
         method: Method,
         route: Option<usize>,
-        route_name: &'static str,
     }
 }
 
@@ -180,21 +180,35 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for EdgeFuture<F> 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(mut res) = ready!(this.inner.poll(cx));
-        let took = this.began.elapsed();
+        this.state
+            .metrics
+            .finish(this.method, *this.route, *this.began, &mut res);
+        Poll::Ready(Ok(res))
+    }
+}
+
+impl ApiMetrics {
+    /// Counts, times and logs an answered request, and lets cross-origin scripts read the answer: what `Edge`
+    /// does after the router, and `api::Front` for the pages it answers itself.
+    pub fn finish_route(&self, method: &Method, route: &str, began: Instant, res: &mut Response) {
+        self.finish(method, self.slot(method, Some(route)), began, res);
+    }
+
+    fn finish(&self, method: &Method, route: Option<usize>, began: Instant, res: &mut Response) {
+        let took = began.elapsed();
         let status = res.status().as_u16();
-        let m = &this.state.metrics;
-        if let Some(stats) = this.route.and_then(|r| m.routes.get(r)) {
+        if let Some(stats) = route.and_then(|r| self.routes.get(r)) {
             stats.latency.observe(took);
             metrics::add(&stats.statuses[status_slot(status)], 1);
         }
-        if *this.method == Method::POST
+        if *method == Method::POST
             && let Some(ErrorCode(code)) = res.extensions().get::<ErrorCode>()
         {
             let i = REFUSALS
                 .iter()
                 .position(|r| r == code)
                 .unwrap_or(REFUSALS.len() - 1);
-            metrics::add(&m.refused[i], 1);
+            metrics::add(&self.refused[i], 1);
         }
         let h = res.headers_mut();
         h.entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
@@ -203,13 +217,12 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for EdgeFuture<F> 
             .or_insert(super::EXPOSED_HEADERS);
         tracing::debug!(
             target: "hourglass::access",
-            method = %this.method,
-            route = *this.route_name,
+            method = %method,
+            route = self.name(route),
             status,
             micros = took.as_micros() as u64,
             "request"
         );
-        Poll::Ready(Ok(res))
     }
 }
 

@@ -5,6 +5,8 @@ pub mod auth;
 pub(crate) mod conditional;
 pub mod error;
 mod export;
+mod front;
+pub use front::Front;
 mod ingest;
 pub use ingest::Intake;
 pub mod metrics;
@@ -79,15 +81,12 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/series/{series}/export", get(export::export_get)),
         ("/api/series/{series}/histogram", get(export::histogram_get)),
         ("/api/series/{series}/data", get(pages::head)),
-        ("/api/series/{series}/data/before/{t}", get(pages::before)),
-        (
-            "/api/series/{series}/data/before/{t}/part/{part}",
-            get(pages::before),
-        ),
+        (pages::BEFORE, get(pages::before)),
+        (pages::BEFORE_PART, get(pages::before)),
         ("/api/series/{series}/data/after/{t}", get(pages::after)),
         ("/api/data", get(pages::head).post(ingest::data_post)),
-        ("/api/data/before/{t}", get(pages::before)),
-        ("/api/data/before/{t}/part/{part}", get(pages::before)),
+        (pages::SHORT_BEFORE, get(pages::before)),
+        (pages::SHORT_BEFORE_PART, get(pages::before)),
         ("/api/data/after/{t}", get(pages::after)),
         ("/healthz", get(healthz)),
         ("/readyz", get(metrics::readyz)),

@@ -16,7 +16,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 
 use super::conditional::{self, Validators};
@@ -154,43 +154,140 @@ pub(crate) fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
         })
 }
 
+impl PageRequest {
+    /// A request for the head of `default`, read-token checked; `param` sets what its URL says.
+    fn new(state: &AppState, headers: &HeaderMap) -> Result<PageRequest, ApiError> {
+        state.tokens.check_read(headers)?;
+        Ok(PageRequest {
+            series: SeriesName::parse(DEFAULT_SERIES).map_err(ApiError::bad_request)?,
+            t: None,
+            part: None,
+            repr: Repr::negotiate(headers),
+            validators: Validators::from_headers(headers),
+            wait: prefer_wait(headers),
+        })
+    }
+
+    /// One `{series}`, `{t}` or `{part}` of the URL, checked.
+    fn param(&mut self, key: &str, value: &str) -> Result<(), ApiError> {
+        match key {
+            "series" => self.series = SeriesName::parse(value).map_err(ApiError::bad_request)?,
+            "t" => {
+                self.t = Some(time::parse_stamp(value).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{value:?} is not a time as YYYY_MM_DD_HH_MM_SS (UTC), e.g. 2014_09_29_23_59_10"
+                    ))
+                })?);
+            }
+            "part" => {
+                self.part = Some(value.parse::<u32>().map_err(|_| {
+                    ApiError::bad_request(format!("part {value:?} is not a number"))
+                })?);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 impl FromRequestParts<AppState> for PageRequest {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.tokens.check_read(&parts.headers)?;
-        let mut req = PageRequest {
-            series: SeriesName::parse(DEFAULT_SERIES).map_err(ApiError::bad_request)?,
-            t: None,
-            part: None,
-            repr: Repr::negotiate(&parts.headers),
-            validators: Validators::from_headers(&parts.headers),
-            wait: prefer_wait(&parts.headers),
-        };
+        let mut req = PageRequest::new(state, &parts.headers)?;
         let params = match RawPathParams::from_request_parts(parts, state).await {
             Ok(p) => p,
             Err(RawPathParamsRejection::MissingPathParams(_)) => return Ok(req),
             Err(e) => return Err(ApiError::bad_request(format!("bad path: {e}"))),
         };
         for (key, value) in &params {
-            match key {
-                "series" => req.series = SeriesName::parse(value).map_err(ApiError::bad_request)?,
-                "t" => {
-                    req.t = Some(time::parse_stamp(value).ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "{value:?} is not a time as YYYY_MM_DD_HH_MM_SS (UTC), e.g. 2014_09_29_23_59_10"
-                        ))
-                    })?);
-                }
-                "part" => {
-                    req.part = Some(value.parse::<u32>().map_err(|_| {
-                        ApiError::bad_request(format!("part {value:?} is not a number"))
-                    })?);
-                }
-                _ => {}
-            }
+            req.param(key, value)?;
         }
         Ok(req)
+    }
+}
+
+/// The routes of `before` pages, whose final pages `from_memory` answers ahead of the router.
+pub const BEFORE: &str = "/api/series/{series}/data/before/{t}";
+pub const BEFORE_PART: &str = "/api/series/{series}/data/before/{t}/part/{part}";
+pub const SHORT_BEFORE: &str = "/api/data/before/{t}";
+pub const SHORT_BEFORE_PART: &str = "/api/data/before/{t}/part/{part}";
+
+/// A final page answered from memory (a `304`, or a `200` from the page cache) without the router, and the
+/// route it belongs to. The hottest request there is: a cache or a scrolling client revalidating a page it
+/// already has. `None` for anything else, including every error: the router answers those, the one way.
+pub fn from_memory(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<(Response, &'static str)> {
+    if method != Method::GET && method != Method::HEAD {
+        return None;
+    }
+    let path = BeforePath::parse(path)?;
+    let mut req = PageRequest::new(state, headers).ok()?;
+    let params = [
+        ("series", path.series),
+        ("t", Some(path.t)),
+        ("part", path.part),
+    ];
+    for (key, value) in params {
+        if let Some(value) = value {
+            req.param(key, value).ok()?;
+        }
+    }
+    let page = PageRef::Before {
+        end: req.t?,
+        part: req.part,
+    };
+    let at = state.store.locate(&req.series, page).ok()?;
+    let (res, _) = final_from_memory(state, &req, &at)?;
+    Some((res, path.route))
+}
+
+/// A `before` page's path as the router would match it: its route and the segments of `{series}`, `{t}` and
+/// `{part}`.
+struct BeforePath<'a> {
+    route: &'static str,
+    series: Option<&'a str>,
+    t: &'a str,
+    part: Option<&'a str>,
+}
+
+impl BeforePath<'_> {
+    /// `None` for any other path, or one with a percent-escape (the router decodes those).
+    fn parse(path: &str) -> Option<BeforePath<'_>> {
+        if path.contains('%') {
+            return None;
+        }
+        let (series, rest) = match path.strip_prefix("/api/series/") {
+            Some(rest) => {
+                let (series, rest) = rest.split_once('/')?;
+                (Some(series), rest.strip_prefix("data/before/")?)
+            }
+            None => (None, path.strip_prefix("/api/data/before/")?),
+        };
+        let (t, part) = match rest.split_once('/') {
+            Some((t, part)) => (t, Some(part.strip_prefix("part/")?)),
+            None => (rest, None),
+        };
+        let segment = |s: &str| !s.is_empty() && !s.contains('/');
+        if !segment(t) || !series.is_none_or(segment) || !part.is_none_or(segment) {
+            return None;
+        }
+        let route = match (series.is_some(), part.is_some()) {
+            (true, false) => BEFORE,
+            (true, true) => BEFORE_PART,
+            (false, false) => SHORT_BEFORE,
+            (false, true) => SHORT_BEFORE_PART,
+        };
+        Some(BeforePath {
+            route,
+            series,
+            t,
+            part,
+        })
     }
 }
 
@@ -257,32 +354,13 @@ async fn answer(
     let (name, repr, validators) = (&req.series, req.repr, &req.validators);
     let private = state.tokens.read.is_some();
     let at = state.store.locate(name, page)?;
-    let empty = at.parts == 0;
-
-    // A final page is answered from memory: a 304 from its identity, or a 200 from the page cache. Its ETag
-    // names series, chunk, part and representation, so it is the cache key too.
-    let final_tag = at.is_final.then(|| final_etag(name, &at, repr));
-    if let Some(etag) = &final_tag {
-        let hit = state.pages.as_ref().and_then(|c| c.get(etag));
-        if validators.not_modified(etag, at.sealed_at) {
-            let headers = match &hit {
-                Some(r) => r.not_modified.clone(),
-                None => validator_headers(
-                    header_value(etag),
-                    link_header(name, &at),
-                    at.sealed_at.map(http_date),
-                    true,
-                    private,
-                ),
-            };
-            return Ok((not_modified(headers), true));
-        }
-        if let Some(r) = hit {
-            crate::metrics::add(&state.metrics.cache_hits, 1);
-            return Ok((respond(&r), empty));
-        }
-        crate::metrics::add(&state.metrics.cache_misses, 1);
+    if let Some(answer) = final_from_memory(state, req, &at) {
+        return Ok(answer);
     }
+    let final_tag = at.is_final.then(|| {
+        crate::metrics::add(&state.metrics.cache_misses, 1);
+        final_etag(name, &at, repr)
+    });
 
     let store = state.store.clone();
     let level = state.gzip_level;
@@ -308,7 +386,38 @@ async fn answer(
     {
         return Ok((not_modified(rendered.not_modified.clone()), true));
     }
-    Ok((respond(&rendered), empty))
+    Ok((respond(&rendered), at.parts == 0))
+}
+
+/// A final page answered from memory: a 304 from its identity, or a 200 from the page cache. Its ETag names
+/// series, chunk, part and representation, so it is the cache key too. `None` when the page is not final or
+/// must be read.
+fn final_from_memory(
+    state: &AppState,
+    req: &PageRequest,
+    at: &Located,
+) -> Option<(Response, bool)> {
+    if !at.is_final {
+        return None;
+    }
+    let etag = final_etag(&req.series, at, req.repr);
+    let hit = state.pages.as_ref().and_then(|c| c.get(&etag));
+    if req.validators.not_modified(&etag, at.sealed_at) {
+        let headers = match &hit {
+            Some(r) => r.not_modified.clone(),
+            None => validator_headers(
+                header_value(&etag),
+                link_header(&req.series, at),
+                at.sealed_at.map(http_date),
+                true,
+                state.tokens.read.is_some(),
+            ),
+        };
+        return Some((not_modified(headers), true));
+    }
+    let r = hit?;
+    crate::metrics::add(&state.metrics.cache_hits, 1);
+    Some((respond(&r), at.parts == 0))
 }
 
 /// A final page's ETag: its identity, never its bytes, so it is known before (and without) reading them.
@@ -507,6 +616,48 @@ mod tests {
             HeaderValue::from_str(encoding).unwrap(),
         );
         Repr::negotiate(&h)
+    }
+
+    #[test]
+    fn before_paths_are_read_as_the_router_matches_them() {
+        let t = "2014_09_29_23_59_10";
+        fn read(path: &str) -> Option<(&str, Option<&str>, &str, Option<&str>)> {
+            BeforePath::parse(path).map(|p| (p.route, p.series, p.t, p.part))
+        }
+        assert_eq!(
+            read(&format!("/api/series/cpu/data/before/{t}")),
+            Some((BEFORE, Some("cpu"), t, None))
+        );
+        assert_eq!(
+            read(&format!("/api/series/cpu/data/before/{t}/part/2")),
+            Some((BEFORE_PART, Some("cpu"), t, Some("2")))
+        );
+        assert_eq!(
+            read(&format!("/api/data/before/{t}")),
+            Some((SHORT_BEFORE, None, t, None))
+        );
+        assert_eq!(
+            read(&format!("/api/data/before/{t}/part/0")),
+            Some((SHORT_BEFORE_PART, None, t, Some("0")))
+        );
+        // Everything else is the router's: other pages, other shapes, escapes.
+        for path in [
+            "/api/series/cpu/data".to_string(),
+            format!("/api/series/cpu/data/after/{t}"),
+            format!("/api/series/cpu/data/before/{t}/"),
+            format!("/api/series/cpu/data/before/{t}/part/"),
+            format!("/api/series/cpu/data/before/{t}/part/1/x"),
+            format!("/api/series/cpu/data/before/{t}/x/1"),
+            format!("/api/series//data/before/{t}"),
+            format!("/api/series/a/b/data/before/{t}"),
+            format!("/api/series/c%70u/data/before/{t}"),
+            "/api/series/cpu/data/before/".to_string(),
+            format!("/api/data/before/{t}/part/1/"),
+            format!("/api/data/after/{t}"),
+            format!("/x/api/data/before/{t}"),
+        ] {
+            assert!(read(&path).is_none(), "{path}");
+        }
     }
 
     #[test]

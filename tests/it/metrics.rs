@@ -97,6 +97,7 @@ fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     let etag = first.header("etag").unwrap().to_string();
     let again = request(server.addr, "GET", &page, &[("If-None-Match", &etag)], b"").unwrap();
     assert_eq!(again.status, 304);
+    assert_eq!(server.get(&page).body, first.body); // from the page cache
 
     let res = server.get("/metrics");
     assert_eq!(res.status, 200);
@@ -120,13 +121,22 @@ fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     assert!(m["hourglass_chunks_sealed_total"] >= 2.0);
     assert_eq!(
         m["hourglass_pages_total{kind=\"before\",status=\"200\"}"],
-        1.0
+        2.0
     );
     assert_eq!(
         m["hourglass_pages_total{kind=\"before\",status=\"304\"}"],
         1.0
     );
     assert_eq!(m["hourglass_page_cache_misses_total"], 1.0);
+    assert_eq!(m["hourglass_page_cache_hits_total"], 1.0);
+    let before = "method=\"GET\",route=\"/api/series/{series}/data/before/{t}\"";
+    for status in ["200", "304"] {
+        assert_eq!(
+            m[&format!("hourglass_http_requests_total{{{before},status=\"{status}\"}}")],
+            1.0 + f64::from(status == "200"),
+            "{status}"
+        );
+    }
     assert!(m["hourglass_open_files"] > 3.0);
     assert!(m["hourglass_seal_lag_seconds"] < 10.0);
     let route = "method=\"POST\",route=\"/api/series/{series}/events\"";

@@ -491,4 +491,16 @@ fn a_read_token_makes_pages_private() {
         r.header("cache-control"),
         Some("private, max-age=31536000, immutable")
     );
+    // Answers from memory (the page cache, a 304) ask for the token too.
+    let etag = r.header("etag").unwrap();
+    assert_eq!(server.get(url).status, 401);
+    let again = request(server.addr, "GET", url, &[("If-None-Match", etag)], b"").unwrap();
+    assert_eq!(again.status, 401);
+    let with_token = [("Authorization", "Bearer r"), ("If-None-Match", etag)];
+    assert_eq!(
+        request(server.addr, "GET", url, &with_token, b"")
+            .unwrap()
+            .status,
+        304
+    );
 }

@@ -8,6 +8,7 @@
 //! Links always use the long form `/api/series/{series}/data/...`, also for `default` reached by the short URLs:
 //! one page, one body, one cache entry.
 
+use std::borrow::Cow;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,18 +24,18 @@ use super::conditional::{self, Validators};
 use super::error::ApiError;
 use super::{AppState, DEFAULT_SERIES};
 use crate::archive::member::gzip;
-use crate::store::{Located, PageLines, PageRef, SeriesName};
+use crate::store::{Generation, Located, PageLines, PageRef, SeriesName};
 use crate::time::{self, Millis};
 
 /// The in-memory cache of rendered final pages, weighed in bytes; `None` when configured to 0 bytes (moka
 /// evicts lazily, so a 0-byte moka cache would still answer for a while).
-pub type PageCache = Option<moka::sync::Cache<String, Arc<Rendered>>>;
+pub type PageCache = Option<moka::sync::Cache<FinalPage, Arc<Rendered>>>;
 
 pub fn page_cache(max_bytes: u64) -> PageCache {
     (max_bytes > 0).then(|| {
         moka::sync::Cache::builder()
-            .weigher(|k: &String, v: &Arc<Rendered>| {
-                u32::try_from(k.len() + v.body.len() + 256).unwrap_or(u32::MAX)
+            .weigher(|k: &FinalPage, v: &Arc<Rendered>| {
+                u32::try_from(k.series.as_str().len() + v.body.len() + 256).unwrap_or(u32::MAX)
             })
             .max_capacity(max_bytes)
             .build()
@@ -114,7 +115,7 @@ fn quality(list: &str, names: &[&str]) -> f32 {
 #[derive(Debug)]
 pub struct Rendered {
     body: Bytes,
-    etag: HeaderValue,
+    etag: String,
     /// Everything a 200 carries, built once: a cached page costs one map clone to send.
     headers: HeaderMap,
     /// What a 304 for it carries.
@@ -357,9 +358,9 @@ async fn answer(
     if let Some(answer) = final_from_memory(state, req, &at) {
         return Ok(answer);
     }
-    let final_tag = at.is_final.then(|| {
+    let identity = at.is_final.then(|| {
         crate::metrics::add(&state.metrics.cache_misses, 1);
-        final_etag(name, &at, repr)
+        FinalPage::of(name, &at, repr)
     });
 
     let store = state.store.clone();
@@ -377,21 +378,18 @@ async fn answer(
         })??
     };
     let rendered = Arc::new(rendered);
-    if let Some(etag) = final_tag {
+    if let Some(identity) = identity {
         if let Some(cache) = &state.pages {
-            cache.insert(etag, rendered.clone());
+            cache.insert(identity, rendered.clone());
         }
-    } else if let Ok(etag) = rendered.etag.to_str()
-        && validators.not_modified(etag, None)
-    {
+    } else if validators.not_modified(&rendered.etag, None) {
         return Ok((not_modified(rendered.not_modified.clone()), true));
     }
     Ok((respond(&rendered), at.parts == 0))
 }
 
-/// A final page answered from memory: a 304 from its identity, or a 200 from the page cache. Its ETag names
-/// series, chunk, part and representation, so it is the cache key too. `None` when the page is not final or
-/// must be read.
+/// A final page answered from memory: a 304 from its identity, or a 200 from the page cache. `None` when the
+/// page is not final or must be read.
 fn final_from_memory(
     state: &AppState,
     req: &PageRequest,
@@ -400,8 +398,12 @@ fn final_from_memory(
     if !at.is_final {
         return None;
     }
-    let etag = final_etag(&req.series, at, req.repr);
-    let hit = state.pages.as_ref().and_then(|c| c.get(&etag));
+    let identity = FinalPage::of(&req.series, at, req.repr);
+    let hit = state.pages.as_ref().and_then(|c| c.get(&identity));
+    let etag = match &hit {
+        Some(r) => Cow::Borrowed(r.etag.as_str()),
+        None => Cow::Owned(identity.etag()),
+    };
     if req.validators.not_modified(&etag, at.sealed_at) {
         let headers = match &hit {
             Some(r) => r.not_modified.clone(),
@@ -420,22 +422,49 @@ fn final_from_memory(
     Some((respond(&r), at.parts == 0))
 }
 
-/// A final page's ETag: its identity, never its bytes, so it is known before (and without) reading them.
-fn final_etag(name: &SeriesName, at: &Located, repr: Repr) -> String {
-    let (end, part) = match at.canonical() {
-        PageRef::Before { end, part } => (end, part.map_or("last".to_string(), |p| p.to_string())),
-        _ => (0, String::new()),
-    };
-    // The oldest page retention left lost its `prev`: another content, another tag.
-    let edge = at
-        .retention_edge
-        .map_or(String::new(), |t| format!(".x{t:x}"));
-    format!(
-        "\"{FORMAT_VERSION}.{name}.{}.{:x}.{part}{edge}.{}\"",
-        at.generation,
-        end,
-        repr.tag()
-    )
+/// A final page's identity: series, chunk, part and representation. Its ETag is made of it, never of its
+/// bytes, so it is known before (and without) reading them; the page cache is keyed by it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FinalPage {
+    series: SeriesName,
+    generation: Generation,
+    end: Millis,
+    /// `None` for the last part (or the whole chunk), named so by links.
+    part: Option<u32>,
+    /// The oldest page retention left lost its `prev`: another content, another identity.
+    retention_edge: Option<Millis>,
+    repr: Repr,
+}
+
+impl FinalPage {
+    fn of(series: &SeriesName, at: &Located, repr: Repr) -> FinalPage {
+        let (end, part) = match at.canonical() {
+            PageRef::Before { end, part } => (end, part),
+            _ => (0, None),
+        };
+        FinalPage {
+            series: series.clone(),
+            generation: at.generation,
+            end,
+            part,
+            retention_edge: at.retention_edge,
+            repr,
+        }
+    }
+
+    fn etag(&self) -> String {
+        let part = self.part.map_or("last".to_string(), |p| p.to_string());
+        let edge = self
+            .retention_edge
+            .map_or(String::new(), |t| format!(".x{t:x}"));
+        format!(
+            "\"{FORMAT_VERSION}.{}.{}.{:x}.{part}{edge}.{}\"",
+            self.series,
+            self.generation,
+            self.end,
+            self.repr.tag()
+        )
+    }
 }
 
 fn page_url(name: &SeriesName, page: PageRef) -> String {
@@ -481,7 +510,7 @@ fn render(
         json_body(name, at, &lines)
     };
     let etag = if at.is_final {
-        final_etag(name, at, repr)
+        FinalPage::of(name, at, repr).etag()
     } else {
         let mut h = DefaultHasher::new();
         (repr.tag(), link.as_ref().map(HeaderValue::as_bytes), &plain).hash(&mut h);
@@ -493,9 +522,8 @@ fn render(
         (true, _) => gzip(&plain, level),
         (false, _) => plain,
     };
-    let etag = header_value(&etag);
     let not_modified = validator_headers(
-        etag.clone(),
+        header_value(&etag),
         link,
         at.sealed_at.map(http_date),
         at.is_final,

@@ -2,11 +2,12 @@
 //! in-flight requests finish and stops the store. Tests bind `127.0.0.1:0` and call it, as `main` does.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use std::time::Duration;
-
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -74,7 +75,7 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(timeout);
+    http.header_read_timeout(timeout);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -94,7 +95,11 @@ async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), front.clone()));
+        let conn = http
+            .clone()
+            .timer(ConnTimer::default())
+            .serve_connection(TokioIo::new(stream), front.clone());
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended");
@@ -104,6 +109,64 @@ async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The clock of one connection's header-read timeout. hyper asks for a new timer each time it waits for a
+/// request's headers and drops it once they are in: with a plain tokio sleep, that is a registration in the
+/// runtime's timer wheel and a removal for every request. Here the connection keeps its one sleep: a dropped
+/// one comes back to the connection, and the next wait moves its deadline later, which tokio does without
+/// touching the wheel. It can only ever wake its own connection.
+#[derive(Clone, Default)]
+struct ConnTimer {
+    spare: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+}
+
+impl hyper::rt::Timer for ConnTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
+        let sleep = match spare {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline.into());
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline.into())),
+        };
+        Box::pin(ConnSleep {
+            sleep: Some(sleep),
+            home: self.spare.clone(),
+        })
+    }
+}
+
+/// A `ConnTimer`'s sleep, handed back to its connection when dropped.
+struct ConnSleep {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    home: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
+}
+
+impl Future for ConnSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.sleep.as_mut() {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl hyper::rt::Sleep for ConnSleep {}
+
+impl Drop for ConnSleep {
+    fn drop(&mut self) {
+        if let (Some(sleep), Ok(mut home)) = (self.sleep.take(), self.home.lock()) {
+            *home = Some(sleep);
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -24,13 +24,34 @@ fn stall(server: &Server, head: &str) -> (String, Duration) {
 #[test]
 fn slow_clients_are_cut_off_and_huge_headers_refused() {
     let dir = TempDir::new("hostile");
-    let server = Server::start(dir.path(), &["--request-timeout", "1"]);
+    let server = Server::start(dir.path(), &["--request-timeout", "2"]);
 
     // Headers that never end: the connection is closed after the timeout.
     let (said, took) = stall(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n");
     assert!(!said.contains("200 OK"), "{said}");
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+
+    // The same on a connection kept alive: each request's headers get the whole timeout, counted from when the
+    // server waits for them, not from the first request's.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let get = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(get.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    s.write_all(get.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    // 2.4 s in: past the first wait's deadline (2 s), 0.8 s before the second's.
+    let stalled = Instant::now();
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\n");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let (said, took) = (String::from_utf8_lossy(&answer), stalled.elapsed());
+    assert_eq!(said.matches("200 OK").count(), 2, "{said}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(6),
         "{took:?}"
     );
 

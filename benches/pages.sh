@@ -2,14 +2,18 @@
 # Page serving benchmark: hourglass final pages against nginx serving the same bytes from a static file, in the
 # same run, with wrk (Debian's wrk and nginx). Loopback only.
 #
-#   bash benches/pages.sh [SECONDS]
+#   bash benches/pages.sh [SECONDS] [ROUNDS]
 #
 # 1. hot final page (about 20 KB of JSON, from the server's page cache) vs nginx static, requests/s;
-# 2. 304 answers to If-None-Match, both servers, requests/s;
+# 2. 304 answers to If-None-Match, both servers, requests/s.
+#    Each of ROUNDS rounds (default 7) runs wrk SECONDS (default 5) against hourglass, then nginx, then nginx
+#    without sendfile, back to back: the ratio of a round compares runs a few seconds apart, and the median of
+#    the rounds' ratios is the figure (this machine's speed drifts by a third from minute to minute);
 # 3. cold final page: a 5,000-event chunk, server page cache off, one connection: latency p50/p99.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-10}
+secs=${1:-5}
+rounds=${2:-7}
 cargo build --release --bins -q
 work=$(mktemp -d)
 trap 'pkill -P $$ || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"' EXIT
@@ -73,19 +77,25 @@ sleep 0.5
 nginx_etag=$(curl -sI 127.0.0.1:18091/page.json | grep -i '^etag:' | cut -d' ' -f2 | tr -d '\r')
 
 rate() { wrk -t1 -c32 -d"${secs}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
-median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 compare() { # LABEL ETAG-HEADER-FOR-HOURGLASS ETAG-HEADER-FOR-NGINX
-  local hg=() ng=() nf=()
-  for _ in 1 2 3; do # alternating rounds: the two servers share the machine's state
-    hg+=("$(rate ${2:+-H "$2"} "http://127.0.0.1:18090$page")")
-    ng+=("$(rate ${3:+-H "$3"} "http://127.0.0.1:18091/page.json")")
-    nf+=("$(rate ${3:+-H "$3"} "http://127.0.0.1:18093/page.json")")
+  local rows=""
+  for _ in $(seq "$rounds"); do
+    rows+="$(rate ${2:+-H "$2"} "http://127.0.0.1:18090$page") "
+    rows+="$(rate ${3:+-H "$3"} "http://127.0.0.1:18091/page.json") "
+    rows+="$(rate ${3:+-H "$3"} "http://127.0.0.1:18093/page.json")"$'\n'
   done
-  local h n f; h=$(median "${hg[@]}"); n=$(median "${ng[@]}"); f=$(median "${nf[@]}")
-  echo "== $1 (median of 3 rounds of ${secs}s, 32 connections)"
-  echo "hourglass $h req/s (${hg[*]})"
-  echo "nginx static $n req/s (${ng[*]}): ratio $(python3 -c "print(round($h/$n, 2))")"
-  echo "nginx static, sendfile off, $f req/s (${nf[*]}): ratio $(python3 -c "print(round($h/$f, 2))")"
+  echo "== $1 ($rounds rounds of ${secs}s per server, 32 connections)"
+  python3 - "$rows" <<'PY'
+import statistics as st, sys
+rows = [[float(x) for x in line.split()] for line in sys.argv[1].splitlines() if line.strip()]
+hg, ng, nf = zip(*rows)
+def ratios(other):
+    r = sorted(h / o for h, o in zip(hg, other))
+    return f"ratio median {st.median(r):.2f} (rounds {r[0]:.2f}..{r[-1]:.2f})"
+print(f"hourglass    median {st.median(hg):8.0f} req/s  rounds: {' '.join(f'{x:.0f}' for x in hg)}")
+print(f"nginx static median {st.median(ng):8.0f} req/s  rounds: {' '.join(f'{x:.0f}' for x in ng)}  {ratios(ng)}")
+print(f"  sendfile off median {st.median(nf):8.0f} req/s  rounds: {' '.join(f'{x:.0f}' for x in nf)}  {ratios(nf)}")
+PY
 }
 compare "hot final page" "" ""
 compare "304 to If-None-Match" "If-None-Match: $etag" "If-None-Match: $nginx_etag"

@@ -156,38 +156,43 @@ pub(crate) fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
 }
 
 impl PageRequest {
-    /// A request for the head of `default`, read-token checked; `param` sets what its URL says.
-    fn new(state: &AppState, headers: &HeaderMap) -> Result<PageRequest, ApiError> {
-        state.tokens.check_read(headers)?;
+    /// A page request from its headers and its URL's `{series}`, `{t}` and `{part}` (the series `default` when
+    /// it names none). The read token is the caller's to check, first.
+    fn new<'p>(
+        headers: &HeaderMap,
+        params: impl IntoIterator<Item = (&'p str, &'p str)>,
+    ) -> Result<PageRequest, ApiError> {
+        let (mut series, mut t, mut part) = (None, None, None);
+        for (key, value) in params {
+            match key {
+                "series" => series = Some(SeriesName::parse(value).map_err(ApiError::bad_request)?),
+                "t" => {
+                    t = Some(time::parse_stamp(value).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "{value:?} is not a time as YYYY_MM_DD_HH_MM_SS (UTC), e.g. 2014_09_29_23_59_10"
+                        ))
+                    })?);
+                }
+                "part" => {
+                    part = Some(value.parse::<u32>().map_err(|_| {
+                        ApiError::bad_request(format!("part {value:?} is not a number"))
+                    })?);
+                }
+                _ => {}
+            }
+        }
+        let series = match series {
+            Some(s) => s,
+            None => SeriesName::parse(DEFAULT_SERIES).map_err(ApiError::bad_request)?,
+        };
         Ok(PageRequest {
-            series: SeriesName::parse(DEFAULT_SERIES).map_err(ApiError::bad_request)?,
-            t: None,
-            part: None,
+            series,
+            t,
+            part,
             repr: Repr::negotiate(headers),
             validators: Validators::from_headers(headers),
             wait: prefer_wait(headers),
         })
-    }
-
-    /// One `{series}`, `{t}` or `{part}` of the URL, checked.
-    fn param(&mut self, key: &str, value: &str) -> Result<(), ApiError> {
-        match key {
-            "series" => self.series = SeriesName::parse(value).map_err(ApiError::bad_request)?,
-            "t" => {
-                self.t = Some(time::parse_stamp(value).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "{value:?} is not a time as YYYY_MM_DD_HH_MM_SS (UTC), e.g. 2014_09_29_23_59_10"
-                    ))
-                })?);
-            }
-            "part" => {
-                self.part = Some(value.parse::<u32>().map_err(|_| {
-                    ApiError::bad_request(format!("part {value:?} is not a number"))
-                })?);
-            }
-            _ => {}
-        }
-        Ok(())
     }
 }
 
@@ -195,16 +200,14 @@ impl FromRequestParts<AppState> for PageRequest {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let mut req = PageRequest::new(state, &parts.headers)?;
+        state.tokens.check_read(&parts.headers)?;
         let params = match RawPathParams::from_request_parts(parts, state).await {
-            Ok(p) => p,
-            Err(RawPathParamsRejection::MissingPathParams(_)) => return Ok(req),
+            Ok(p) => Some(p),
+            Err(RawPathParamsRejection::MissingPathParams(_)) => None,
             Err(e) => return Err(ApiError::bad_request(format!("bad path: {e}"))),
         };
-        for (key, value) in &params {
-            req.param(key, value)?;
-        }
-        Ok(req)
+        let params = params.iter().flat_map(|p| p.iter());
+        PageRequest::new(&parts.headers, params)
     }
 }
 
@@ -227,17 +230,16 @@ pub fn from_memory(
         return None;
     }
     let path = BeforePath::parse(path)?;
-    let mut req = PageRequest::new(state, headers).ok()?;
     let params = [
         ("series", path.series),
         ("t", Some(path.t)),
         ("part", path.part),
     ];
-    for (key, value) in params {
-        if let Some(value) = value {
-            req.param(key, value).ok()?;
-        }
-    }
+    let params = params
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)));
+    state.tokens.check_read(headers).ok()?;
+    let req = PageRequest::new(headers, params).ok()?;
     let page = PageRef::Before {
         end: req.t?,
         part: req.part,

@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// Requests that may be held at once by `Prefer: wait` (long polls); past it they are answered at once.
     #[arg(long, env = "HOURGLASS_MAX_HELD_REQUESTS", default_value_t = 1024)]
     pub max_held_requests: usize,
+    /// Threads that answer HTTP requests (default: one per CPU core). Sealing, the log's fsyncs, and page
+    /// reads and body parsing have threads of their own.
+    #[arg(long, env = "HOURGLASS_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// Bytes of rendered final pages kept in memory (0: none).
     #[arg(long, env = "HOURGLASS_PAGE_CACHE_BYTES", default_value_t = 256 << 20)]
     pub page_cache_bytes: u64,

@@ -12,9 +12,27 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `hourglass import` finished, but left some of its input out.
 const INCOMPLETE: u8 = 3;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Some(Command::Serve(args)) => args.threads,
+        None => cli.serve.threads,
+        Some(_) => None,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        runtime.worker_threads(n.into());
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("hourglass: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     // The commands for scripts say only what went wrong; the server says what it does.
     let level = match cli.command {
         Some(Command::Export(_) | Command::Import(_)) => "warn",

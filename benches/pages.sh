@@ -8,7 +8,10 @@
 # 2. 304 answers to If-None-Match, both servers, requests/s.
 #    Each of ROUNDS rounds (default 7) runs wrk SECONDS (default 5) against hourglass, then nginx, then nginx
 #    without sendfile, back to back: the ratio of a round compares runs a few seconds apart, and the median of
-#    the rounds' ratios is the figure (this machine's speed drifts by a third from minute to minute);
+#    the rounds' ratios is the figure (this machine's speed drifts by a third from minute to minute).
+#    Twice: with both servers as they come (threads per core, nothing pinned, wrk sharing both cores), then with
+#    one core each: the server pinned to CPU 0 with one thread (hourglass --threads 1, nginx worker_processes 1)
+#    and wrk pinned to CPU 1, so that neither server competes with the load generator;
 # 3. cold final page: a 5,000-event chunk, server page cache off, one connection: latency p50/p99.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,12 +19,14 @@ secs=${1:-5}
 rounds=${2:-7}
 cargo build --release --bins -q
 work=$(mktemp -d)
-trap 'pkill -P $$ || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'pkill -P $$ || true; for p in "$work"/nginx-*/nginx.pid; do [ -f "$p" ] && kill "$(cat "$p")"; done; rm -rf "$work"' EXIT
+pin=() # a command prefix for the servers, and one for wrk
+load=()
 
 start() { # PORT EXTRA-FLAGS...; sets $pid
   local port=$1; shift
-  ./target/release/hourglass --data "$work/data" --listen "127.0.0.1:$port" --chunk-seconds 1 --lateness 1 "$@" \
-    >/dev/null 2>>"$work/hg.log" &
+  "${pin[@]}" ./target/release/hourglass --data "$work/data" --listen "127.0.0.1:$port" --chunk-seconds 1 \
+    --lateness 1 "$@" >/dev/null 2>>"$work/hg.log" &
   pid=$!
   for _ in $(seq 50); do
     # Ours, not a stray on the same port: it must still be alive once the port answers.
@@ -57,32 +62,35 @@ grep -qi 'immutable' "$work/h" || { echo "page is not final"; cat "$work/h"; exi
 etag=$(grep -i '^etag:' "$work/h" | cut -d' ' -f2 | tr -d '\r')
 echo "final page: $page, $(wc -c < "$work/static/page.json") bytes, ETag $etag"
 
-cat > "$work/nginx.conf" <<CONF
+nginx() { # NAME WORKERS PORT PORT-WITHOUT-SENDFILE: serves $work/static
+  local dir=$work/nginx-$1
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<CONF
 user root;
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
+worker_processes $2;
+pid $dir/nginx.pid;
+error_log $dir/nginx.err warn;
 events { worker_connections 1024; }
 http {
   access_log off;
-  client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fcgi;
-  uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
+  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy; fastcgi_temp_path $dir/fcgi;
+  uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
   sendfile on; tcp_nopush on; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18091; root $work/static; default_type application/json; }
-  server { listen 127.0.0.1:18093; root $work/static; default_type application/json; sendfile off; }
+  server { listen 127.0.0.1:$3; root $work/static; default_type application/json; }
+  server { listen 127.0.0.1:$4; root $work/static; default_type application/json; sendfile off; }
 }
 CONF
-/usr/sbin/nginx -p "$work" -c "$work/nginx.conf"
-sleep 0.5
-nginx_etag=$(curl -sI 127.0.0.1:18091/page.json | grep -i '^etag:' | cut -d' ' -f2 | tr -d '\r')
+  "${pin[@]}" /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf"
+  sleep 0.5
+}
 
-rate() { wrk -t1 -c32 -d"${secs}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
-compare() { # LABEL ETAG-HEADER-FOR-HOURGLASS ETAG-HEADER-FOR-NGINX
-  local rows=""
+rate() { "${load[@]}" wrk -t1 -c32 -d"${secs}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
+compare() { # LABEL HOURGLASS-PORT NGINX-PORT NGINX-PORT-WITHOUT-SENDFILE [ETAG-HOURGLASS ETAG-NGINX]
+  local rows="" hg=${5:+If-None-Match: $5} ng=${6:+If-None-Match: $6}
   for _ in $(seq "$rounds"); do
-    rows+="$(rate ${2:+-H "$2"} "http://127.0.0.1:18090$page") "
-    rows+="$(rate ${3:+-H "$3"} "http://127.0.0.1:18091/page.json") "
-    rows+="$(rate ${3:+-H "$3"} "http://127.0.0.1:18093/page.json")"$'\n'
+    rows+="$(rate ${hg:+-H "$hg"} "http://127.0.0.1:$2$page") "
+    rows+="$(rate ${ng:+-H "$ng"} "http://127.0.0.1:$3/page.json") "
+    rows+="$(rate ${ng:+-H "$ng"} "http://127.0.0.1:$4/page.json")"$'\n'
   done
   echo "== $1 ($rounds rounds of ${secs}s per server, 32 connections)"
   python3 - "$rows" <<'PY'
@@ -97,8 +105,21 @@ print(f"nginx static median {st.median(ng):8.0f} req/s  rounds: {' '.join(f'{x:.
 print(f"  sendfile off median {st.median(nf):8.0f} req/s  rounds: {' '.join(f'{x:.0f}' for x in nf)}  {ratios(nf)}")
 PY
 }
-compare "hot final page" "" ""
-compare "304 to If-None-Match" "If-None-Match: $etag" "If-None-Match: $nginx_etag"
+
+echo "# As they come: threads per core, nothing pinned"
+nginx auto auto 18091 18093
+nginx_etag=$(curl -sI 127.0.0.1:18091/page.json | grep -i '^etag:' | cut -d' ' -f2 | tr -d '\r')
+compare "hot final page" 18090 18091 18093
+compare "304 to If-None-Match" 18090 18091 18093 "$etag" "$nginx_etag"
+
+echo "# One core each: servers on CPU 0 with one thread, wrk on CPU 1"
+kill "$pid"; wait "$pid" || true
+pin=(taskset -c 0); load=(taskset -c 1)
+start 18094 --threads 1
+nginx one 1 18095 18096
+compare "hot final page" 18094 18095 18096
+compare "304 to If-None-Match" 18094 18095 18096 "$etag" "$nginx_etag"
+pin=(); load=()
 
 kill "$pid"; wait "$pid" || true
 start 18092 --page-cache-bytes 0

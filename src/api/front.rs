@@ -47,7 +47,9 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             self.state
                 .metrics
                 .finish_route(method, route, began, &mut res);
-            return FrontFuture::Answered { res: Some(res) };
+            return FrontFuture::Answered {
+                res: std::future::ready(Ok(res)),
+            };
         }
         FrontFuture::Routed {
             inner: self.router.clone().call(req.map(Body::new)),
@@ -58,7 +60,7 @@ impl hyper::service::Service<Request<Incoming>> for Front {
 pin_project_lite::pin_project! {
     #[project = FrontProj]
     pub enum FrontFuture {
-        Answered { res: Option<Response> },
+        Answered { #[pin] res: std::future::Ready<Result<Response, Infallible>> },
         Routed { #[pin] inner: RouteFuture<Infallible> },
     }
 }
@@ -68,10 +70,7 @@ impl Future for FrontFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            FrontProj::Answered { res } => match res.take() {
-                Some(res) => Poll::Ready(Ok(res)),
-                None => Poll::Pending, // polled after it was ready: never wakes, as futures may
-            },
+            FrontProj::Answered { res } => res.poll(cx),
             FrontProj::Routed { inner } => inner.poll(cx),
         }
     }

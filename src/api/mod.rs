@@ -101,7 +101,7 @@ pub fn route_paths() -> impl Iterator<Item = &'static str> {
     routes().into_iter().map(|(path, _)| path)
 }
 
-pub fn router(state: AppState) -> Router {
+fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for (path, method_router) in routes() {
         router = router.route(path, method_router);

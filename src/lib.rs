@@ -6,6 +6,7 @@ pub mod archive;
 pub mod bulk;
 pub mod cli;
 pub mod config;
+pub mod durable;
 pub mod ingest;
 pub mod metrics;
 pub mod server;

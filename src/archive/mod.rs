@@ -24,6 +24,7 @@ use std::sync::{Mutex, RwLock};
 pub use index::{HourIndex, IndexEntry};
 pub use member::MemberMeta;
 
+use crate::durable::{self, sync_dir};
 use crate::time::{ChunkStart, Hour, Millis};
 
 const ARCHIVE_SUFFIX: &str = ".json.gz";
@@ -582,14 +583,12 @@ fn load_hour(
     Ok(index)
 }
 
-/// Moves the bytes past `keep` aside (to `{archive}.tail-{keep}`, for inspection) and truncates the archive.
+/// Moves the bytes past `keep` aside (to `{archive}.tail-{keep}`, for inspection) and truncates the archive:
+/// the copy is durable, folder entry included, before a byte is cut.
 fn cut_tail(file: &File, path: &Path, keep: u64, len: u64) -> io::Result<()> {
     let mut tail = vec![0u8; (len - keep) as usize];
     file.read_exact_at(&mut tail, keep)?;
-    let aside = PathBuf::from(format!("{}.tail-{keep}", path.display()));
-    let mut f = File::create(&aside)?;
-    f.write_all(&tail)?;
-    f.sync_data()?;
+    durable::write_aside(&PathBuf::from(format!("{}.tail-{keep}", path.display())), &tail)?;
     file.set_len(keep)?;
     file.sync_data()
 }
@@ -602,7 +601,3 @@ fn sidecar_path(dir: &Path, hour: Hour) -> PathBuf {
     dir.join(format!("{}.idx", hour.stem()))
 }
 
-/// Makes a folder's entries (a new or renamed file) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}

@@ -99,7 +99,7 @@ impl Wal {
         dir: &Path,
         mut replay: impl FnMut(Replayed),
     ) -> Result<(Wal, Vec<String>), WalError> {
-        fs::create_dir_all(dir).map_err(at(dir))?;
+        crate::durable::create_dir_all(dir).map_err(at(dir))?;
         let mut ids: Vec<u64> = fs::read_dir(dir)
             .map_err(at(dir))?
             .filter_map(|e| e.ok())
@@ -253,9 +253,7 @@ fn create_segment(dir: &Path, id: u64) -> Result<(File, Segment), WalError> {
         .create_new(true)
         .open(&path)
         .map_err(at(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(at(dir))?;
+    crate::durable::sync_dir(dir).map_err(at(dir))?;
     let segment = Segment {
         id,
         path,

@@ -317,7 +317,7 @@ impl Store {
     /// starts the commit and seal threads. Blocking: call it before serving, or from a blocking context.
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
         let data = cfg.data.clone();
-        fs::create_dir_all(&data)
+        crate::durable::create_dir_all(&data)
             .map_err(|e| StoreError::storage(format!("{}: {e}", data.display()), Some(e.kind())))?;
         let lock_file = File::create(data.join(".lock"))
             .map_err(|e| StoreError::storage(format!("{}: {e}", data.display()), Some(e.kind())))?;
@@ -718,7 +718,8 @@ fn create_series(
     let dir = data.join(name.as_str());
     let io_err =
         |e: io::Error| StoreError::storage(format!("{}: {e}", dir.display()), Some(e.kind()));
-    fs::create_dir_all(&dir).map_err(io_err)?;
+    // The folder, made durable in the data folder before its settings file points at anything.
+    crate::durable::create_dir_all(&dir).map_err(io_err)?;
     let sealed = width.align_down(now - lateness);
     let settings = Settings {
         chunk_seconds: width.secs(),
@@ -728,7 +729,6 @@ fn create_series(
         retained_from: 0,
     };
     settings.store(&dir).map_err(io_err)?;
-    archive::sync_dir(data).map_err(io_err)?;
     load_series(name, &dir)
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::sync_dir;
+use crate::durable::sync_dir;
 use crate::time::{ChunkWidth, Millis};
 
 pub const SETTINGS_FILE: &str = "series.json";

@@ -53,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         retained_from: 0,
     }
     .store(&dir)?;
-    let (archive, _) = SeriesArchive::open(&dir)?;
+    let (archive, _) = SeriesArchive::open(&dir, hourglass::archive::Expect::ALL_SEALED)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut events, mut bytes) = (0u64, 0u64);
     let mut chunk = start;

@@ -101,6 +101,9 @@ impl ChunkStart {
 pub struct Hour(i64);
 
 impl Hour {
+    /// The hour that begins at 1970-01-01T00:00:00Z, before which no event is stored.
+    pub const EPOCH: Hour = Hour(0);
+
     pub fn of(t: Millis) -> Hour {
         Hour(t.div_euclid(HOUR))
     }

@@ -64,6 +64,8 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %e, "storage error on a request");
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
             }
+            // Logged once, by the archive, when found.
+            StoreError::Damaged(_) => (StatusCode::INTERNAL_SERVER_ERROR, "damaged_data"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -76,6 +78,8 @@ impl IntoResponse for ApiError {
         res.extensions_mut()
             .insert(super::metrics::ErrorCode(self.code));
         let headers = res.headers_mut();
+        // An error tells of a moment (a busy server, a damaged member, a series not made yet): no cache keeps it.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self.status {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

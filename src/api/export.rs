@@ -24,7 +24,7 @@ use super::conditional::Validators;
 use super::error::ApiError;
 use super::{AppState, SeriesPath, pages};
 use crate::bulk::export::{self, Export, ExportError, Format, Sink};
-use crate::store::SeriesName;
+use crate::store::{SeriesName, StoreError};
 use crate::time::{self, Millis};
 
 /// A request's range: `from` inclusive, `to` exclusive; RFC 3339 or Unix seconds.
@@ -161,7 +161,7 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
 
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, mut rx) = mpsc::channel(4);
     let job = Export {
         name,
         from,
@@ -173,34 +173,130 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
     };
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
-        let mut sink = Channel(tx);
-        if let Err(e) = job.run(&store, &mut sink) {
-            if let ExportError::Store(e) = &e {
-                // The status is sent already: break the body, so the client sees a failed transfer, not a
-                // short one.
-                let _ = sink.0.blocking_send(Err(io::Error::other(e.to_string())));
-            }
+        let mut sink = Channel::new(tx);
+        let piece = match job.run(&store, &mut sink) {
+            Ok(()) => Piece::End,
+            Err(ExportError::Store(e)) => Piece::Failed(e),
+            // The client went away: nobody to tell.
+            Err(ExportError::Write(_)) => return,
+        };
+        // Damage is logged once, where it is found.
+        if let Piece::Failed(e) = &piece
+            && !matches!(e, StoreError::Damaged(_))
+        {
             tracing::warn!(error = %e, "export stopped");
         }
+        sink.send(piece);
     });
-    let mut res = Response::new(Body::new(Stream(rx)));
+    // The status waits for the range's first chunk: a failure there (a damaged member, say) is a plain error
+    // answer, not a 200 that breaks off.
+    let first = match rx.recv().await {
+        Some(Piece::Failed(e)) => return Err(e.into()),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the export stopped before it began",
+            ));
+        }
+        Some(first) => first,
+    };
+    let mut res = Response::new(Body::new(Stream {
+        first: Some(first),
+        rx,
+        ended: false,
+    }));
     *res.headers_mut() = h;
     Ok(res)
 }
 
-/// The export thread's end of the response body.
-struct Channel(mpsc::Sender<io::Result<Bytes>>);
+/// What the export thread hands the response body.
+enum Piece {
+    Data(Bytes),
+    /// The export is complete: the body may end.
+    End,
+    /// The export failed: the body must break off, so that no client or cache takes it for complete.
+    Failed(StoreError),
+}
 
-impl Sink for Channel {
-    fn write(&mut self, piece: Bytes) -> io::Result<()> {
-        self.0
-            .blocking_send(Ok(piece))
+/// The export thread's end of the response body. Output is held back until the range's first chunk is done
+/// (or `HOLD` bytes are waiting), so that the handler can still answer an error that happens there.
+struct Channel {
+    tx: mpsc::Sender<Piece>,
+    held: Option<Vec<Bytes>>,
+    held_bytes: usize,
+}
+
+impl Channel {
+    const HOLD: usize = 1 << 20;
+
+    fn new(tx: mpsc::Sender<Piece>) -> Channel {
+        Channel {
+            tx,
+            held: Some(Vec::new()),
+            held_bytes: 0,
+        }
+    }
+
+    fn release(&mut self) -> io::Result<()> {
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut joined = Vec::with_capacity(self.held_bytes);
+        for piece in held {
+            joined.extend_from_slice(&piece);
+        }
+        self.push(Piece::Data(Bytes::from(joined)))
+    }
+
+    fn push(&mut self, piece: Piece) -> io::Result<()> {
+        self.tx
+            .blocking_send(piece)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+
+    /// The last piece: held output goes first, unless the export failed (then the error is all there is to say).
+    fn send(mut self, piece: Piece) {
+        if !matches!(piece, Piece::Failed(_)) || self.held.is_none() {
+            let _ = self.release();
+        }
+        let _ = self.push(piece);
     }
 }
 
-/// The response body: whatever the export thread sends, until it is done or fails.
-struct Stream(mpsc::Receiver<io::Result<Bytes>>);
+impl Sink for Channel {
+    fn write(&mut self, piece: Bytes) -> io::Result<()> {
+        match &mut self.held {
+            Some(held) => {
+                self.held_bytes += piece.len();
+                held.push(piece);
+                if self.held_bytes >= Self::HOLD {
+                    self.release()?;
+                }
+                Ok(())
+            }
+            None => self.push(Piece::Data(piece)),
+        }
+    }
+
+    fn reached(&mut self, _t: Millis) {
+        // The first chunk is done: from here on a failure can only break the body off. A client gone away
+        // shows at the next write.
+        let _ = self.release();
+    }
+}
+
+/// The response body: whatever the export thread sends, until it says the export is complete. A failure, or
+/// a thread that stopped without saying so, ends the body with an error: the connection is closed without the
+/// terminating chunk.
+struct Stream {
+    first: Option<Piece>,
+    rx: mpsc::Receiver<Piece>,
+    ended: bool,
+}
 
 impl http_body::Body for Stream {
     type Data = Bytes;
@@ -210,9 +306,22 @@ impl http_body::Body for Stream {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|piece| piece.map(|r| r.map(Frame::data)))
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let piece = match self.first.take() {
+            Some(p) => Some(p),
+            None => std::task::ready!(self.rx.poll_recv(cx)),
+        };
+        Poll::Ready(match piece {
+            Some(Piece::Data(b)) => Some(Ok(Frame::data(b))),
+            Some(Piece::End) => {
+                self.ended = true;
+                None
+            }
+            Some(Piece::Failed(e)) => Some(Err(io::Error::other(e.to_string()))),
+            None => Some(Err(io::Error::other("the export stopped before its end"))),
+        })
     }
 }
 

@@ -337,6 +337,18 @@ pub async fn metrics_get(State(state): State<AppState>) -> Response {
     );
     describe(
         &mut out,
+        "hourglass_damaged_members",
+        "gauge",
+        "Stored gzip members found damaged (at start or when read); each is refused to readers and logged once.",
+    );
+    sample(
+        &mut out,
+        "hourglass_damaged_members",
+        "",
+        state.store.damaged_members(),
+    );
+    describe(
+        &mut out,
         "hourglass_backlog_bytes",
         "gauge",
         "Bytes of events not sealed yet.",

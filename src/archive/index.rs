@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::member::{self, HEADER_LEN, MemberMeta};
-use crate::time::{ChunkStart, Hour};
+use crate::time::{ChunkStart, Hour, Millis};
 
 const MAGIC: &[u8; 8] = b"HGIDX1\n\0";
 const RECORD_LEN: usize = 8 + MemberMeta::BYTES + 4;
@@ -104,39 +104,72 @@ pub fn record(entry: &IndexEntry) -> [u8; RECORD_LEN] {
     r
 }
 
+/// A sidecar as read: the valid, consistent prefix of its records.
+pub struct Sidecar {
+    pub index: HourIndex,
+    /// The file held anything beyond that prefix (or was missing), so it should be rewritten.
+    pub stale: bool,
+    /// Records past the prefix that are whole and checksummed, but name members beyond the archive's end:
+    /// members that were durable once (the sidecar is appended after them) and are gone now.
+    pub beyond: usize,
+}
+
 /// Reads the valid, consistent prefix of a sidecar; a missing or foreign file gives an empty index.
-/// The second value says whether the file held anything beyond that prefix (so it should be rewritten).
-pub fn read_sidecar(path: &Path, hour: Hour, archive_len: u64) -> io::Result<(HourIndex, bool)> {
+pub fn read_sidecar(path: &Path, hour: Hour, archive_len: u64) -> io::Result<Sidecar> {
     let mut index = HourIndex::new(hour);
     let bytes = match fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((index, true)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Sidecar {
+                index,
+                stale: true,
+                beyond: 0,
+            });
+        }
         Err(e) => return Err(e),
     };
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Ok((index, true));
+        return Ok(Sidecar {
+            index,
+            stale: true,
+            beyond: 0,
+        });
     }
     let records = bytes[MAGIC.len()..].chunks(RECORD_LEN);
     let total = records.len();
+    let mut beyond = 0;
     for r in records {
-        if r.len() != RECORD_LEN {
-            break;
-        }
-        let crc = u32::from_le_bytes(r[RECORD_LEN - 4..].try_into().unwrap_or_default());
-        if crc != crc32fast::hash(&r[..RECORD_LEN - 4]) {
-            break;
-        }
-        let Ok(meta) = MemberMeta::from_bytes(&r[8..8 + MemberMeta::BYTES]) else {
+        let Some(entry) = entry_of(r) else {
             break;
         };
-        let offset = u64::from_le_bytes(r[..8].try_into().unwrap_or_default());
-        let entry = IndexEntry { offset, meta };
-        if entry.end() > archive_len || !index.push_checked(entry) {
+        if entry.end() > archive_len && (index.accepts(&entry) || beyond > 0) {
+            beyond += 1;
+            continue;
+        }
+        if beyond > 0 || !index.push_checked(entry) {
             break;
         }
     }
     let stale = index.entries.len() != total;
-    Ok((index, stale))
+    Ok(Sidecar {
+        index,
+        stale,
+        beyond,
+    })
+}
+
+/// One sidecar record, if it is whole and its checksum and metadata are right.
+fn entry_of(r: &[u8]) -> Option<IndexEntry> {
+    if r.len() != RECORD_LEN {
+        return None;
+    }
+    let crc = u32::from_le_bytes(r[RECORD_LEN - 4..].try_into().ok()?);
+    if crc != crc32fast::hash(&r[..RECORD_LEN - 4]) {
+        return None;
+    }
+    let meta = MemberMeta::from_bytes(&r[8..8 + MemberMeta::BYTES]).ok()?;
+    let offset = u64::from_le_bytes(r[..8].try_into().ok()?);
+    Some(IndexEntry { offset, meta })
 }
 
 /// Writes a whole sidecar atomically (temporary file, then rename).
@@ -177,11 +210,27 @@ pub fn append_sidecar(path: &Path, entries: &[IndexEntry]) -> io::Result<()> {
     })
 }
 
+/// What a scan of an archive added to its index.
+pub struct Scanned {
+    pub added: usize,
+    /// Offsets of members indexed although their data does not check out (see `scan`).
+    pub damaged: Vec<u64>,
+}
+
 /// Extends `index` by reading member headers from the archive itself, starting where the index ends, and
-/// inflating each found member to check it whole. Stops at the first member that is missing, torn, corrupt or
-/// out of order; returns how many were added.
-pub fn scan(archive: &File, archive_len: u64, index: &mut HourIndex) -> io::Result<usize> {
-    let mut added = 0;
+/// inflating each found member to check it whole. Stops at the first member that is missing, torn or out of
+/// order, and at a corrupt one of a chunk that ends after `sealed`; a corrupt member of a chunk at or below
+/// `sealed` (durable whole before the watermark passed it) is damage: indexed, and reported in `damaged`.
+pub fn scan(
+    archive: &File,
+    archive_len: u64,
+    index: &mut HourIndex,
+    sealed: Millis,
+) -> io::Result<Scanned> {
+    let mut scanned = Scanned {
+        added: 0,
+        damaged: Vec::new(),
+    };
     let mut offset = index.end();
     let mut header = [0u8; HEADER_LEN];
     while offset + HEADER_LEN as u64 <= archive_len {
@@ -194,13 +243,35 @@ pub fn scan(archive: &File, archive_len: u64, index: &mut HourIndex) -> io::Resu
         }
         let mut bytes = vec![0u8; meta.member_len as usize];
         archive.read_exact_at(&mut bytes, offset)?;
-        if member::decode(&bytes).is_err() || !index.push_checked(IndexEntry { offset, meta }) {
+        let whole = member::decode(&bytes).is_ok();
+        let chunk_end = meta.chunk_start.millis() + Millis::from(meta.width_secs) * 1000;
+        if !whole && chunk_end > sealed {
             break;
         }
+        if !index.push_checked(IndexEntry { offset, meta }) {
+            break;
+        }
+        if !whole {
+            scanned.damaged.push(offset);
+        }
         offset += meta.member_len;
-        added += 1;
+        scanned.added += 1;
     }
-    Ok(added)
+    Ok(scanned)
+}
+
+/// Whether any member header in `[from, to)` of the archive (at any byte, checksum right) satisfies `test`:
+/// what a cut tail held, when it began with a damaged header.
+pub fn any_member(
+    archive: &File,
+    from: u64,
+    to: u64,
+    test: impl Fn(&MemberMeta) -> bool,
+) -> io::Result<bool> {
+    let mut tail = vec![0u8; (to - from) as usize];
+    archive.read_exact_at(&mut tail, from)?;
+    Ok((0..tail.len())
+        .any(|i| tail[i] == 0x1f && member::parse_header(&tail[i..]).is_ok_and(|m| test(&m))))
 }
 
 /// Inflates the last member that `index` names, to check it whole.

@@ -222,26 +222,63 @@ pub fn parse_header(h: &[u8]) -> Result<MemberMeta, MemberError> {
 /// Inflates a whole member (as written by `encode`), checking its CRC32 and length.
 pub fn decode(member: &[u8]) -> Result<(MemberMeta, Vec<u8>), MemberError> {
     let meta = parse_header(member)?;
-    if (member.len() as u64) < meta.member_len {
-        return Err(MemberError::Truncated);
-    }
-    let body = &member[HEADER_LEN..meta.member_len as usize - TRAILER_LEN];
-    let trailer = &member[meta.member_len as usize - TRAILER_LEN..meta.member_len as usize];
+    let (body, trailer) = split(member, &meta)?;
     let capacity = usize::try_from(meta.raw_len).unwrap_or(0).min(256 << 20);
     let mut raw = Vec::with_capacity(capacity);
-    flate2::read::DeflateDecoder::new(body)
+    flate2::bufread::DeflateDecoder::new(body)
         .take(meta.raw_len + 1)
         .read_to_end(&mut raw)
         .map_err(|e| MemberError::Corrupt(e.to_string()))?;
-    let crc = u32::from_le_bytes(trailer[0..4].try_into().unwrap_or_default());
+    check_trailer(trailer, &meta, raw.len() as u64, crc32fast::hash(&raw))?;
+    Ok((meta, raw))
+}
+
+/// Checks that `member` is whole and is the member `meta` (from an index) describes: its header says exactly
+/// that, and its data inflates to `raw_len` bytes with the CRC-32 of its trailer. For members sent as they are
+/// (their deflate data joined into an export): the lines are inflated into a small buffer and dropped.
+pub fn verify(member: &[u8], meta: &MemberMeta) -> Result<(), MemberError> {
+    let header = parse_header(member)?;
+    if header != *meta {
+        return Err(MemberError::Corrupt(
+            "header does not match the index".into(),
+        ));
+    }
+    let (body, trailer) = split(member, meta)?;
+    let mut inflater = flate2::bufread::DeflateDecoder::new(body).take(meta.raw_len + 1);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0u64;
+    loop {
+        let n = inflater
+            .read(&mut buf)
+            .map_err(|e| MemberError::Corrupt(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buf[..n]);
+        len += n as u64;
+    }
+    check_trailer(trailer, meta, len, crc.finalize())
+}
+
+/// A member's deflate data and its trailer, as its header's length places them.
+fn split<'a>(member: &'a [u8], meta: &MemberMeta) -> Result<(&'a [u8], &'a [u8]), MemberError> {
+    let end = usize::try_from(meta.member_len).map_err(|_| MemberError::Truncated)?;
+    let member = member.get(..end).ok_or(MemberError::Truncated)?;
+    Ok(member[HEADER_LEN..].split_at(end - HEADER_LEN - TRAILER_LEN))
+}
+
+/// Whether inflated data of `len` bytes with checksum `crc` is what the trailer and the header promise.
+fn check_trailer(trailer: &[u8], meta: &MemberMeta, len: u64, crc: u32) -> Result<(), MemberError> {
+    let stored_crc = u32::from_le_bytes(trailer[0..4].try_into().unwrap_or_default());
     let isize = u32::from_le_bytes(trailer[4..8].try_into().unwrap_or_default());
-    if raw.len() as u64 != meta.raw_len || isize != raw.len() as u32 {
+    if len != meta.raw_len || u64::from(isize) != len & 0xffff_ffff {
         return Err(MemberError::Corrupt("length mismatch".into()));
     }
-    if crc32fast::hash(&raw) != crc {
+    if crc != stored_crc {
         return Err(MemberError::Corrupt("CRC32 mismatch".into()));
     }
-    Ok((meta, raw))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -309,6 +346,37 @@ mod tests {
         let mid = HEADER_LEN + (bytes.len() - HEADER_LEN) / 2;
         bad[mid] ^= 0xff;
         assert!(decode(&bad).is_err());
+    }
+
+    #[test]
+    fn verify_catches_every_flipped_bit_that_decode_catches() {
+        let raw: Vec<u8> = (0..300)
+            .flat_map(|i| format!("{{\"ts\":{i},\"v\":\"{}\"}}\n", i * 7).into_bytes())
+            .collect();
+        let (meta, bytes) = encode(meta(), &raw, 3);
+        assert_eq!(verify(&bytes, &meta), Ok(()));
+        let mut caught = 0;
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x08;
+            // A flip that still inflates is caught by the CRC, one in the header by its own checksum; only
+            // the padding bits after the final block's end can flip unseen, and they change no line.
+            match verify(&bad, &meta) {
+                Err(_) => caught += 1,
+                Ok(()) => assert_eq!(decode(&bad).map(|(_, r)| r), Ok(raw.clone()), "byte {i}"),
+            }
+            assert_eq!(
+                decode(&bad).is_err(),
+                verify(&bad, &meta).is_err(),
+                "byte {i}"
+            );
+        }
+        assert!(caught >= bytes.len() - 1, "{caught} of {}", bytes.len());
+        // A whole, valid member that is not the one the index names.
+        let (other_meta, other) = encode(MemberMeta { part: 1, ..meta }, &raw, 3);
+        assert!(verify(&other, &meta).is_err());
+        assert_eq!(verify(&other, &other_meta), Ok(()));
+        assert!(verify(&bytes[..bytes.len() - 1], &meta).is_err());
     }
 
     #[test]

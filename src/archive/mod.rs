@@ -14,7 +14,7 @@
 pub mod index;
 pub mod member;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -28,22 +28,29 @@ use crate::durable::{self, sync_dir};
 use crate::time::{ChunkStart, Hour, Millis};
 
 const ARCHIVE_SUFFIX: &str = ".json.gz";
+const SIDECAR_SUFFIX: &str = ".idx";
 /// An hour archive being rewritten by an import; renamed over the archive when whole.
 const REWRITE_SUFFIX: &str = ".json.gz.rewrite";
 
+/// What went wrong with a series' files. Files are named as `{series}/{file}`, relative to the data folder:
+/// these messages may reach clients, which have no business knowing the machine's paths.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("archive i/o on {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("archive {path}: chunk {chunk} would follow chunk {last}, out of time order")]
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{file}: chunk {chunk} would follow chunk {last}, out of time order")]
     OutOfOrder {
-        path: PathBuf,
+        file: String,
         chunk: Millis,
         last: Millis,
     },
-    #[error("archive {path} is damaged at offset {offset}: {reason}")]
+    #[error("{file} is damaged at offset {offset}: {reason}")]
     Damaged {
-        path: PathBuf,
+        file: String,
         offset: u64,
         reason: String,
     },
@@ -60,8 +67,62 @@ impl ArchiveError {
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     move |source| ArchiveError::Io {
-        path: path.to_owned(),
+        file: shown(path),
         source,
+    }
+}
+
+/// A file of a series folder as messages name it: `{series}/{file}` (or the series alone, for the folder).
+fn shown(path: &Path) -> String {
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    match (path.parent().and_then(name), name(path)) {
+        (Some(series), Some(file)) => format!("{series}/{file}"),
+        (_, file) => file.unwrap_or_default(),
+    }
+}
+
+/// What the series settings promise the archive when it is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct Expect {
+    /// The persisted sealed watermark: every member of a chunk that ends at or below it was durable whole
+    /// before it was persisted, so a bad one there is damage (kept, and refused to readers), never a torn tail.
+    pub sealed: Millis,
+    /// Retention removed every hour before this one: files there are leftovers of a removal cut short.
+    pub kept_from: Hour,
+}
+
+impl Expect {
+    /// For tools that read a folder alone: every chunk there is taken as sealed, nothing as removed.
+    pub const ALL_SEALED: Expect = Expect {
+        sealed: Millis::MAX,
+        kept_from: Hour::EPOCH,
+    };
+}
+
+/// Something `open` found and mended, or found and could not mend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repair {
+    /// Data that was durable is damaged or gone (an error), rather than a crash's leftovers (a warning).
+    pub damage: bool,
+    pub text: String,
+}
+
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Repair {
+    fn note(text: String) -> Repair {
+        Repair {
+            damage: false,
+            text,
+        }
+    }
+
+    fn damage(text: String) -> Repair {
+        Repair { damage: true, text }
     }
 }
 
@@ -103,36 +164,64 @@ pub struct SeriesArchive {
     totals: RwLock<Summary>,
     /// Held by whoever writes archive files: the sealer appending, an import merging.
     writing: Mutex<()>,
+    /// Members found damaged (hour, offset): each is logged once, however often it is asked for.
+    damaged: Mutex<BTreeSet<(Hour, u64)>>,
 }
 
 impl SeriesArchive {
-    /// Opens a series folder: loads every hour's index, rebuilding it from the archive where the sidecar is
-    /// missing or wrong, and cuts off a torn tail. Returns what was repaired, one line per repair.
-    pub fn open(dir: &Path) -> Result<(SeriesArchive, Vec<String>), ArchiveError> {
+    /// Opens a series folder: finishes a retention removal cut short, loads every hour's index (rebuilding it
+    /// from the archive where the sidecar is missing or wrong), cuts off a torn tail, and keeps damaged members
+    /// of sealed chunks indexed, so that readers are refused them rather than shown something else. Returns what
+    /// was repaired or found damaged, one line each.
+    pub fn open(dir: &Path, expect: Expect) -> Result<(SeriesArchive, Vec<Repair>), ArchiveError> {
+        remove_files_before(dir, expect.kept_from)?;
         let mut found = Vec::new();
+        let mut sidecars = BTreeSet::new();
         let mut repairs = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_at(dir))? {
             let entry = entry.map_err(io_at(dir))?;
             let name = entry.file_name();
-            let stem = name.to_str().and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX));
-            if let Some(hour) = stem.and_then(Hour::parse_stem) {
+            let name = name.to_str().unwrap_or("");
+            if let Some(hour) = name.strip_suffix(ARCHIVE_SUFFIX).and_then(Hour::parse_stem) {
                 found.push(hour);
-            } else if name.to_str().is_some_and(|n| n.ends_with(REWRITE_SUFFIX)) {
+            } else if let Some(hour) = name.strip_suffix(SIDECAR_SUFFIX).and_then(Hour::parse_stem)
+            {
+                sidecars.insert(hour);
+            } else if name.ends_with(REWRITE_SUFFIX) {
                 // An import stopped before its rename: the archive it was replacing is still whole.
                 fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
-                repairs.push(format!(
+                repairs.push(Repair::note(format!(
                     "{}: unfinished rewrite removed",
-                    entry.path().display()
-                ));
+                    shown(&entry.path())
+                )));
             }
         }
         found.sort_unstable();
+        for hour in sidecars.iter().filter(|h| found.binary_search(h).is_err()) {
+            // An index without its archive: the archive was deleted. Its index goes aside, so that no archive
+            // written for this hour later is read through it.
+            let named = named_by_sidecar(dir, *hour);
+            let sidecar = sidecar_path(dir, *hour);
+            let aside = sidecar.with_extension("idx.without-archive");
+            fs::rename(&sidecar, &aside).map_err(io_at(&sidecar))?;
+            repairs.push(Repair::damage(format!(
+                "{}: the hour archive is missing; its index named {named} (moved aside to {})",
+                shown(&archive_path(dir, *hour)),
+                shown(&aside)
+            )));
+        }
         let newest = found.last().copied();
         let mut hours = BTreeMap::new();
+        let mut damaged = BTreeSet::new();
         for hour in found {
             // Chunks are sealed in time order, so only the newest hour can have been mid-append at a crash:
             // its last member is inflated and checked; older hours are checked against their sidecar only.
-            let index = load_hour(dir, hour, Some(hour) == newest, &mut repairs)?;
+            let place = Place {
+                dir,
+                hour,
+                newest: Some(hour) == newest,
+            };
+            let index = load_hour(&place, expect.sealed, &mut repairs, &mut damaged)?;
             if index.entries.is_empty() {
                 // Nothing survived (a crash while the hour's first chunk was written): the file goes.
                 let path = archive_path(dir, hour);
@@ -151,8 +240,20 @@ impl SeriesArchive {
             hours: RwLock::new(hours),
             totals: RwLock::new(totals),
             writing: Mutex::new(()),
+            damaged: Mutex::new(damaged),
         };
         Ok((archive, repairs))
+    }
+
+    /// The archive of a series whose folder is not made yet: nothing sealed.
+    pub fn empty(dir: &Path) -> SeriesArchive {
+        SeriesArchive {
+            dir: dir.to_owned(),
+            hours: RwLock::new(BTreeMap::new()),
+            totals: RwLock::new(Summary::default()),
+            writing: Mutex::new(()),
+            damaged: Mutex::new(BTreeSet::new()),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -272,7 +373,7 @@ impl SeriesArchive {
                 && last.meta.chunk_start >= first.chunk_start
             {
                 return Err(ArchiveError::OutOfOrder {
-                    path,
+                    file: shown(&path),
                     chunk: first.chunk_start.millis(),
                     last: last.meta.chunk_start.millis(),
                 });
@@ -315,8 +416,7 @@ impl SeriesArchive {
     }
 
     /// Removes every hour archive before `keep_from` (retention), and its sidecar: first from the index, so no
-    /// reader finds them, then from the disk, including files a removal cut short by a crash left behind.
-    /// Returns how many archives were removed.
+    /// reader finds them, then from the disk. Returns how many archives were removed.
     pub fn remove_before(&self, keep_from: Hour) -> Result<usize, ArchiveError> {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         {
@@ -330,26 +430,7 @@ impl SeriesArchive {
                 .for_each(|e| totals.add(&e.meta));
             *self.totals.write().unwrap_or_else(|e| e.into_inner()) = totals;
         }
-        let mut removed = 0;
-        for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
-            let entry = entry.map_err(io_at(&self.dir))?;
-            let name = entry.file_name();
-            let stem = name.to_str().and_then(|n| {
-                n.strip_suffix(ARCHIVE_SUFFIX)
-                    .or_else(|| n.strip_suffix(".idx"))
-            });
-            if stem
-                .and_then(Hour::parse_stem)
-                .is_some_and(|h| h < keep_from)
-            {
-                fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
-                removed += usize::from(name.to_str().is_some_and(|n| n.ends_with(ARCHIVE_SUFFIX)));
-            }
-        }
-        if removed > 0 {
-            sync_dir(&self.dir).map_err(io_at(&self.dir))?;
-        }
-        Ok(removed)
+        remove_files_before(&self.dir, keep_from)
     }
 
     fn add_totals(&self, entries: &[IndexEntry]) {
@@ -422,7 +503,7 @@ impl SeriesArchive {
         Ok(())
     }
 
-    /// The stored bytes of one member, as they are in the archive (a complete gzip member).
+    /// The stored bytes of one member, as they are in the archive, unchecked.
     pub fn read_member(&self, entry: &IndexEntry) -> Result<Vec<u8>, ArchiveError> {
         let path = self.archive_path(entry.meta.chunk_start.hour());
         let file = File::open(&path).map_err(io_at(&path))?;
@@ -430,6 +511,25 @@ impl SeriesArchive {
         file.read_exact_at(&mut bytes, entry.offset)
             .map_err(io_at(&path))?;
         Ok(bytes)
+    }
+
+    /// The stored bytes of one member, checked whole (header, CRC-32 and length) before anyone may send them
+    /// as they are.
+    pub fn read_verified(&self, entry: &IndexEntry) -> Result<Vec<u8>, ArchiveError> {
+        let bytes = self.read_member(entry)?;
+        member::verify(&bytes, &entry.meta).map_err(|e| self.damaged(entry, &e))?;
+        Ok(bytes)
+    }
+
+    /// One member's lines, inflated and checked, and its stored bytes.
+    pub fn read_part(&self, entry: &IndexEntry) -> Result<(Vec<u8>, Vec<u8>), ArchiveError> {
+        let bytes = self.read_member(entry)?;
+        let (meta, lines) = member::decode(&bytes).map_err(|e| self.damaged(entry, &e))?;
+        if meta != entry.meta {
+            let e = member::MemberError::Corrupt("header does not match the index".into());
+            return Err(self.damaged(entry, &e));
+        }
+        Ok((lines, bytes))
     }
 
     /// The NDJSON lines of one sealed chunk, inflating only its own members; `None` when it holds no events.
@@ -440,15 +540,29 @@ impl SeriesArchive {
         }
         let mut lines = Vec::new();
         for entry in &entries {
-            let bytes = self.read_member(entry)?;
-            let (_, raw) = member::decode(&bytes).map_err(|e| ArchiveError::Damaged {
-                path: self.archive_path(start.hour()),
-                offset: entry.offset,
-                reason: e.to_string(),
-            })?;
-            lines.extend_from_slice(&raw);
+            lines.extend_from_slice(&self.read_part(entry)?.0);
         }
         Ok(Some(lines))
+    }
+
+    /// The error for a member found damaged, logged the first time it is found.
+    fn damaged(&self, entry: &IndexEntry, why: &member::MemberError) -> ArchiveError {
+        let hour = entry.meta.chunk_start.hour();
+        let e = ArchiveError::Damaged {
+            file: shown(&self.archive_path(hour)),
+            offset: entry.offset,
+            reason: why.to_string(),
+        };
+        let first = lock(&self.damaged).insert((hour, entry.offset));
+        if first {
+            tracing::error!(error = %e, "a stored member is damaged: it is refused to readers");
+        }
+        e
+    }
+
+    /// How many members are known to be damaged.
+    pub fn damaged_members(&self) -> usize {
+        lock(&self.damaged).len()
     }
 
     pub fn summary(&self) -> Summary {
@@ -530,52 +644,101 @@ fn write_members(
     Ok(entries)
 }
 
-/// Loads one hour's index: the sidecar's valid prefix, completed by scanning the archive, and the archive cut
-/// back to the last whole chunk.
-fn load_hour(
-    dir: &Path,
+/// One hour archive being opened: its folder, its hour, and whether it is the series' newest.
+struct Place<'a> {
+    dir: &'a Path,
     hour: Hour,
-    verify_last: bool,
-    repairs: &mut Vec<String>,
+    newest: bool,
+}
+
+/// Loads one hour's index: the sidecar's valid prefix, completed by scanning the archive, and the archive cut
+/// back to the last whole chunk. A member of a chunk at or below `sealed` that does not check out is damage: it
+/// stays indexed (in `damaged`), so readers are refused it and links do not change.
+fn load_hour(
+    place: &Place,
+    sealed: Millis,
+    repairs: &mut Vec<Repair>,
+    damaged: &mut BTreeSet<(Hour, u64)>,
 ) -> Result<HourIndex, ArchiveError> {
-    let path = archive_path(dir, hour);
-    let sidecar = sidecar_path(dir, hour);
+    let (hour, path, sidecar) = (
+        place.hour,
+        archive_path(place.dir, place.hour),
+        sidecar_path(place.dir, place.hour),
+    );
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
         .map_err(io_at(&path))?;
     let len = file.metadata().map_err(io_at(&path))?.len();
-    let (mut index, mut rewrite) =
-        index::read_sidecar(&sidecar, hour, len).map_err(io_at(&sidecar))?;
+    let read = index::read_sidecar(&sidecar, hour, len).map_err(io_at(&sidecar))?;
+    let (mut index, mut rewrite) = (read.index, read.stale);
+    if read.beyond > 0 {
+        // The sidecar is appended only after the members it names are durable in the archive.
+        repairs.push(Repair::damage(format!(
+            "{}: {len} bytes long, but its index names {} more members after them: they are gone",
+            shown(&path),
+            read.beyond
+        )));
+        let aside = sidecar.with_extension("idx.before-loss");
+        fs::copy(&sidecar, &aside).map_err(io_at(&aside))?;
+    }
     // In the newest hour the sidecar's last member is checked whole: a crash could have left it half-written.
-    if verify_last
-        && !index.entries.is_empty()
+    if place.newest
+        && let Some(last) = index.entries.last().copied()
         && !index::verify_last(&file, &index).map_err(io_at(&path))?
     {
-        index.entries.pop();
-        rewrite = true;
+        if chunk_end(&last.meta) <= sealed {
+            damaged.insert((hour, last.offset));
+            repairs.push(Repair::damage(format!(
+                "{}: the sealed member at offset {} is damaged; kept, and refused to readers",
+                shown(&path),
+                last.offset
+            )));
+        } else {
+            index.entries.pop();
+            rewrite = true;
+        }
     }
     if index.end() < len {
-        let added = index::scan(&file, len, &mut index).map_err(io_at(&path))?;
-        if added > 0 {
-            repairs.push(format!(
-                "{}: indexed {added} members from the archive",
-                path.display()
-            ));
+        let scanned = index::scan(&file, len, &mut index, sealed).map_err(io_at(&path))?;
+        if scanned.added > 0 {
+            repairs.push(Repair::note(format!(
+                "{}: indexed {} members from the archive",
+                shown(&path),
+                scanned.added
+            )));
             rewrite = true;
+        }
+        for offset in scanned.damaged {
+            damaged.insert((hour, offset));
+            repairs.push(Repair::damage(format!(
+                "{}: the sealed member at offset {offset} is damaged; kept, and refused to readers",
+                shown(&path)
+            )));
         }
     }
     index.drop_incomplete_tail();
     let keep = index.end();
     if keep < len {
+        // Bytes past the last whole chunk are a torn append unless a sealed chunk's members were among them.
+        let sealed_lost = index::any_member(&file, keep, len, |m| chunk_end(m) <= sealed)
+            .map_err(io_at(&path))?;
+        // The sidecar first: one that named cut members would look like durable members lost.
+        index::write_sidecar(&sidecar, &index).map_err(io_at(&sidecar))?;
+        rewrite = false;
         cut_tail(&file, &path, keep, len).map_err(io_at(&path))?;
-        repairs.push(format!(
-            "{}: cut a torn tail of {} bytes at offset {keep}",
-            path.display(),
-            len - keep
-        ));
-        rewrite = true;
+        let text = format!(
+            "{}: cut a torn tail of {} bytes at offset {keep} (kept as {}.tail-{keep})",
+            shown(&path),
+            len - keep,
+            shown(&path)
+        );
+        repairs.push(if sealed_lost {
+            Repair::damage(format!("{text}; a sealed chunk was in it"))
+        } else {
+            Repair::note(text)
+        });
     }
     if rewrite {
         index::write_sidecar(&sidecar, &index).map_err(io_at(&sidecar))?;
@@ -583,12 +746,61 @@ fn load_hour(
     Ok(index)
 }
 
+/// Where a chunk ends: the time below which its member had to be durable for the watermark to pass it.
+fn chunk_end(meta: &MemberMeta) -> Millis {
+    meta.chunk_start.millis() + Millis::from(meta.width_secs) * 1000
+}
+
+/// What an hour's sidecar names, for a message about an archive that is gone.
+fn named_by_sidecar(dir: &Path, hour: Hour) -> String {
+    match index::read_sidecar(&sidecar_path(dir, hour), hour, u64::MAX) {
+        Ok(read) => format!(
+            "{} members, {} events",
+            read.index.entries.len(),
+            read.index.events()
+        ),
+        Err(e) => format!("members it could not be read for ({e})"),
+    }
+}
+
+/// Deletes the hour archives and sidecars before `keep_from`: retention's removal, also one cut short by a
+/// crash. Returns how many archives went.
+fn remove_files_before(dir: &Path, keep_from: Hour) -> Result<usize, ArchiveError> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let name = entry.file_name();
+        let name = name.to_str().unwrap_or("");
+        let stem = name
+            .strip_suffix(ARCHIVE_SUFFIX)
+            .or_else(|| name.strip_suffix(SIDECAR_SUFFIX));
+        if stem
+            .and_then(Hour::parse_stem)
+            .is_some_and(|h| h < keep_from)
+        {
+            fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
+            removed += usize::from(name.ends_with(ARCHIVE_SUFFIX));
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir).map_err(io_at(dir))?;
+    }
+    Ok(removed)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Moves the bytes past `keep` aside (to `{archive}.tail-{keep}`, for inspection) and truncates the archive:
 /// the copy is durable, folder entry included, before a byte is cut.
 fn cut_tail(file: &File, path: &Path, keep: u64, len: u64) -> io::Result<()> {
     let mut tail = vec![0u8; (len - keep) as usize];
     file.read_exact_at(&mut tail, keep)?;
-    durable::write_aside(&PathBuf::from(format!("{}.tail-{keep}", path.display())), &tail)?;
+    durable::write_aside(
+        &PathBuf::from(format!("{}.tail-{keep}", path.display())),
+        &tail,
+    )?;
     file.set_len(keep)?;
     file.sync_data()
 }
@@ -598,6 +810,5 @@ fn archive_path(dir: &Path, hour: Hour) -> PathBuf {
 }
 
 fn sidecar_path(dir: &Path, hour: Hour) -> PathBuf {
-    dir.join(format!("{}.idx", hour.stem()))
+    dir.join(format!("{}{SIDECAR_SUFFIX}", hour.stem()))
 }
-

@@ -77,8 +77,9 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// A failed read or write of the log. Shown with the segment's name under `_wal/`, never the machine's path.
 #[derive(Debug, thiserror::Error)]
-#[error("write-ahead log {path}: {source}")]
+#[error("write-ahead log _wal/{}: {source}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())]
 pub struct WalError {
     pub path: PathBuf,
     #[source]

@@ -104,7 +104,7 @@ impl Store {
         };
         settings
             .store(&dir)
-            .map_err(|e| StoreError::storage(format!("{}: {e}", dir.display()), Some(e.kind())))?;
+            .map_err(|e| StoreError::settings(name.as_str(), e))?;
         if let Some(s) = lock(&self.inner.state).series.get_mut(name.as_str()) {
             s.revision = settings.revision;
             s.revised = true;

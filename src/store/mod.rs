@@ -98,8 +98,13 @@ pub enum StoreError {
     Busy(&'static str),
     #[error("server is shutting down")]
     ShuttingDown,
+    /// Storage failed. The message names series and files relative to the data folder, never a path of the
+    /// machine: it reaches clients.
     #[error("storage failed: {0}")]
     Storage(String, Option<io::ErrorKind>),
+    /// Stored data does not check out (a CRC, a length, a header): it is never served as if it were whole.
+    #[error("stored data is damaged: {0}")]
+    Damaged(String),
     #[error("data folder {0} is in use by another hourglass process")]
     DataInUse(PathBuf),
 }
@@ -107,6 +112,15 @@ pub enum StoreError {
 impl StoreError {
     fn storage(e: impl std::fmt::Display, kind: Option<io::ErrorKind>) -> StoreError {
         StoreError::Storage(e.to_string(), kind)
+    }
+
+    /// A failed write or read of a series' settings file.
+    fn settings(series: &str, e: io::Error) -> StoreError {
+        let kind = e.kind();
+        StoreError::Storage(
+            format!("{series}/{}: {e}", series::SETTINGS_FILE),
+            Some(kind),
+        )
     }
 }
 
@@ -119,8 +133,13 @@ impl From<wal::WalError> for StoreError {
 
 impl From<archive::ArchiveError> for StoreError {
     fn from(e: archive::ArchiveError) -> StoreError {
-        let kind = e.io_kind();
-        StoreError::storage(e, kind)
+        match e {
+            archive::ArchiveError::Damaged { .. } => StoreError::Damaged(e.to_string()),
+            _ => {
+                let kind = e.io_kind();
+                StoreError::storage(e, kind)
+            }
+        }
     }
 }
 
@@ -581,6 +600,16 @@ impl Store {
         (lag, st.backlog)
     }
 
+    /// How many stored members were found damaged, over every series (each refused to readers, logged once).
+    pub fn damaged_members(&self) -> usize {
+        let archives: Vec<Arc<SeriesArchive>> = lock(&self.inner.state)
+            .series
+            .values()
+            .map(|s| s.archive.clone())
+            .collect();
+        archives.iter().map(|a| a.damaged_members()).sum()
+    }
+
     /// The archive of a series, for readers.
     pub fn archive(&self, name: &SeriesName) -> Option<Arc<SeriesArchive>> {
         lock(&self.inner.state)
@@ -674,16 +703,19 @@ fn series_dirs(data: &Path) -> Result<Vec<(SeriesName, PathBuf)>, StoreError> {
 }
 
 fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
-    let settings = Settings::load(dir)
-        .map_err(|e| StoreError::storage(format!("{}: {e}", dir.display()), Some(e.kind())))?;
+    let settings = Settings::load(dir).map_err(|e| StoreError::settings(name.as_str(), e))?;
     let width = settings.width().map_err(|e| StoreError::storage(e, None))?;
-    let (archive, repairs) = SeriesArchive::open(dir)?;
+    let expect = archive::Expect {
+        sealed: settings.sealed,
+        kept_from: Hour::of(settings.retained_from),
+    };
+    let (archive, repairs) = SeriesArchive::open(dir, expect)?;
     for r in repairs {
-        tracing::warn!(series = %name, "{r}");
-    }
-    // A removal cut short by a crash: the boundary was persisted first, the files go now.
-    if settings.retained_from > 0 {
-        archive.remove_before(Hour::of(settings.retained_from))?;
+        if r.damage {
+            tracing::error!(series = %name, "{r}");
+        } else {
+            tracing::warn!(series = %name, "{r}");
+        }
     }
     // Chunks found whole in the archive are sealed even if the watermark did not get persisted after them
     // (a crash in between): no new event may land in them.
@@ -716,8 +748,7 @@ fn create_series(
     lateness: Millis,
 ) -> Result<Series, StoreError> {
     let dir = data.join(name.as_str());
-    let io_err =
-        |e: io::Error| StoreError::storage(format!("{}: {e}", dir.display()), Some(e.kind()));
+    let io_err = |e: io::Error| StoreError::settings(name.as_str(), e);
     // The folder, made durable in the data folder before its settings file points at anything.
     crate::durable::create_dir_all(&dir).map_err(io_err)?;
     let sealed = width.align_down(now - lateness);

@@ -275,7 +275,8 @@ impl Store {
 }
 
 impl Store {
-    /// A located page's stored gzip member, without inflating it, when its chunk is sealed.
+    /// A located page's stored gzip member, checked whole (see `SeriesArchive::read_verified`), when its chunk
+    /// is sealed: for exports that send it as it is.
     pub fn read_stored(
         &self,
         name: &SeriesName,
@@ -291,7 +292,7 @@ impl Store {
         let Some(entry) = archive.chunk(key).get(at.part as usize).copied() else {
             return Ok(None);
         };
-        Ok(Some((entry.meta, archive.read_member(&entry)?)))
+        Ok(Some((entry.meta, archive.read_verified(&entry)?)))
     }
 
     /// The series' sealed watermark and generation: what decides whether a range is final, and its identity.
@@ -367,20 +368,10 @@ fn read_sealed(
         part,
         parts: entries.len() as u32,
     })?;
-    let bytes = archive.read_member(entry)?;
-    let (meta, lines) = member::decode(&bytes).map_err(|e| {
-        StoreError::Storage(
-            format!(
-                "{}: member at {}: {e}",
-                archive.dir().display(),
-                entry.offset
-            ),
-            None,
-        )
-    })?;
+    let (lines, bytes) = archive.read_part(entry)?;
     Ok(PageLines {
         lines,
-        count: meta.entries as usize,
+        count: entry.meta.entries as usize,
         member: Some(bytes),
     })
 }

@@ -83,7 +83,7 @@ fn remove_expired(inner: &Inner, now: Millis) -> Result<(), StoreError> {
         let from = settings.retained_from;
         settings
             .store(&dir)
-            .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display()), Some(e.kind())))?;
+            .map_err(|e| StoreError::settings(&name, e))?;
         if let Some(s) = lock(&inner.state).series.get_mut(&*name) {
             s.retained_from = s.retained_from.max(from);
             s.changed();
@@ -189,7 +189,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
     };
     settings
         .store(&dir)
-        .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display()), Some(e.kind())))?;
+        .map_err(|e| StoreError::settings(name, e))?;
     if let Some(s) = lock(&inner.state).series.get_mut(name) {
         s.sealed = s.sealed.max(closing);
         s.changed();

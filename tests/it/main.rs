@@ -5,6 +5,7 @@ mod browser;
 mod bulk;
 mod cache;
 mod crash;
+mod damage;
 mod disk;
 mod export;
 mod hostile;

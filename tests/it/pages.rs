@@ -26,7 +26,7 @@ pub fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) 
     }
     .store(&dir)
     .unwrap();
-    let (archive, _) = SeriesArchive::open(&dir).unwrap();
+    let (archive, _) = SeriesArchive::open(&dir, hourglass::archive::Expect::ALL_SEALED).unwrap();
     let mut n = 0;
     let mut all = Vec::new();
     for (start, count) in chunks {

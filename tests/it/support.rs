@@ -38,6 +38,8 @@ impl Drop for TempDir {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// Where its log goes, when the test reads it (`start_logged`); the test's own stderr otherwise.
+    log: Option<PathBuf>,
 }
 
 /// Short widths and lateness, so sealing happens within a couple of seconds.
@@ -45,6 +47,25 @@ pub const FAST: &[&str] = &["--chunk-seconds", "1", "--lateness", "1"];
 
 impl Server {
     pub fn start(data: &Path, args: &[&str]) -> Server {
+        Server::spawn(data, args, None)
+    }
+
+    /// `start`, with the server's log (warnings and errors) written to `log` for the test to read.
+    pub fn start_logged(data: &Path, args: &[&str], log: &Path) -> Server {
+        Server::spawn(data, args, Some(log))
+    }
+
+    fn spawn(data: &Path, args: &[&str], log: Option<&Path>) -> Server {
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap(),
+            ),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_hourglass"))
             .arg("serve")
             .arg("--data")
@@ -53,7 +74,7 @@ impl Server {
             .args(args)
             .env("HOURGLASS_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start hourglass");
         let mut line = String::new();
@@ -66,7 +87,17 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            log: log.map(Path::to_owned),
+        }
+    }
+
+    /// What the server has logged so far (`start_logged`).
+    pub fn log(&self) -> String {
+        let path = self.log.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     /// SIGKILL, as a crash would.
@@ -196,6 +227,17 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
+    parse_response(&request_raw(addr, method, path, headers, body)?)
+}
+
+/// One HTTP/1.1 request on its own connection: every byte of the answer until the server closed it, unparsed.
+pub fn request_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -207,10 +249,10 @@ pub fn request(
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    parse_response(&raw)
+    Ok(raw)
 }
 
-fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let end = raw
         .windows(4)
@@ -241,7 +283,7 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     })
 }
 
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+pub fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let nl = b.windows(2).position(|w| w == b"\r\n")?;

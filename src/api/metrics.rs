@@ -322,6 +322,37 @@ pub async fn metrics_get(State(state): State<AppState>) -> Response {
         "",
         get(&store.seal_failures),
     );
+    describe(
+        &mut out,
+        "hourglass_log_repairs_total",
+        "counter",
+        "Stretches of the write-ahead log set aside at start (kept as files beside their segment), by kind: damaged (whole records failing their checksum; the records after them were replayed), torn_tail (an unfinished append), refused (an append that failed).",
+    );
+    let kinds = || crate::ingest::wal::RepairKind::ALL.iter().enumerate();
+    for (i, kind) in kinds() {
+        let labels = format!("kind=\"{}\",", kind.name());
+        sample(
+            &mut out,
+            "hourglass_log_repairs_total",
+            &labels,
+            get(&store.log_repairs[i]),
+        );
+    }
+    describe(
+        &mut out,
+        "hourglass_log_repaired_bytes_total",
+        "counter",
+        "Bytes of those stretches, by kind.",
+    );
+    for (i, kind) in kinds() {
+        let labels = format!("kind=\"{}\",", kind.name());
+        sample(
+            &mut out,
+            "hourglass_log_repaired_bytes_total",
+            &labels,
+            get(&store.log_repaired_bytes[i]),
+        );
+    }
     let (lag, backlog) = state.store.lag_and_backlog();
     describe(
         &mut out,

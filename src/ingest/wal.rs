@@ -1,17 +1,26 @@
 //! The write-ahead log: every accepted batch is appended here and fsync'd before it is acknowledged, and
 //! replayed at start for whatever is not sealed yet.
 //!
-//! Segments are files `{data}/_wal/{n:016}.log`, appended by one writer, rotated at `SEGMENT_BYTES`, and
-//! removed once every event in them lies below its series' sealed watermark. A record is
-//! `len(u32 LE) crc32(u32 LE) payload`; a payload is one batch of one series:
+//! Segments are files `{data}/_wal/{n:016}.log`, written by one writer at the offset it knows (never in append
+//! mode), rotated at `SEGMENT_BYTES`, and removed once every event in them lies below its series' sealed
+//! watermark. A record is `len(u32 LE) crc32(u32 LE) payload`; a payload is one batch of one series:
 //! `kind=1(u8) series_len(u8) series count(u32)` then per event `ts(i64) len(u32) line`; a batch sent with an
 //! `Idempotency-Key` is `kind=2(u8) series_len(u8) series key_len(u8) key digest(u64) count(u32)` then the same.
-//! Replay stops at the first record that is short or fails its CRC: that is the torn tail of a crash, never
-//! acknowledged (the ack waits for the fsync that covers the whole record), and it is cut off.
+//! Every segment but the first begins with `kind=3(u8) segment(u64) len(u64)`: where the segment before it
+//! ends. Bytes past that end were never acknowledged (an append that failed and could not be cut back), so
+//! replay never reads them.
+//!
+//! Replay tells damage from a torn tail. A whole record whose checksum fails, followed by intact records, is
+//! damage: it is skipped by its length frame (or, when the length itself is bad, by finding the next record
+//! that checks out) and every intact record after it is replayed. An incomplete last record is the torn tail of
+//! a crash, never acknowledged (the ack waits for the fsync that covers the whole record). Either way the bytes
+//! are kept aside (`{segment}.log.damaged-{offset}`, `.tail-{offset}`) before anything is cut.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,7 +30,10 @@ use crate::time::Millis;
 const SEGMENT_BYTES: u64 = 64 << 20;
 const KIND_EVENTS: u8 = 1;
 const KIND_KEYED: u8 = 2;
+const KIND_END: u8 = 3;
 const FRAME: usize = 8;
+/// A `KIND_END` record, frame included.
+const END_RECORD: usize = FRAME + 1 + 8 + 8;
 
 /// One segment file and, for garbage collection, the newest event time it holds per series.
 #[derive(Debug)]
@@ -35,9 +47,69 @@ struct Segment {
 pub struct Wal {
     dir: PathBuf,
     file: File,
+    /// Where the next record goes: every byte before it is acknowledged records.
     len: u64,
     /// Every segment still on disk, oldest first; the last one is the one being appended.
     segments: Vec<Segment>,
+    /// An append failed and could not be cut back: the segment may hold refused bytes past `len`, so nothing
+    /// more is appended to it; the next append starts a segment that says where this one ends.
+    poisoned: bool,
+}
+
+/// What replay found wrong in a segment and set aside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repair {
+    pub kind: RepairKind,
+    pub segment: u64,
+    pub offset: u64,
+    pub bytes: u64,
+    /// Where the bytes were kept.
+    pub aside: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepairKind {
+    /// Whole records that fail their checksum (or lost bytes): acknowledged batches may be in them.
+    Damaged,
+    /// An incomplete last record: a crash's unfinished append, never acknowledged.
+    TornTail,
+    /// Bytes past where the next segment says this one ends: an append that failed, never acknowledged.
+    Refused,
+}
+
+impl RepairKind {
+    pub const ALL: [RepairKind; 3] = [
+        RepairKind::Damaged,
+        RepairKind::TornTail,
+        RepairKind::Refused,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RepairKind::Damaged => "damaged",
+            RepairKind::TornTail => "torn_tail",
+            RepairKind::Refused => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            RepairKind::Damaged => {
+                "damaged records skipped, every intact record after them replayed"
+            }
+            RepairKind::TornTail => "a torn tail cut (an unfinished append, never acknowledged)",
+            RepairKind::Refused => {
+                "refused records cut (an append that failed, never acknowledged)"
+            }
+        };
+        write!(
+            f,
+            "write-ahead log _wal/{:016}.log: {what}: {} bytes at offset {}, kept as _wal/{}",
+            self.segment, self.bytes, self.offset, self.aside
+        )
+    }
 }
 
 /// Where one event's line lies in the log: what open chunks hold instead of the line itself.
@@ -94,12 +166,12 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 }
 
 impl Wal {
-    /// Opens the log folder, hands every intact record to `replay` in write order, cuts torn tails, and starts
-    /// a fresh segment for new appends. Returns the log and notes on what was repaired.
+    /// Opens the log folder, hands every intact record to `replay` in write order, sets damaged records and torn
+    /// tails aside, and starts a fresh segment for new appends. Returns the log and what was repaired.
     pub fn open(
         dir: &Path,
         mut replay: impl FnMut(Replayed),
-    ) -> Result<(Wal, Vec<String>), WalError> {
+    ) -> Result<(Wal, Vec<Repair>), WalError> {
         crate::durable::create_dir_all(dir).map_err(at(dir))?;
         let mut ids: Vec<u64> = fs::read_dir(dir)
             .map_err(at(dir))?
@@ -111,57 +183,96 @@ impl Wal {
             })
             .collect();
         ids.sort_unstable();
-        let mut notes = Vec::new();
+        let mut repairs = Vec::new();
         let mut segments = Vec::with_capacity(ids.len() + 1);
+        let mut segment_bytes = Vec::with_capacity(ids.len());
         for &id in &ids {
             let path = segment_path(dir, id);
-            let bytes = fs::read(&path).map_err(at(&path))?;
+            segment_bytes.push((id, path.clone(), fs::read(&path).map_err(at(&path))?));
+        }
+        // Where each segment ends, as the first record of the next one says.
+        let mut ends: HashMap<u64, u64> = HashMap::new();
+        for (_, _, bytes) in &segment_bytes {
+            if let Some((Record::End { segment, len }, _)) = record_at(bytes, 0, 0) {
+                ends.insert(segment, len);
+            }
+        }
+        let mut last_len = 0;
+        for (id, path, mut bytes) in segment_bytes {
             let mut newest: HashMap<Arc<str>, Millis> = HashMap::new();
-            let good = read_records(&bytes, id, |r| {
+            let mut cut = None;
+            if let Some(&end) = ends.get(&id) {
+                let end = usize::try_from(end).unwrap_or(usize::MAX);
+                if end < bytes.len() {
+                    repairs.push(set_aside(dir, id, RepairKind::Refused, end, &bytes[end..])?);
+                    bytes.truncate(end);
+                    cut = Some(end);
+                } else if end > bytes.len() {
+                    repairs.push(Repair {
+                        kind: RepairKind::Damaged,
+                        segment: id,
+                        offset: bytes.len() as u64,
+                        bytes: (end - bytes.len()) as u64,
+                        aside: "(nothing: the bytes are gone, the file is shorter than it was)"
+                            .into(),
+                    });
+                }
+            }
+            let scan = read_records(&bytes, id, |r| {
                 if let Some(max) = r.events.iter().map(|e| e.ts).max() {
                     let e = newest.entry(Arc::from(r.series.as_str())).or_insert(max);
                     *e = (*e).max(max);
                 }
                 replay(r);
             });
-            if good < bytes.len() {
+            for range in &scan.damaged {
+                repairs.push(set_aside(
+                    dir,
+                    id,
+                    RepairKind::Damaged,
+                    range.start,
+                    &bytes[range.clone()],
+                )?);
+            }
+            if let Some((kind, from)) = scan.tail {
+                repairs.push(set_aside(dir, id, kind, from, &bytes[from..])?);
+                cut = Some(from);
+            }
+            if let Some(len) = cut {
                 let file = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(at(&path))?;
-                file.set_len(good as u64).map_err(at(&path))?;
+                file.set_len(len as u64).map_err(at(&path))?;
                 file.sync_all().map_err(at(&path))?;
-                let what = if Some(&id) == ids.last() {
-                    "cut a torn tail"
-                } else {
-                    "cut damaged records (not the last segment: events after them are lost)"
-                };
-                notes.push(format!(
-                    "{}: {what} of {} bytes at offset {good}",
-                    path.display(),
-                    bytes.len() - good
-                ));
             }
+            last_len = cut.unwrap_or(bytes.len()) as u64;
             segments.push(Segment { id, path, newest });
         }
+        let previous = ids.last().map(|&id| (id, last_len));
         let id = ids.last().map_or(1, |last| last + 1);
-        let (file, segment) = create_segment(dir, id)?;
+        let (file, segment, len) = create_segment(dir, id, previous)?;
         segments.push(segment);
         let wal = Wal {
             dir: dir.to_owned(),
             file,
-            len: 0,
+            len,
             segments,
+            poisoned: false,
         };
-        Ok((wal, notes))
+        Ok((wal, repairs))
     }
 
-    /// Appends encoded records and makes them durable: one write and one fsync for all of them. Returns where
-    /// the first record begins. On failure the segment is cut back, so no refused record can come back at replay.
+    /// Appends encoded records and makes them durable: one write at the known end and one fsync for all of
+    /// them. Returns where the first record begins. On failure the segment is cut back, so no refused record
+    /// can come back at replay; if even that fails, the segment takes no more appends (see `poisoned`).
     pub fn append(&mut self, records: &[u8]) -> Result<Position, WalError> {
+        if self.poisoned {
+            self.start_segment()?;
+        }
         let result = self
             .file
-            .write_all(records)
+            .write_all_at(records, self.len)
             .and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
@@ -173,10 +284,14 @@ impl Wal {
                 Ok(at)
             }
             Err(e) => {
-                let _ = self
+                let cut = self
                     .file
                     .set_len(self.len)
                     .and_then(|()| self.file.sync_data());
+                if let Err(cut) = cut {
+                    tracing::error!(error = %cut, "write-ahead log: a failed append could not be cut back; the next append starts a new segment");
+                    self.poisoned = true;
+                }
                 Err(WalError {
                     path: self.current_path(),
                     source: e,
@@ -202,11 +317,18 @@ impl Wal {
         if self.len < SEGMENT_BYTES {
             return Ok(());
         }
-        let id = self.segments.last().map_or(1, |s| s.id + 1);
-        let (file, segment) = create_segment(&self.dir, id)?;
+        self.start_segment()
+    }
+
+    /// Starts the next segment, its first record saying where the current one ends.
+    fn start_segment(&mut self) -> Result<(), WalError> {
+        let current = self.segments.last().map_or(0, |s| s.id);
+        let (file, segment, len) =
+            create_segment(&self.dir, current + 1, Some((current, self.len)))?;
         self.file = file;
-        self.len = 0;
+        self.len = len;
         self.segments.push(segment);
+        self.poisoned = false;
         Ok(())
     }
 
@@ -247,20 +369,77 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016}.log"))
 }
 
-fn create_segment(dir: &Path, id: u64) -> Result<(File, Segment), WalError> {
+/// Creates segment `id`, durable in its folder; when `previous` names the segment before it and its length,
+/// the new one begins with a record saying so. Returns the file, its entry and its length.
+fn create_segment(
+    dir: &Path,
+    id: u64,
+    previous: Option<(u64, u64)>,
+) -> Result<(File, Segment, u64), WalError> {
     let path = segment_path(dir, id);
     let file = OpenOptions::new()
-        .append(true)
+        .write(true)
         .create_new(true)
         .open(&path)
         .map_err(at(&path))?;
+    let mut len = 0;
+    if let Some((segment, end)) = previous {
+        let mut record = Vec::with_capacity(END_RECORD);
+        record.extend_from_slice(&[0u8; FRAME]);
+        record.push(KIND_END);
+        record.extend_from_slice(&segment.to_le_bytes());
+        record.extend_from_slice(&end.to_le_bytes());
+        frame(&mut record, 0);
+        let written = file
+            .write_all_at(&record, 0)
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // A segment that does not say where the last one ends must not be taken for one.
+            let _ = fs::remove_file(&path);
+            return Err(at(&path)(e));
+        }
+        len = record.len() as u64;
+    }
     crate::durable::sync_dir(dir).map_err(at(dir))?;
     let segment = Segment {
         id,
         path,
         newest: HashMap::new(),
     };
-    Ok((file, segment))
+    Ok((file, segment, len))
+}
+
+/// Keeps bytes of segment `segment` from `offset` aside, durably, for inspection.
+fn set_aside(
+    dir: &Path,
+    segment: u64,
+    kind: RepairKind,
+    offset: usize,
+    bytes: &[u8],
+) -> Result<Repair, WalError> {
+    let suffix = match kind {
+        RepairKind::Damaged => "damaged",
+        RepairKind::TornTail => "tail",
+        RepairKind::Refused => "refused",
+    };
+    let aside = format!("{segment:016}.log.{suffix}-{offset}");
+    let path = dir.join(&aside);
+    crate::durable::write_aside(&path, bytes).map_err(at(&path))?;
+    Ok(Repair {
+        kind,
+        segment,
+        offset: offset as u64,
+        bytes: bytes.len() as u64,
+        aside,
+    })
+}
+
+/// Fills in the frame (length and CRC-32 of the payload) of the record that begins at `start` of `out`.
+fn frame(out: &mut [u8], start: usize) {
+    let payload_len = (out.len() - start - FRAME) as u32;
+    let crc = crc32fast::hash(&out[start + FRAME..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Appends one framed record for `batch` of `series` to `out`.
@@ -285,10 +464,7 @@ pub fn encode(series: &str, key: Option<&BatchKey>, batch: &Batch, out: &mut Vec
         out.extend_from_slice(&(line.len() as u32).to_le_bytes());
         out.extend_from_slice(line);
     }
-    let payload_len = (out.len() - start - FRAME) as u32;
-    let crc = crc32fast::hash(&out[start + FRAME..]);
-    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    frame(out, start);
 }
 
 /// Where `encode` put the lines of `batch`, given where its record begins: the one other place that knows the
@@ -314,36 +490,114 @@ pub fn line_refs(at: Position, series: &str, key: Option<&BatchKey>, batch: &Bat
         .collect()
 }
 
-/// Reads records from the start of `bytes` (segment `segment`), handing each to `each`; returns the length of
-/// the intact prefix.
-fn read_records(bytes: &[u8], segment: u64, mut each: impl FnMut(Replayed)) -> usize {
+/// What one pass over a segment found besides its intact records.
+struct Scan {
+    /// Stretches that hold no intact record, with intact records after them.
+    damaged: Vec<Range<usize>>,
+    /// Where a tail with no intact record begins, and what it is.
+    tail: Option<(RepairKind, usize)>,
+}
+
+/// One record, decoded.
+enum Record {
+    Batch(Replayed),
+    /// The segment before this one ends at `len`.
+    End {
+        segment: u64,
+        len: u64,
+    },
+}
+
+/// Reads every intact record of `bytes` (segment `segment`) in order, handing each batch to `each`, skipping
+/// damaged stretches (see the module's rules).
+fn read_records(bytes: &[u8], segment: u64, mut each: impl FnMut(Replayed)) -> Scan {
+    let mut scan = Scan {
+        damaged: Vec::new(),
+        tail: None,
+    };
     let mut at = 0;
-    while let Some(frame) = bytes.get(at..at + FRAME) {
-        let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
-        let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let Some(payload) = bytes.get(at + FRAME..at + FRAME + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
+    while at < bytes.len() {
+        if let Some((record, next)) = record_at(bytes, at, segment) {
+            if let Record::Batch(r) = record {
+                each(r);
+            }
+            at = next;
+            continue;
         }
-        let payload_at = Position {
-            segment: segment as u32,
-            offset: (at + FRAME) as u64,
-        };
-        let Some(record) = decode(payload, payload_at) else {
-            break;
-        };
-        each(record);
-        at += FRAME + len;
+        match resync(bytes, at, segment) {
+            Some(next) => {
+                scan.damaged.push(at..next);
+                at = next;
+            }
+            None => {
+                scan.tail = Some((tail_kind(&bytes[at..]), at));
+                break;
+            }
+        }
     }
-    at
+    scan
+}
+
+/// The record that begins at `at`, if it is whole, checks out and decodes, and where the next one begins.
+fn record_at(bytes: &[u8], at: usize, segment: u64) -> Option<(Record, usize)> {
+    let frame = bytes.get(at..at + FRAME)?;
+    let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let payload = bytes.get(at + FRAME..(at + FRAME).checked_add(len)?)?;
+    // Cheap before the checksum: what every payload begins with.
+    if !matches!(
+        payload.first(),
+        Some(&(KIND_EVENTS | KIND_KEYED | KIND_END))
+    ) {
+        return None;
+    }
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let payload_at = Position {
+        segment: segment as u32,
+        offset: (at + FRAME) as u64,
+    };
+    let record = decode(payload, payload_at)?;
+    Some((record, at + FRAME + len))
+}
+
+/// Where the next intact record after a bad one at `at` begins: past the bad one by its length frame when that
+/// lands on one, otherwise at the first byte from which a record checks out. `None`: nothing intact follows.
+fn resync(bytes: &[u8], at: usize, segment: u64) -> Option<usize> {
+    if let Some(frame) = bytes.get(at..at + FRAME) {
+        let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        let next = at + FRAME + len;
+        if next < bytes.len() && record_at(bytes, next, segment).is_some() {
+            return Some(next);
+        }
+    }
+    (at + 1..bytes.len().saturating_sub(FRAME)).find(|&p| record_at(bytes, p, segment).is_some())
+}
+
+/// What a tail with no intact record is: one whole record (its length frame spans exactly to the end) that is
+/// not just zeros is a damaged record; anything else is an unfinished append.
+fn tail_kind(tail: &[u8]) -> RepairKind {
+    let whole = tail.get(..4).is_some_and(|f| {
+        let len = u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize;
+        FRAME.checked_add(len) == Some(tail.len())
+    });
+    if whole && tail.iter().any(|&b| b != 0) {
+        RepairKind::Damaged
+    } else {
+        RepairKind::TornTail
+    }
 }
 
 /// Decodes a payload that begins at `at` (just past its frame) into its series and line references.
-fn decode(p: &[u8], at: Position) -> Option<Replayed> {
+fn decode(p: &[u8], at: Position) -> Option<Record> {
     let mut r = Reader(p);
     let kind = r.take(1)?[0];
+    if kind == KIND_END {
+        let segment = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let len = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        return r.0.is_empty().then_some(Record::End { segment, len });
+    }
     if kind != KIND_EVENTS && kind != KIND_KEYED {
         return None;
     }
@@ -371,11 +625,11 @@ fn decode(p: &[u8], at: Position) -> Option<Replayed> {
         };
         events.push(Logged { ts, line });
     }
-    r.0.is_empty().then_some(Replayed {
+    r.0.is_empty().then_some(Record::Batch(Replayed {
         series,
         key,
         events,
-    })
+    }))
 }
 
 /// Reads lines back from log segments by their references, coalescing neighbours into one `pread`.
@@ -472,6 +726,30 @@ mod tests {
         b
     }
 
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hourglass-wal-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Six records of series `s`, one event each, tagged 0..6.
+    fn six_records() -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..6 {
+            starts.push(bytes.len());
+            let line = format!("{{\"ts\":{i},\"pad\":\"{}\"}}", "x".repeat(40 + i));
+            encode("s", None, &batch(&[(i as Millis, &line)]), &mut bytes);
+        }
+        (bytes, starts)
+    }
+
+    fn replayed(bytes: &[u8]) -> (Vec<Millis>, Scan) {
+        let mut seen = Vec::new();
+        let scan = read_records(bytes, 7, |r| seen.push(r.events[0].ts));
+        (seen, scan)
+    }
+
     #[test]
     fn records_round_trip_and_a_torn_tail_is_not_read() {
         let a = batch(&[(1, "{\"a\":1}"), (2, "{\"a\":2}")]);
@@ -485,7 +763,8 @@ mod tests {
         let first_len = bytes.len();
         encode("beta", Some(&key), &b, &mut bytes);
         let mut seen = Vec::new();
-        assert_eq!(read_records(&bytes, 7, |r| seen.push(r)), bytes.len());
+        let scan = read_records(&bytes, 7, |r| seen.push(r));
+        assert!(scan.damaged.is_empty() && scan.tail.is_none());
         assert_eq!(
             (seen[0].series.as_str(), seen[1].series.as_str()),
             ("alpha", "beta")
@@ -506,23 +785,67 @@ mod tests {
             assert_eq!(logged.ts, ts);
             assert_eq!(&bytes[r.offset as usize..][..r.len as usize], line);
         }
-
-        for cut in first_len..bytes.len() {
+        // Cut anywhere inside the second record: the first is read, the rest is a torn tail.
+        for cut in first_len + 1..bytes.len() {
             let mut seen = 0;
-            assert_eq!(read_records(&bytes[..cut], 7, |_| seen += 1), first_len);
+            let scan = read_records(&bytes[..cut], 7, |_| seen += 1);
             assert_eq!(seen, 1);
+            assert_eq!(
+                scan.tail,
+                Some((RepairKind::TornTail, first_len)),
+                "cut at {cut}"
+            );
         }
-        let mut flipped = bytes.clone();
-        flipped[first_len + 12] ^= 1;
-        assert_eq!(read_records(&flipped, 7, |_| {}), first_len);
     }
 
     #[test]
-    fn replay_cuts_the_tail_and_collect_keeps_the_current_segment() {
-        let dir = std::env::temp_dir().join(format!("hourglass-wal-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let (mut wal, notes) = Wal::open(&dir, |_| panic!("empty log")).unwrap();
-        assert!(notes.is_empty());
+    fn a_damaged_record_is_skipped_and_every_intact_one_after_it_is_kept() {
+        let (bytes, starts) = six_records();
+        // Every single flipped bit, anywhere: every record but the one holding it comes back.
+        for at in 0..bytes.len() {
+            for bit in [0x01, 0x80] {
+                let mut bad = bytes.clone();
+                bad[at] ^= bit;
+                let (seen, scan) = replayed(&bad);
+                let hit = starts.iter().rposition(|&s| s <= at).unwrap_or(0) as Millis;
+                let want: Vec<Millis> = (0..6).filter(|&i| i != hit).collect();
+                assert_eq!(seen, want, "flip {bit:#x} at {at}");
+                if hit < 5 {
+                    assert_eq!(scan.damaged.len(), 1, "flip at {at}");
+                    assert_eq!(scan.damaged[0].start, starts[hit as usize]);
+                    assert!(scan.tail.is_none());
+                } else {
+                    assert!(scan.damaged.is_empty());
+                    assert_eq!(scan.tail.map(|t| t.1), Some(starts[5]));
+                }
+            }
+        }
+        // A whole last record whose checksum fails is damage, an unfinished one a torn tail.
+        let mut bad = bytes.clone();
+        let last = bytes.len() - 3;
+        bad[last] ^= 1;
+        assert_eq!(
+            replayed(&bad).1.tail,
+            Some((RepairKind::Damaged, starts[5]))
+        );
+        assert_eq!(
+            replayed(&bytes[..bytes.len() - 1]).1.tail,
+            Some((RepairKind::TornTail, starts[5]))
+        );
+        // Garbage in place of the lengths: the records after it are found by their checksums.
+        let mut bad = bytes.clone();
+        bad[starts[2]..starts[2] + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        bad[starts[3]..starts[3] + 4].copy_from_slice(&7u32.to_le_bytes());
+        let (seen, scan) = replayed(&bad);
+        assert_eq!(seen, [0, 1, 4, 5]);
+        assert_eq!(scan.damaged, vec![starts[2]..starts[4]]);
+    }
+
+    #[test]
+    fn replay_keeps_what_it_cuts_and_collect_keeps_the_current_segment() {
+        let dir = temp_dir("replay");
+        let (mut wal, repairs) = Wal::open(&dir, |_| panic!("empty log")).unwrap();
+        assert!(repairs.is_empty());
         let mut rec = Vec::new();
         let b = batch(&[(5, "{}"), (4, "{\"x\":1}"), (6, "[]")]);
         encode("s", None, &b, &mut rec);
@@ -541,17 +864,54 @@ mod tests {
         // A torn second record.
         let seg = segment_path(&dir, 1);
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&rec[..rec.len() - 1]).unwrap();
+        std::io::Write::write_all(&mut f, &rec[..rec.len() - 1]).unwrap();
 
         let mut n = 0;
-        let (mut wal, notes) = Wal::open(&dir, |_| n += 1).unwrap();
+        let (mut wal, repairs) = Wal::open(&dir, |_| n += 1).unwrap();
         assert_eq!(n, 1);
-        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(repairs.len(), 1, "{repairs:?}");
+        assert_eq!(repairs[0].kind, RepairKind::TornTail);
         assert_eq!(fs::metadata(&seg).unwrap().len(), rec.len() as u64);
+        let aside = fs::read(dir.join(&repairs[0].aside)).unwrap();
+        assert_eq!(aside, rec[..rec.len() - 1]);
         assert_eq!(wal.segments(), 2);
         assert_eq!(wal.collect(|_, t| t < 6), 0);
         assert_eq!(wal.collect(|_, t| t < 7), 1);
         assert_eq!(wal.segments(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bytes_past_where_the_next_segment_says_a_segment_ends_are_never_replayed() {
+        let dir = temp_dir("refused");
+        let (mut wal, _) = Wal::open(&dir, |_| {}).unwrap();
+        let (records, starts) = six_records();
+        wal.append(&records[..starts[3]]).unwrap();
+        // An append that failed and could not be cut back leaves whole, checksummed records past the end.
+        let seg = segment_path(&dir, 1);
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .write_all_at(&records[starts[3]..], starts[3] as u64)
+            .unwrap();
+        wal.poisoned = true;
+        wal.append(&records[starts[4]..starts[5]]).unwrap();
+        assert_eq!(
+            wal.segments(),
+            2,
+            "a poisoned segment takes no more appends"
+        );
+        drop(wal);
+        let mut seen = Vec::new();
+        let (_, repairs) = Wal::open(&dir, |r| seen.push(r.events[0].ts)).unwrap();
+        assert_eq!(seen, [0, 1, 2, 4]);
+        assert_eq!(repairs.len(), 1, "{repairs:?}");
+        assert_eq!(
+            (repairs[0].kind, repairs[0].offset),
+            (RepairKind::Refused, starts[3] as u64)
+        );
+        assert_eq!(fs::metadata(&seg).unwrap().len(), starts[3] as u64);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

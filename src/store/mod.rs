@@ -153,6 +153,9 @@ pub struct StoreMetrics {
     pub fsync_seconds: Histogram,
     pub chunks_sealed: AtomicU64,
     pub seal_failures: AtomicU64,
+    /// What replaying the log set aside at start, by `wal::RepairKind::ALL`: stretches and bytes.
+    pub log_repairs: [AtomicU64; 3],
+    pub log_repaired_bytes: [AtomicU64; 3],
 }
 
 /// The answer to an accepted batch.
@@ -352,12 +355,19 @@ impl Store {
 
         let now = time::now();
         let mut missing = Vec::new();
-        let (wal, notes) = Wal::open(&data.join("_wal"), |r| match series.get_mut(&r.series) {
+        let (wal, repairs) = Wal::open(&data.join("_wal"), |r| match series.get_mut(&r.series) {
             Some(s) => replay_into(s, &r),
             None => missing.push(r),
         })?;
-        for note in notes {
-            tracing::warn!("{note}");
+        let metrics = StoreMetrics::default();
+        for repair in repairs {
+            tracing::error!("{repair}");
+            let kind = wal::RepairKind::ALL
+                .iter()
+                .position(|k| *k == repair.kind)
+                .unwrap_or(0);
+            metrics::add(&metrics.log_repairs[kind], 1);
+            metrics::add(&metrics.log_repaired_bytes[kind], repair.bytes);
         }
         for r in missing {
             // A log record for a series whose folder is gone: bring the folder back rather than lose events.
@@ -393,7 +403,7 @@ impl Store {
             create: Mutex::new(()),
             stopping: Mutex::new(false),
             stop_signal: Condvar::new(),
-            metrics: StoreMetrics::default(),
+            metrics,
             log_failing: AtomicBool::new(false),
             _lock: lock_file,
         });

@@ -226,3 +226,85 @@ fn a_damaged_member_is_refused_never_sent_as_whole() {
         assert!(stderr.contains("damaged"), "{stderr}");
     }
 }
+
+/// Six acknowledged batches of 14,000 events in the log, nothing sealed (an hour's lateness); the server is
+/// killed. With `restart_between`, a second start and kill leave the batches' segment older than the newest.
+fn six_logged_batches(data: &Path, restart_between: bool) -> PathBuf {
+    let args = ["--chunk-seconds", "1", "--lateness", "3600"];
+    let server = Server::start(data, &args);
+    let t = now_ms();
+    for b in 0..6 {
+        let body: String = (0..14_000)
+            .map(|i| format!("{{\"ts\":{},\"b\":{b},\"i\":{i}}}\n", t - 1000 + i % 1000))
+            .collect();
+        let r = server.post_ndjson("/api/series/w/events", &body);
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    server.kill9();
+    if restart_between {
+        Server::start(data, &args).kill9();
+    }
+    data.join("_wal").join(format!("{:016}.log", 1))
+}
+
+fn check_log_repair(data: &Path, segment: &Path, kind: &str) {
+    let len_before = fs::metadata(segment).unwrap().len();
+    let log = data.join("server.log");
+    let server = Server::start_logged(data, &["--chunk-seconds", "1", "--lateness", "3600"], &log);
+    let info = server.get("/api/series/w").json();
+    assert_eq!(info["events"], 70_000, "five of six batches: {info}");
+    let metrics = server.get("/metrics").text();
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{kind=\"{kind}\"}}")))
+            .unwrap_or_else(|| panic!("{name} {kind}: {metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(line("hourglass_log_repairs_total"), 1);
+    let cut = line("hourglass_log_repaired_bytes_total");
+    assert!(
+        cut > 14_000 * 20,
+        "a whole batch's record is set aside: {cut} bytes"
+    );
+    // Kept aside, whole; the segment itself is not cut, as intact records follow.
+    let aside: Vec<PathBuf> = fs::read_dir(data.join("_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".log.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(fs::metadata(&aside[0]).unwrap().len(), cut);
+    assert_eq!(fs::metadata(segment).unwrap().len(), len_before);
+    assert!(
+        server.log().contains("damaged records skipped"),
+        "{}",
+        server.log()
+    );
+    server.stop();
+}
+
+#[test]
+fn a_damaged_log_record_in_an_older_segment_loses_only_its_own_batch() {
+    let dir = TempDir::new("logdamage-old");
+    let segment = six_logged_batches(dir.path(), true);
+    let mut bytes = fs::read(&segment).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    fs::write(&segment, &bytes).unwrap();
+    check_log_repair(dir.path(), &segment, "damaged");
+}
+
+#[test]
+fn a_damaged_log_record_in_the_newest_segment_is_damage_not_a_torn_tail() {
+    let dir = TempDir::new("logdamage-new");
+    let segment = six_logged_batches(dir.path(), false);
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[100] ^= 0x20;
+    fs::write(&segment, &bytes).unwrap();
+    check_log_repair(dir.path(), &segment, "damaged");
+}

@@ -354,6 +354,8 @@ pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<R
         ..
     } = r;
     let width = state.store.width_of(&name).ok_or_else(|| unknown(&name))?;
+    // What retention removed is gone, for counts as for events: never a different answer at the same URL.
+    state.store.check_kept(&name, from)?;
     let raw = q.get("step").map(String::as_str).unwrap_or("");
     let step = parse_step(raw)
         .filter(|&s| s % width.millis() == 0)

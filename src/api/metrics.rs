@@ -239,7 +239,13 @@ fn page_kind(route: &str) -> Option<&'static str> {
     }
 }
 
-pub async fn metrics_get(State(state): State<AppState>) -> Response {
+/// `/metrics` holds no events, but it tells how much traffic a deployment has and what is failing: where reads
+/// need a token, so does it (Prometheus sends one with `authorization: {credentials: ...}`).
+pub async fn metrics_get(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, super::error::ApiError> {
+    state.tokens.check_read(&headers)?;
     let mut out = String::with_capacity(16 << 10);
     let store = state.store.metrics();
     let api = &state.metrics;
@@ -491,7 +497,7 @@ pub async fn metrics_get(State(state): State<AppState>) -> Response {
     );
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    Ok(res)
 }
 
 fn open_files() -> usize {

@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -30,10 +31,24 @@ fn info_json(i: &SeriesInfo) -> Value {
     })
 }
 
+/// Series info changes with every batch: revalidated each time, and kept by no shared cache when reads need a
+/// token.
+fn current(state: &AppState, body: Value) -> Response {
+    let control = if state.tokens.read.is_some() {
+        "private, no-cache"
+    } else {
+        "no-cache"
+    };
+    let mut res = Json(body).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static(control));
+    res
+}
+
 pub async fn series_list(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     state.tokens.check_read(&headers)?;
     let list: Vec<Value> = state
         .store
@@ -42,14 +57,14 @@ pub async fn series_list(
         .filter_map(|n| state.store.info(n))
         .map(|i| info_json(&i))
         .collect();
-    Ok(Json(json!({ "series": list })))
+    Ok(current(&state, json!({ "series": list })))
 }
 
 pub async fn series_show(
     State(state): State<AppState>,
     SeriesPath(name): SeriesPath,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     state.tokens.check_read(&headers)?;
     let info = state.store.info(&name).ok_or_else(|| {
         ApiError::new(
@@ -58,7 +73,7 @@ pub async fn series_show(
             format!("no series named {:?}", name.as_str()),
         )
     })?;
-    Ok(Json(info_json(&info)))
+    Ok(current(&state, info_json(&info)))
 }
 
 #[derive(Deserialize)]

@@ -2,8 +2,8 @@
 //!
 //! Only below the sealed watermark: above it, the log may hold events of the same chunks. A chunk that already
 //! holds events is left alone: when its lines are the ones offered it counts as imported already (so an
-//! interrupted import can simply be run again), otherwise it is refused. The first import into a series that
-//! held events gives the series a new revision first, so no page keeps an ETag whose content changed.
+//! interrupted import can simply be run again), otherwise it is refused. An import that writes anything gives the
+//! series a new revision first, so no answer keeps an ETag whose content changed.
 
 use std::thread;
 
@@ -77,9 +77,9 @@ impl Store {
         if fresh.is_empty() {
             return Ok(answers);
         }
-        if archive.summary().events > 0 {
-            self.new_revision(name)?;
-        }
+        // Whatever it writes, an import changes answers already given as final (an export or a histogram of an
+        // empty sealed range, the links of pages next to it): every ETag of the series must change.
+        self.new_revision(name)?;
         let cfg = &self.inner.cfg;
         let encoded = encode_all(&fresh, width.secs(), cfg.max_member_entries, cfg.gzip_level)?;
         archive.insert_chunks(&encoded)?;

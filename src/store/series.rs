@@ -55,7 +55,7 @@ pub struct Settings {
     /// The sealed watermark S, Unix milliseconds: every chunk below it is final.
     pub sealed: Millis,
     pub created: Millis,
-    /// How many times an import rewrote the sealed past of the series after it held events.
+    /// How many imports wrote into the sealed past of the series (each changes every ETag).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revision: u32,
     /// Retention removed every hour before this one (an hour boundary; 0: nothing removed).

@@ -254,3 +254,72 @@ fn an_import_merges_into_hours_that_hold_events_and_refuses_their_chunks() {
     assert_ne!(res.header("etag").unwrap(), etag_before);
     assert_eq!(res.status, 200);
 }
+
+/// An export and a histogram of an empty sealed range, answered as final, then an import of one event into it:
+/// the answers change, and so must their ETags (the series held no events, so the import used to keep them).
+#[test]
+fn an_import_into_an_empty_sealed_range_gives_its_answers_new_etags() {
+    let tmp = TempDir::new("import-etag");
+    let data = tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    let server = Server::start(std::path::Path::new(data), &[]);
+    let put = crate::support::request(server.addr, "PUT", "/api/series/e", &[], b"").unwrap();
+    assert_eq!(put.status, 201, "{}", put.text());
+    let urls = [
+        format!(
+            "/api/series/e/export?from={}&to={}",
+            H0 / 1000,
+            (H0 + HOUR) / 1000
+        ),
+        format!(
+            "/api/series/e/histogram?from={}&to={}&step=1h",
+            H0 / 1000,
+            (H0 + HOUR) / 1000
+        ),
+    ];
+    let before: Vec<(String, String)> = urls
+        .iter()
+        .map(|u| {
+            let r = server.get(u);
+            assert_eq!(r.status, 200, "{u}: {}", r.text());
+            assert!(
+                r.header("cache-control").unwrap().contains("immutable"),
+                "{u}"
+            );
+            (r.header("etag").unwrap().to_string(), r.text())
+        })
+        .collect();
+    assert_eq!(before[0].1, "");
+    server.stop();
+
+    let src = tmp.path().join("src");
+    write_gz(
+        &src.join(format!("p/{}.json.gz", stem(H0))),
+        &[event(H0 + 5_000, "p", 0)],
+        1,
+    );
+    let out = hourglass(&[
+        "import",
+        src.to_str().unwrap(),
+        "--series",
+        "e",
+        "--data",
+        data,
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    let server = Server::start(std::path::Path::new(data), &[]);
+    for (u, (etag, body)) in urls.iter().zip(&before) {
+        let r = server.get(u);
+        assert_eq!(r.status, 200);
+        assert_ne!(&r.text(), body, "{u}: the import is in the answer");
+        assert_ne!(
+            r.header("etag"),
+            Some(etag.as_str()),
+            "{u}: same ETag, other body"
+        );
+        let again = crate::support::request(server.addr, "GET", u, &[("If-None-Match", etag)], b"")
+            .unwrap();
+        assert_eq!(again.status, 200, "{u}: the old ETag must not revalidate");
+    }
+}

@@ -76,6 +76,17 @@ fn retention_removes_old_hours_and_what_is_gone_answers_410() {
     write(&b, offset, 3, 4);
     let before = walk(&b);
     assert_eq!(count(&before), 18);
+    // A histogram of hour A, final before retention reaches it.
+    let hour_a = (now_ms() + offset - 2 * HOUR).div_euclid(HOUR) * HOUR;
+    let histogram_a = format!(
+        "/api/series/r/histogram?from={}&to={}&step=1h",
+        hour_a / 1000,
+        (hour_a + HOUR) / 1000
+    );
+    let h = b.get(&histogram_a);
+    assert_eq!(h.status, 200, "{}", h.text());
+    assert!(h.header("cache-control").unwrap().contains("immutable"));
+    assert_eq!(h.json()["buckets"][0]["count"], 6, "{}", h.text());
     b.stop();
     assert_eq!(archive_files(&dir.path().join("r")).len(), 2);
     // The oldest page of hour B, final, and the newest of hour A that its `prev` names.
@@ -160,10 +171,13 @@ fn retention_removes_old_hours_and_what_is_gone_answers_410() {
             cutoff / 1000
         ));
         assert_eq!((export.status, export.text().lines().count()), (200, 12));
-        // The histogram counts nothing where hour A was.
+        // A histogram that reaches where hour A was is gone like its export, never a smaller count under the
+        // same ETag; one from the boundary on counts what is kept.
+        let gone = server.get(&histogram_a);
+        assert_eq!((gone.status, gone.error_code()), (410, "gone".to_string()));
         let h = server.get(&format!(
             "/api/series/r/histogram?from={}&to={}&step=1h",
-            (cutoff - 2 * HOUR) / 1000,
+            cutoff / 1000,
             (cutoff + 3 * HOUR) / 1000
         ));
         let counts: Vec<u64> = h.json()["buckets"]

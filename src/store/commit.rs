@@ -1,0 +1,181 @@
+//! The commit thread: group commit. It takes every batch waiting, checks each against its series' closing
+//! boundary (the one exact check: `Store::ingest` only fails fast), appends the accepted ones to the log with one
+//! fsync, puts their events into open chunks, and only then answers.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use super::{Ack, Inner, Job, Msg, StoreError, late, lock};
+use crate::ingest::wal::{self, Logged};
+use crate::metrics;
+
+/// The commit thread: takes every waiting batch, checks them, makes them durable with one fsync, applies them,
+/// answers. Runs until `Msg::Stop` or until every sender is gone.
+pub(super) fn commit_loop(inner: &Inner, rx: Receiver<Msg>) {
+    const GROUP_BYTES: u64 = 64 << 20;
+    let mut records = Vec::new();
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else {
+            break;
+        };
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Job(job) => {
+                    bytes += job.bytes;
+                    group.push(job);
+                }
+                Msg::Stop => stop = true,
+            }
+            if !stop && bytes < GROUP_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            commit_group(inner, group, &mut records);
+        }
+    }
+}
+
+fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
+    // `twins`: batches whose key an earlier batch of this group carries; they are answered as its retries.
+    let (accepted, twins, seq) = {
+        let mut st = lock(&inner.state);
+        let mut accepted: Vec<Job> = Vec::with_capacity(group.len());
+        let mut twins = Vec::new();
+        for job in group {
+            // Same series and key, whatever the body: a twin with another body is refused like any reuse.
+            let same_key = |a: &Job| match (&a.key, &job.key) {
+                (Some(a_key), Some(key)) => a.series == job.series && a_key.key == key.key,
+                _ => false,
+            };
+            if accepted.iter().any(same_key) {
+                twins.push(job);
+                continue;
+            }
+            let verdict = match st.series.get(&*job.series) {
+                Some(s) => job
+                    .key
+                    .as_ref()
+                    .and_then(|k| s.answer_again(k))
+                    .or_else(|| late(s, &job.parsed).map(Err)),
+                None => Some(Err(StoreError::UnknownSeries(job.series.to_string()))),
+            };
+            match verdict {
+                Some(answer) => {
+                    st.backlog -= job.bytes;
+                    st.inflight -= job.bytes;
+                    let _ = job.reply.send(answer);
+                }
+                None => accepted.push(job),
+            }
+        }
+        for twin in &twins {
+            st.backlog -= twin.bytes;
+            st.inflight -= twin.bytes;
+        }
+        st.checked += 1;
+        (accepted, twins, st.checked)
+    };
+
+    records.clear();
+    let mut starts = Vec::with_capacity(accepted.len());
+    for job in &accepted {
+        starts.push(records.len() as u64);
+        wal::encode(&job.series, job.key.as_ref(), &job.parsed.batch, records);
+    }
+    let written = if accepted.is_empty() {
+        Ok(wal::Position {
+            segment: 0,
+            offset: 0,
+        })
+    } else {
+        let mut log = lock(&inner.wal);
+        let began = Instant::now();
+        let result = log.append(records);
+        let m = &inner.metrics;
+        metrics::add(&m.fsyncs, 1);
+        m.fsync_seconds.observe(began.elapsed());
+        if result.is_ok() {
+            metrics::add(&m.batches_accepted, accepted.len() as u64);
+            let events = accepted.iter().map(|j| j.parsed.batch.len() as u64).sum();
+            metrics::add(&m.events_accepted, events);
+            for job in &accepted {
+                if let Some(&newest) = job.parsed.batch.ts().iter().max() {
+                    log.note(&job.series, newest);
+                }
+            }
+            if let Err(e) = log.rotate_if_full() {
+                tracing::error!(error = %e, "write-ahead log rotation failed; appending to the full segment");
+            }
+        }
+        result
+    };
+
+    // Where each accepted batch's lines are in the log, worked out before taking the lock.
+    let logged: Vec<Vec<Logged>> = match &written {
+        Ok(at) => accepted
+            .iter()
+            .zip(&starts)
+            .map(|(job, start)| {
+                let record_at = wal::Position {
+                    segment: at.segment,
+                    offset: at.offset + start,
+                };
+                wal::line_refs(record_at, &job.series, job.key.as_ref(), &job.parsed.batch)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    {
+        let mut st = lock(&inner.state);
+        for (i, job) in accepted.iter().enumerate() {
+            st.inflight -= job.bytes;
+            match (logged.get(i), st.series.get_mut(&*job.series)) {
+                (Some(events), Some(s)) => {
+                    s.insert(events);
+                    if let Some(key) = &job.key {
+                        s.remember(key, events);
+                    }
+                    s.changed();
+                }
+                _ => st.backlog -= job.bytes,
+            }
+        }
+        for twin in twins {
+            let answer = match (&written, st.series.get(&*twin.series), &twin.key) {
+                (Ok(_), Some(s), Some(key)) => s.answer_again(key),
+                _ => None,
+            };
+            let _ = twin.reply.send(answer.unwrap_or(Err(StoreError::Busy(
+                "the first batch with this key was not stored",
+            ))));
+        }
+        st.settled = seq;
+    }
+    inner.settled.notify_all();
+
+    match &written {
+        Err(e) if !inner.log_failing.swap(true, Ordering::Relaxed) => {
+            tracing::error!(error = %e, "write-ahead log append failed; batches refused until it works");
+        }
+        Ok(_) if !accepted.is_empty() && inner.log_failing.swap(false, Ordering::Relaxed) => {
+            tracing::info!("write-ahead log appends work again");
+        }
+        _ => {}
+    }
+    for job in accepted {
+        let answer = match &written {
+            Ok(_) => Ok(Ack {
+                accepted: job.parsed.batch.len(),
+                replayed: false,
+            }),
+            Err(e) => Err(StoreError::Storage(e.to_string(), Some(e.source.kind()))),
+        };
+        let _ = job.reply.send(answer);
+    }
+}

@@ -243,6 +243,8 @@ pub async fn import(args: ImportArgs) -> CliResult<bool> {
     )
     .await?;
     store.ensure_series(&series, None).await?;
+    // What the sealer seals once it has caught up with the clock may be imported into.
+    tokio::task::block_in_place(|| store.wait_for_sealer());
     let options = import::Options {
         dir: args.dir.clone(),
         series,

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for `Retry-After`, where a 503 or 507 knows better than the usual 1.
+    pub retry_after: Option<i64>,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -45,6 +48,8 @@ impl From<StoreError> for ApiError {
         let (status, code) = match &e {
             StoreError::Late { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "late_event"),
             StoreError::Future { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "future_event"),
+            // Not the client's doing: worth retrying, once the clock has caught up.
+            StoreError::ClockBehind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "clock_behind"),
             StoreError::UnknownSeries(_) => (StatusCode::NOT_FOUND, "unknown_series"),
             StoreError::NoSuchPart { .. } => (StatusCode::NOT_FOUND, "not_found"),
             StoreError::Misaligned { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -67,7 +72,11 @@ impl From<StoreError> for ApiError {
             // Logged once, by the archive, when found.
             StoreError::Damaged(_) => (StatusCode::INTERNAL_SERVER_ERROR, "damaged_data"),
         };
-        ApiError::new(status, code, e.to_string())
+        let mut error = ApiError::new(status, code, e.to_string());
+        if let StoreError::ClockBehind { watermark, now, .. } = e {
+            error.retry_after = Some(crate::store::clears_in_secs(watermark, now));
+        }
+        error
     }
 }
 
@@ -82,7 +91,8 @@ impl IntoResponse for ApiError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self.status {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                let secs = self.retry_after.unwrap_or(1).max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -53,15 +53,26 @@ enum Caching {
 }
 
 /// Final (cached forever, ETag from the request's identity) when the whole range is below the sealed
-/// watermark, `no-cache` otherwise.
-fn caching(
+/// watermark, `no-cache` otherwise. A range the sealer has sealed but whose watermark an idle series has not
+/// persisted yet has it persisted first (on a blocking thread), so that the answer stays true after a restart.
+async fn caching(
     state: &AppState,
     name: &SeriesName,
     to: Millis,
     identity: impl Hash,
     validators: &Validators,
 ) -> Result<Caching, ApiError> {
-    let (sealed, generation) = state.store.watermark(name).ok_or_else(|| unknown(name))?;
+    let (mut sealed, swept, mut generation) =
+        state.store.watermark(name).ok_or_else(|| unknown(name))?;
+    if to > sealed && to <= swept {
+        let (store, name) = (state.store.clone(), name.clone());
+        (sealed, generation) =
+            tokio::task::spawn_blocking(move || store.final_watermark(&name, to))
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })??;
+    }
     let mut h = HeaderMap::new();
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     if to > sealed {
@@ -149,7 +160,9 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         to,
         (from, to, format, &fields, gzip),
         &validators,
-    )? {
+    )
+    .await?
+    {
         Caching::NotModified(h) => return Ok(not_modified(h)),
         Caching::Send(h) => h,
     };
@@ -205,6 +218,7 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         first: Some(first),
         rx,
         ended: false,
+        failing: None,
     }));
     *res.headers_mut() = h;
     Ok(res)
@@ -296,6 +310,8 @@ struct Stream {
     first: Option<Piece>,
     rx: mpsc::Receiver<Piece>,
     ended: bool,
+    /// A failure to end the body with, after one `Pending` that lets hyper write out what came before it.
+    failing: Option<io::Error>,
 }
 
 impl http_body::Body for Stream {
@@ -309,19 +325,28 @@ impl http_body::Body for Stream {
         if self.ended {
             return Poll::Ready(None);
         }
+        if let Some(e) = self.failing.take() {
+            self.ended = true;
+            return Poll::Ready(Some(Err(e)));
+        }
         let piece = match self.first.take() {
             Some(p) => Some(p),
             None => std::task::ready!(self.rx.poll_recv(cx)),
         };
-        Poll::Ready(match piece {
-            Some(Piece::Data(b)) => Some(Ok(Frame::data(b))),
+        let failure = match piece {
+            Some(Piece::Data(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
             Some(Piece::End) => {
                 self.ended = true;
-                None
+                return Poll::Ready(None);
             }
-            Some(Piece::Failed(e)) => Some(Err(io::Error::other(e.to_string()))),
-            None => Some(Err(io::Error::other("the export stopped before its end"))),
-        })
+            Some(Piece::Failed(e)) => io::Error::other(e.to_string()),
+            None => io::Error::other("the export stopped before its end"),
+        };
+        // hyper writes out what it holds when the body is not ready: the client gets every piece before the
+        // failure, then a connection closed without the terminating chunk.
+        self.failing = Some(failure);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -381,7 +406,9 @@ pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<R
         to,
         ("histogram", from, to, step),
         &validators,
-    )? {
+    )
+    .await?
+    {
         Caching::NotModified(h) => return Ok(not_modified(h)),
         Caching::Send(h) => h,
     };

@@ -48,6 +48,7 @@ const REFUSALS: &[&str] = &[
     "unsupported_media_type",
     "late_event",
     "future_event",
+    "clock_behind",
     "idempotency_key_reused",
     "gone",
     "overloaded",
@@ -505,12 +506,28 @@ fn open_files() -> usize {
 }
 
 /// 200 while serving; 503 once the server begins to stop. Nothing listens before recovery is over, so a
-/// readiness probe fails while it runs.
+/// readiness probe fails while it runs. Series whose watermark is ahead of the clock (a clock that went back)
+/// are named in `warnings`: the node serves, but refuses their events until the clock catches up.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if *state.stopping.borrow() {
         let body = axum::Json(serde_json::json!({"status": "stopping"}));
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
-    } else {
-        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
+    let behind = state.store.clock_behind();
+    let mut body = serde_json::json!({"status": "ready"});
+    if !behind.is_empty() {
+        let warnings: Vec<String> = behind
+            .iter()
+            .take(10)
+            .map(|(name, ahead)| {
+                format!(
+                    "series {name:?}: the sealed watermark is {} s ahead of the clock; events before it are refused until the clock reaches it",
+                    (ahead + 999) / 1000
+                )
+            })
+            .collect();
+        body["warnings"] = serde_json::json!(warnings);
+        body["series_with_clock_behind"] = serde_json::json!(behind.len());
+    }
+    axum::Json(body).into_response()
 }

@@ -16,7 +16,7 @@ use crate::time::{self, ChunkWidth};
 
 fn info_json(i: &SeriesInfo) -> Value {
     let at = |t: Option<i64>| t.map(time::format_rfc3339);
-    json!({
+    let mut v = json!({
         "name": i.name,
         "chunk_seconds": i.width.secs(),
         "events": i.events,
@@ -28,7 +28,12 @@ fn info_json(i: &SeriesInfo) -> Value {
         "sealed_watermark": time::format_rfc3339(i.sealed),
         "retained_from": at(i.retained_from),
         "created": time::format_rfc3339(i.created),
-    })
+    });
+    if let Some(ahead) = i.watermark_ahead {
+        // A clock that went back: what an operator needs to know, where they look.
+        v["watermark_ahead_of_clock_seconds"] = json!((ahead + 999) / 1000);
+    }
+    v
 }
 
 /// Series info changes with every batch: revalidated each time, and kept by no shared cache when reads need a

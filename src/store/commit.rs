@@ -6,9 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use super::{Ack, Inner, Job, Msg, StoreError, late, lock};
+use std::sync::Arc;
+
+use super::{Ack, Inner, Job, Msg, StoreError, lock};
 use crate::ingest::wal::{self, Logged};
-use crate::metrics;
+use crate::{metrics, time};
 
 /// The commit thread: takes every waiting batch, checks them, makes them durable with one fsync, applies them,
 /// answers. Runs until `Msg::Stop` or until every sender is gone.
@@ -42,11 +44,14 @@ pub(super) fn commit_loop(inner: &Inner, rx: Receiver<Msg>) {
 }
 
 fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
+    let now = time::now();
     // `twins`: batches whose key an earlier batch of this group carries; they are answered as its retries.
-    let (accepted, twins, seq) = {
+    // `made`: series this group's first batches create, in memory only until the append is durable.
+    let (accepted, twins, made, seq) = {
         let mut st = lock(&inner.state);
         let mut accepted: Vec<Job> = Vec::with_capacity(group.len());
         let mut twins = Vec::new();
+        let mut made: Vec<Arc<str>> = Vec::new();
         for job in group {
             // Same series and key, whatever the body: a twin with another body is refused like any reuse.
             let same_key = |a: &Job| match (&a.key, &job.key) {
@@ -57,21 +62,32 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
                 twins.push(job);
                 continue;
             }
-            let verdict = match st.series.get(&*job.series) {
-                Some(s) => job
-                    .key
+            let fresh = !st.series.contains_key(&*job.series);
+            if fresh {
+                let s = inner.new_series(&job.series, inner.cfg.default_width, now);
+                st.series.insert(job.series.to_string(), s);
+            }
+            let verdict = st.series.get(&*job.series).and_then(|s| {
+                job.key
                     .as_ref()
                     .and_then(|k| s.answer_again(k))
-                    .or_else(|| late(s, &job.parsed).map(Err)),
-                None => Some(Err(StoreError::UnknownSeries(job.series.to_string()))),
-            };
+                    .or_else(|| s.late(&job.parsed, now).map(Err))
+            });
             match verdict {
                 Some(answer) => {
+                    if fresh {
+                        st.series.remove(&*job.series);
+                    }
                     st.backlog -= job.bytes;
                     st.inflight -= job.bytes;
                     let _ = job.reply.send(answer);
                 }
-                None => accepted.push(job),
+                None => {
+                    if fresh {
+                        made.push(job.series.clone());
+                    }
+                    accepted.push(job);
+                }
             }
         }
         for twin in &twins {
@@ -79,7 +95,7 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
             st.inflight -= twin.bytes;
         }
         st.checked += 1;
-        (accepted, twins, st.checked)
+        (accepted, twins, made, st.checked)
     };
 
     records.clear();
@@ -132,7 +148,17 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
         Err(_) => Vec::new(),
     };
     {
+        // Series made for a group that was not stored go again, unless something persisted them meanwhile (a
+        // PUT): the settings-file lock first, so that no persist is half-way.
+        let _files = written.is_err().then(|| lock(&inner.settings_files));
         let mut st = lock(&inner.state);
+        if written.is_err() {
+            for name in &made {
+                if st.series.get(&**name).is_some_and(|s| !s.persisted) {
+                    st.series.remove(&**name);
+                }
+            }
+        }
         for (i, job) in accepted.iter().enumerate() {
             st.inflight -= job.bytes;
             match (logged.get(i), st.series.get_mut(&*job.series)) {
@@ -167,6 +193,19 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
             tracing::info!("write-ahead log appends work again");
         }
         _ => {}
+    }
+    if written.is_ok() {
+        for name in made {
+            // The batch is durable: the series exists, and has its folder by the time the batch is answered.
+            // Should that fail, the batch is still stored: the sealer makes the folder before it seals anything,
+            // and a restart makes it from the log.
+            match inner.persist_settings(&name, |_| {}) {
+                Ok(_) => tracing::info!(series = %name, "series created"),
+                Err(e) => {
+                    tracing::error!(series = %name, error = %e, "a new series' folder could not be made yet")
+                }
+            }
+        }
     }
     for job in accepted {
         let answer = match &written {

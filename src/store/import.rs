@@ -38,14 +38,17 @@ impl Store {
         name: &SeriesName,
         chunks: Vec<ImportChunk>,
     ) -> Result<Vec<Imported>, StoreError> {
-        let (archive, width, sealed, retained_from) = {
+        // An idle series' watermark may lag what the sealer has sealed: persisted first, as far as these reach.
+        let newest = chunks.iter().map(|c| c.start.millis()).max().unwrap_or(0);
+        let (archive, width, retained_from) = {
             let st = lock(&self.inner.state);
             let s = st
                 .series
                 .get(name.as_str())
                 .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
-            (s.archive.clone(), s.width, s.sealed, s.retained_from)
+            (s.archive.clone(), s.width, s.retained_from)
         };
+        let (sealed, _) = self.final_watermark(name, newest + width.millis())?;
         let mut answers = Vec::with_capacity(chunks.len());
         let mut fresh = Vec::new();
         for chunk in chunks {
@@ -88,25 +91,16 @@ impl Store {
 
     /// Gives the series a new revision, once per process: every page identity changes.
     fn new_revision(&self, name: &SeriesName) -> Result<(), StoreError> {
-        let (dir, settings) = {
-            let mut st = lock(&self.inner.state);
-            let Some(s) = st.series.get_mut(name.as_str()) else {
-                return Ok(());
-            };
-            if s.revised {
-                return Ok(());
-            }
-            let settings = super::Settings {
-                revision: s.revision + 1,
-                ..s.settings()
-            };
-            (s.dir.clone(), settings)
+        let revised = {
+            let st = lock(&self.inner.state);
+            st.series.get(name.as_str()).is_none_or(|s| s.revised)
         };
-        settings
-            .store(&dir)
-            .map_err(|e| StoreError::settings(name.as_str(), e))?;
+        if revised {
+            return Ok(());
+        }
+        self.inner
+            .persist_settings(name.as_str(), |st| st.revision += 1)?;
         if let Some(s) = lock(&self.inner.state).series.get_mut(name.as_str()) {
-            s.revision = settings.revision;
             s.revised = true;
         }
         Ok(())

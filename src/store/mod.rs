@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::{oneshot, watch};
 
@@ -70,6 +71,21 @@ pub enum StoreError {
         ts: Millis,
         watermark: Millis,
     },
+    #[error(
+        "{position}: ts {} is older than the sealed watermark {}, which is ahead of the server clock ({}): the \
+         series was sealed while the clock ran ahead. Nothing before the watermark can be stored; events are \
+         accepted again once the clock reaches it, in {} s (see the README, \"A clock that went back\")",
+        time::format_rfc3339(*ts),
+        time::format_rfc3339(*watermark),
+        time::format_rfc3339(*now),
+        clears_in_secs(*watermark, *now)
+    )]
+    ClockBehind {
+        position: Position,
+        ts: Millis,
+        watermark: Millis,
+        now: Millis,
+    },
     #[error("{position}: ts {} is more than {} s ahead of the server clock", time::format_rfc3339(*ts), max_future / 1000)]
     Future {
         position: Position,
@@ -107,6 +123,11 @@ pub enum StoreError {
     Damaged(String),
     #[error("data folder {0} is in use by another hourglass process")]
     DataInUse(PathBuf),
+}
+
+/// Whole seconds until the clock reaches `watermark`, at least 1.
+pub fn clears_in_secs(watermark: Millis, now: Millis) -> i64 {
+    ((watermark - now).max(0) + 999) / 1000
 }
 
 impl StoreError {
@@ -181,6 +202,8 @@ pub struct SeriesInfo {
     pub first_ts: Option<Millis>,
     pub last_ts: Option<Millis>,
     pub created: Millis,
+    /// How far the sealed watermark is ahead of the clock (a clock that went back), when it is.
+    pub watermark_ahead: Option<Millis>,
 }
 
 /// One series in memory.
@@ -193,8 +216,16 @@ struct Series {
     /// Whether this process gave the series a new revision already (imports).
     revised: bool,
     archive: Arc<SeriesArchive>,
-    /// The sealed watermark S as persisted.
+    /// Whether the folder and settings file exist. A series made by its first batch is persisted only once
+    /// that batch is durable in the log, so that a refused batch leaves nothing behind.
+    persisted: bool,
+    /// The sealed watermark S as persisted: what finality is decided by. It is persisted when chunks were
+    /// sealed, and otherwise only when an answer needs it (`Store::final_watermark`): an idle series costs no
+    /// fsyncs.
     sealed: Millis,
+    /// How far the sealer has sealed in memory: every chunk below it is durable in the archive. At least
+    /// `sealed`; ahead of it while the series is idle.
+    swept: Millis,
     /// Retention removed everything before this hour boundary (0: nothing): pages and exports there are gone.
     retained_from: Millis,
     /// The boundary below which events are refused: S, or above it while the sealer works up to it.
@@ -262,6 +293,44 @@ impl Series {
         })
     }
 
+    /// A series made by its first batch, in memory only until that batch is durable (see `persisted`).
+    fn new(name: &str, dir: PathBuf, width: ChunkWidth, now: Millis, sealed: Millis) -> Series {
+        Series {
+            name: Arc::from(name),
+            archive: Arc::new(SeriesArchive::empty(&dir)),
+            dir,
+            width,
+            created: now,
+            revision: 0,
+            revised: false,
+            persisted: false,
+            sealed,
+            swept: sealed,
+            retained_from: 0,
+            closing: sealed,
+            open: BTreeMap::new(),
+            sealing: BTreeMap::new(),
+            changes: watch::channel(0).0,
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Takes settings just persisted: the watermark and the retention boundary only move forward.
+    fn apply(&mut self, settings: &Settings) {
+        self.persisted = true;
+        self.sealed = self.sealed.max(settings.sealed);
+        self.swept = self.swept.max(self.sealed);
+        self.retained_from = self.retained_from.max(settings.retained_from);
+        self.revision = settings.revision;
+        self.changed();
+    }
+
+    /// The refusal for events of `parsed` below the closing boundary, if any: late, or, when the boundary is
+    /// ahead of the clock, a clock that went back.
+    fn late(&self, parsed: &Parsed, now: Millis) -> Option<StoreError> {
+        late(self.closing, parsed, now)
+    }
+
     fn settings(&self) -> Settings {
         Settings {
             chunk_seconds: self.width.secs(),
@@ -312,14 +381,60 @@ struct Inner {
     wal: Mutex<Wal>,
     /// Where the log's segments are, for readers of lines not sealed yet.
     wal_dir: PathBuf,
-    /// Serializes series creation, which does file-system work outside the state lock.
-    create: Mutex<()>,
+    /// Serializes writes of series folders and settings files (each replaced through one temporary name),
+    /// which happen outside the state lock. Taken before `state`, never after.
+    settings_files: Mutex<()>,
     stopping: Mutex<bool>,
     stop_signal: Condvar,
     metrics: StoreMetrics,
     /// The last append to the log failed: said once, not at every refused group (a full disk).
     log_failing: AtomicBool,
+    /// Passes of the sealer so far, for `Store::wait_for_sealer`.
+    passes: AtomicU64,
     _lock: File,
+}
+
+impl Inner {
+    /// The sealed watermark a series made at `now` starts with.
+    fn first_watermark(&self, now: Millis) -> Millis {
+        self.cfg.default_width.align_down(now - self.cfg.lateness)
+    }
+
+    /// A series made at `now`, in memory only (see `Series::persisted`).
+    fn new_series(&self, name: &str, width: ChunkWidth, now: Millis) -> Series {
+        let sealed = width.align_down(now - self.cfg.lateness);
+        Series::new(name, self.cfg.data.join(name), width, now, sealed)
+    }
+
+    /// Persists a series' settings as memory holds them with `change` applied (making its folder first if it
+    /// has none yet), then lets memory take them. The one way settings files are written. `None`: no such
+    /// series.
+    fn persist_settings(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut Settings),
+    ) -> Result<Option<Settings>, StoreError> {
+        let _one = lock(&self.settings_files);
+        let (dir, persisted, mut settings) = {
+            let st = lock(&self.state);
+            let Some(s) = st.series.get(name) else {
+                return Ok(None);
+            };
+            (s.dir.clone(), s.persisted, s.settings())
+        };
+        change(&mut settings);
+        if !persisted {
+            // The folder, durable in the data folder, before its settings file says anything.
+            crate::durable::create_dir_all(&dir).map_err(|e| StoreError::settings(name, e))?;
+        }
+        settings
+            .store(&dir)
+            .map_err(|e| StoreError::settings(name, e))?;
+        if let Some(s) = lock(&self.state).series.get_mut(name) {
+            s.apply(&settings);
+        }
+        Ok(Some(settings))
+    }
 }
 
 /// A handle on the store; clones share it.
@@ -369,15 +484,27 @@ impl Store {
             metrics::add(&metrics.log_repairs[kind], 1);
             metrics::add(&metrics.log_repaired_bytes[kind], repair.bytes);
         }
+        // Log records of a series whose folder is gone (a crash before a new series' folder was made, or a folder
+        // deleted): the folder comes back, with a watermark below its oldest event, so that none is lost.
+        let mut oldest: BTreeMap<&str, Millis> = BTreeMap::new();
+        for r in &missing {
+            let t = r.events.iter().map(|e| e.ts).min().unwrap_or(Millis::MAX);
+            let o = oldest.entry(r.series.as_str()).or_insert(t);
+            *o = (*o).min(t);
+        }
+        let width = cfg.default_width;
+        for (name, oldest) in oldest {
+            let name = SeriesName::parse(name).map_err(|e| StoreError::storage(e, None))?;
+            tracing::warn!(series = %name, "log names a series with no folder: recreating it");
+            let sealed = width
+                .align_down(now - cfg.lateness)
+                .min(width.align_down(oldest));
+            let dir = data.join(name.as_str());
+            let s = create_series(&dir, &name, width, now, sealed)?;
+            series.insert(name.as_str().to_string(), s);
+        }
         for r in missing {
-            // A log record for a series whose folder is gone: bring the folder back rather than lose events.
-            let name = SeriesName::parse(&r.series).map_err(|e| StoreError::storage(e, None))?;
-            if !series.contains_key(name.as_str()) {
-                tracing::warn!(series = %name, "log names a series with no folder: recreating it");
-                let s = create_series(&data, &name, cfg.default_width, now, cfg.lateness)?;
-                series.insert(name.as_str().to_string(), s);
-            }
-            if let Some(s) = series.get_mut(name.as_str()) {
+            if let Some(s) = series.get_mut(r.series.as_str()) {
                 replay_into(s, &r);
             }
         }
@@ -400,11 +527,12 @@ impl Store {
             settled: Condvar::new(),
             wal: Mutex::new(wal),
             wal_dir: data.join("_wal"),
-            create: Mutex::new(()),
+            settings_files: Mutex::new(()),
             stopping: Mutex::new(false),
             stop_signal: Condvar::new(),
             metrics,
             log_failing: AtomicBool::new(false),
+            passes: AtomicU64::new(0),
             _lock: lock_file,
         });
         let committer = {
@@ -428,7 +556,8 @@ impl Store {
         })
     }
 
-    /// Makes a batch durable and adds it to its series (created with default settings on first write).
+    /// Makes a batch durable and adds it to its series, which a first batch creates with default settings
+    /// (once it is durable: a refused batch leaves nothing behind, and an empty one stores and creates nothing).
     /// A batch with a `key` already stored under it is answered as before and stored no second time.
     pub async fn ingest(
         &self,
@@ -436,7 +565,6 @@ impl Store {
         key: Option<BatchKey>,
         parsed: Parsed,
     ) -> Result<Ack, StoreError> {
-        self.ensure_series(name, None).await?;
         if parsed.batch.is_empty() {
             return Ok(Ack {
                 accepted: 0,
@@ -444,7 +572,8 @@ impl Store {
             });
         }
         let cfg = &self.inner.cfg;
-        let limit = time::now() + cfg.max_future;
+        let now = time::now();
+        let limit = now + cfg.max_future;
         if let Some(i) = parsed.batch.ts().iter().position(|&t| t > limit) {
             return Err(StoreError::Future {
                 position: parsed.position(i),
@@ -453,20 +582,19 @@ impl Store {
             });
         }
         let bytes = parsed.batch.bytes() as u64;
-        let series = {
+        {
             let mut st = lock(&self.inner.state);
-            let s = st
-                .series
-                .get(name.as_str())
-                .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
             // Fail fast; the commit thread checks again, exactly.
-            if let Some(answer) = key.as_ref().and_then(|k| s.answer_again(k)) {
+            let refused = match st.series.get(name.as_str()) {
+                Some(s) => key
+                    .as_ref()
+                    .and_then(|k| s.answer_again(k))
+                    .or_else(|| s.late(&parsed, now).map(Err)),
+                None => late(self.inner.first_watermark(now), &parsed, now).map(Err),
+            };
+            if let Some(answer) = refused {
                 return answer;
             }
-            if let Some(e) = late(s, &parsed) {
-                return Err(e);
-            }
-            let series = s.name.clone();
             if st.backlog + bytes > cfg.max_backlog_bytes {
                 return Err(StoreError::Busy("too many events waiting to be sealed"));
             }
@@ -476,11 +604,10 @@ impl Store {
             }
             st.backlog += bytes;
             st.inflight += bytes;
-            series
-        };
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            series,
+            series: Arc::from(name.as_str()),
             key,
             parsed,
             bytes,
@@ -499,31 +626,53 @@ impl Store {
         answer.await.unwrap_or(Err(StoreError::ShuttingDown))
     }
 
-    /// Creates a series if it does not exist. With `width`, an existing series must have that width.
-    /// Returns whether it was created.
+    /// Creates a series if it does not exist, folder and settings file, durably. With `width`, an existing
+    /// series must have that width. Returns whether it was created.
     pub async fn ensure_series(
         &self,
         name: &SeriesName,
         width: Option<ChunkWidth>,
     ) -> Result<bool, StoreError> {
-        if let Some(existing) = self.width_of(name) {
+        let known = {
+            let st = lock(&self.inner.state);
+            st.series.get(name.as_str()).map(|s| (s.width, s.persisted))
+        };
+        if let Some((existing, true)) = known {
             return check_width(name, existing, width).map(|()| false);
         }
         let inner = self.inner.clone();
         let name = name.clone();
         tokio::task::spawn_blocking(move || {
-            let _creating = lock(&inner.create);
-            if let Some(s) = lock(&inner.state).series.get(name.as_str()) {
-                return check_width(&name, s.width, width).map(|()| false);
+            let now = time::now();
+            let created = {
+                let mut st = lock(&inner.state);
+                match st.series.get(name.as_str()) {
+                    Some(s) => {
+                        check_width(&name, s.width, width)?;
+                        false
+                    }
+                    None => {
+                        let width = width.unwrap_or(inner.cfg.default_width);
+                        let s = inner.new_series(name.as_str(), width, now);
+                        st.series.insert(name.as_str().to_string(), s);
+                        true
+                    }
+                }
+            };
+            // Made here, or by a first batch still on its way to the log: either way it exists from now on.
+            if let Err(e) = inner.persist_settings(name.as_str(), |_| {}) {
+                if created {
+                    lock(&inner.state)
+                        .series
+                        .remove(name.as_str())
+                        .filter(|s| !s.persisted);
+                }
+                return Err(e);
             }
-            let cfg = &inner.cfg;
-            let width = width.unwrap_or(cfg.default_width);
-            let s = create_series(&cfg.data, &name, width, time::now(), cfg.lateness)?;
-            tracing::info!(series = %name, width = %width, "series created");
-            lock(&inner.state)
-                .series
-                .insert(name.as_str().to_string(), s);
-            Ok(true)
+            if created {
+                tracing::info!(series = %name, "series created");
+            }
+            Ok(created)
         })
         .await
         .unwrap_or(Err(StoreError::ShuttingDown))
@@ -570,6 +719,7 @@ impl Store {
                 first_ts: None,
                 last_ts: None,
                 created: s.created,
+                watermark_ahead: Some(s.closing - time::now()).filter(|&d| d > 0),
             };
             let sealing = s.sealing.values().map(|c| &**c);
             for chunk in sealing.chain(s.open.values()) {
@@ -602,12 +752,35 @@ impl Store {
         &self.inner.metrics
     }
 
-    /// How far the oldest sealed watermark is behind the clock, and the bytes of events not sealed yet.
+    /// How far the sealer is behind the clock for the series it is furthest behind with (an idle series is
+    /// swept in memory, without persisting), and the bytes of events not sealed yet.
     pub fn lag_and_backlog(&self) -> (Millis, u64) {
         let st = lock(&self.inner.state);
-        let oldest = st.series.values().map(|s| s.sealed).min();
+        let oldest = st.series.values().map(|s| s.swept).min();
         let lag = oldest.map_or(0, |s| (time::now() - s).max(0));
         (lag, st.backlog)
+    }
+
+    /// Waits until the sealer has made a whole pass begun after this call (at most a few seconds): for the
+    /// commands, whose store was just opened, so that the sealer has caught up with the clock.
+    pub fn wait_for_sealer(&self) {
+        let passes = || self.inner.passes.load(std::sync::atomic::Ordering::Acquire);
+        let wanted = passes() + 2;
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while passes() < wanted && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Series whose sealed watermark is ahead of the clock (a clock that went back), and by how much.
+    pub fn clock_behind(&self) -> Vec<(String, Millis)> {
+        let now = time::now();
+        lock(&self.inner.state)
+            .series
+            .iter()
+            .filter(|(_, s)| s.closing > now)
+            .map(|(name, s)| (name.clone(), s.closing - now))
+            .collect()
     }
 
     /// How many stored members were found damaged, over every series (each refused to readers, logged once).
@@ -664,13 +837,23 @@ fn max_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
     a.into_iter().chain(b).max()
 }
 
-/// The first event of `parsed` (in arrival order) that lies below the series' closing boundary.
-fn late(s: &Series, parsed: &Parsed) -> Option<StoreError> {
-    let i = parsed.batch.ts().iter().position(|&t| t < s.closing)?;
-    Some(StoreError::Late {
-        position: parsed.position(i),
-        ts: parsed.batch.ts()[i],
-        watermark: s.closing,
+/// The refusal of the first event of `parsed` (in arrival order) that lies below `closing`.
+fn late(closing: Millis, parsed: &Parsed, now: Millis) -> Option<StoreError> {
+    let i = parsed.batch.ts().iter().position(|&t| t < closing)?;
+    let (position, ts) = (parsed.position(i), parsed.batch.ts()[i]);
+    Some(if closing > now {
+        StoreError::ClockBehind {
+            position,
+            ts,
+            watermark: closing,
+            now,
+        }
+    } else {
+        StoreError::Late {
+            position,
+            ts,
+            watermark: closing,
+        }
     })
 }
 
@@ -732,6 +915,16 @@ fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
     let closing = archive.last_chunk().map_or(settings.sealed, |c| {
         settings.sealed.max(c.millis() + width.millis())
     });
+    let now = time::now();
+    if settings.sealed > now {
+        tracing::warn!(
+            series = %name,
+            watermark = %time::format_rfc3339(settings.sealed),
+            ahead_secs = clears_in_secs(settings.sealed, now),
+            "the sealed watermark is ahead of the clock (it was sealed while the clock ran ahead): events before \
+             it are refused until the clock reaches it; see the README, \"A clock that went back\""
+        );
+    }
     Ok(Series {
         name: Arc::from(name.as_str()),
         dir: dir.to_owned(),
@@ -740,7 +933,9 @@ fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
         revision: settings.revision,
         revised: false,
         archive: Arc::new(archive),
+        persisted: true,
         sealed: settings.sealed,
+        swept: settings.sealed,
         retained_from: settings.retained_from,
         closing,
         open: BTreeMap::new(),
@@ -750,18 +945,16 @@ fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
     })
 }
 
+/// Makes a series folder with its settings file, durably: for a series the log names whose folder is gone.
 fn create_series(
-    data: &Path,
+    dir: &Path,
     name: &SeriesName,
     width: ChunkWidth,
     now: Millis,
-    lateness: Millis,
+    sealed: Millis,
 ) -> Result<Series, StoreError> {
-    let dir = data.join(name.as_str());
     let io_err = |e: io::Error| StoreError::settings(name.as_str(), e);
-    // The folder, made durable in the data folder before its settings file points at anything.
-    crate::durable::create_dir_all(&dir).map_err(io_err)?;
-    let sealed = width.align_down(now - lateness);
+    crate::durable::create_dir_all(dir).map_err(io_err)?;
     let settings = Settings {
         chunk_seconds: width.secs(),
         sealed,
@@ -769,6 +962,6 @@ fn create_series(
         revision: 0,
         retained_from: 0,
     };
-    settings.store(&dir).map_err(io_err)?;
-    load_series(name, &dir)
+    settings.store(dir).map_err(io_err)?;
+    load_series(name, dir)
 }

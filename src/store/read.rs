@@ -295,12 +295,40 @@ impl Store {
         Ok(Some((entry.meta, archive.read_verified(&entry)?)))
     }
 
-    /// The series' sealed watermark and generation: what decides whether a range is final, and its identity.
-    pub fn watermark(&self, name: &SeriesName) -> Option<(Millis, Generation)> {
+    /// The series' persisted sealed watermark, how far the sealer has sealed in memory, and the series'
+    /// generation: what decides whether a range is final, and its identity. Nothing is final for a series whose
+    /// folder is not made yet.
+    pub fn watermark(&self, name: &SeriesName) -> Option<(Millis, Millis, Generation)> {
         let st = lock(&self.inner.state);
-        st.series
-            .get(name.as_str())
-            .map(|s| (s.sealed, s.generation()))
+        st.series.get(name.as_str()).map(|s| {
+            let (sealed, swept) = if s.persisted {
+                (s.sealed, s.swept)
+            } else {
+                (Millis::MIN, Millis::MIN)
+            };
+            (sealed, swept, s.generation())
+        })
+    }
+
+    /// The persisted sealed watermark, raised first to what the sealer has sealed in memory when that covers
+    /// `to` and the persisted one does not: an answer about `[.., to)` is final only once the watermark past it
+    /// is durable, or a restart could let events in below it. Blocking (a settings file may be written).
+    pub fn final_watermark(
+        &self,
+        name: &SeriesName,
+        to: Millis,
+    ) -> Result<(Millis, Generation), StoreError> {
+        let (sealed, swept, generation) = self
+            .watermark(name)
+            .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+        if to <= sealed || to > swept {
+            return Ok((sealed, generation));
+        }
+        let settings = self
+            .inner
+            .persist_settings(name.as_str(), |st| st.sealed = st.sealed.max(swept))?
+            .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+        Ok((settings.sealed, settings.generation()))
     }
 
     /// Event counts in `[from, to)` per bucket of `step`, from the indexes and open chunks alone (no line is

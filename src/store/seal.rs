@@ -6,6 +6,8 @@
 //! fsync its members (the archive layer); persist the watermark; let the log collect segments below it.
 //! A failure (a full disk, say) leaves the chunk in `sealing` and the watermark where it was: the next tick
 //! tries again, and a restart replays the log, skipping chunks that are already whole in their archive.
+//! A series with nothing to seal costs no I/O: the watermark is persisted only when chunks were sealed (or an
+//! answer needs it), so an idle series is not rewritten every chunk width.
 //!
 //! With `--retention`, the sealer also removes sealed hours that are too old: it persists the new retention
 //! boundary, lets readers see it (they answer 410 Gone below it), and only then deletes the hour archives.
@@ -38,7 +40,11 @@ pub(super) fn seal_loop(inner: &Inner) {
             }
         }
         let now = time::now();
-        match seal_due(inner, now).and_then(|()| remove_expired(inner, now)) {
+        let result = seal_due(inner, now).and_then(|()| remove_expired(inner, now));
+        inner
+            .passes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        match result {
             Ok(()) if !last_error.is_empty() => {
                 tracing::info!("sealing works again");
                 last_error.clear();
@@ -69,25 +75,13 @@ fn remove_expired(inner: &Inner, now: Millis) -> Result<(), StoreError> {
             .filter_map(|s| {
                 // Whole hours, and sealed ones only.
                 let from = Hour::of(now - keep).start().min(Hour::of(s.sealed).start());
-                (from > s.retained_from).then(|| {
-                    let settings = super::Settings {
-                        retained_from: from,
-                        ..s.settings()
-                    };
-                    (s.name.clone(), s.dir.clone(), settings, s.archive.clone())
-                })
+                (from > s.retained_from).then(|| (s.name.clone(), from, s.archive.clone()))
             })
             .collect()
     };
-    for (name, dir, settings, archive) in due {
-        let from = settings.retained_from;
-        settings
-            .store(&dir)
-            .map_err(|e| StoreError::settings(&name, e))?;
-        if let Some(s) = lock(&inner.state).series.get_mut(&*name) {
-            s.retained_from = s.retained_from.max(from);
-            s.changed();
-        }
+    for (name, from, archive) in due {
+        // The boundary is persisted, then readers see it (410 below it), then the files go.
+        inner.persist_settings(&name, |st| st.retained_from = st.retained_from.max(from))?;
         let removed = archive.remove_before(Hour::of(from))?;
         tracing::info!(series = %name, before = %time::format_rfc3339(from), removed, "retention removed hour archives");
     }
@@ -106,7 +100,7 @@ pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
                 // A retry of these batches is refused as late from now on: their keys are not needed.
                 s.keys.retain(|_, k| k.newest >= target);
             }
-            if s.closing > s.sealed {
+            if s.closing > s.swept {
                 due.push(s.name.clone());
             }
         }
@@ -133,8 +127,11 @@ pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
     result
 }
 
+/// Seals one series' chunks below its closing boundary. The watermark is persisted when there were chunks to
+/// seal; with none (an idle series) only the sealer's memory moves on (`swept`), which costs no fsync: the
+/// watermark follows when an answer needs it (`Store::final_watermark`) or the next chunk is sealed.
 fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
-    let (archive, width, closing, dir, chunks) = {
+    let (archive, width, closing, persisted, chunks) = {
         let mut st = lock(&inner.state);
         let Some(s) = st.series.get_mut(name) else {
             return Ok(());
@@ -144,8 +141,16 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
             s.sealing.insert(start, Arc::new(chunk));
         }
         let chunks: Vec<_> = s.sealing.iter().map(|(k, v)| (*k, v.clone())).collect();
-        (s.archive.clone(), s.width, s.closing, s.dir.clone(), chunks)
+        if chunks.is_empty() {
+            s.swept = s.swept.max(s.closing);
+            return Ok(());
+        }
+        (s.archive.clone(), s.width, s.closing, s.persisted, chunks)
     };
+    if !persisted {
+        // A series whose folder could not be made when its first batch was stored: now, before its archive.
+        inner.persist_settings(name, |_| {})?;
+    }
     let cfg = &inner.cfg;
     let mut lines = lock(&inner.wal).reader();
     for (start, chunk) in chunks {
@@ -174,26 +179,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
             s.sealing.remove(&start);
         }
     }
-    let settings = {
-        let st = lock(&inner.state);
-        let Some(s) = st.series.get(name) else {
-            return Ok(());
-        };
-        if s.sealed >= closing {
-            return Ok(());
-        }
-        super::Settings {
-            sealed: closing,
-            ..s.settings()
-        }
-    };
-    settings
-        .store(&dir)
-        .map_err(|e| StoreError::settings(name, e))?;
-    if let Some(s) = lock(&inner.state).series.get_mut(name) {
-        s.sealed = s.sealed.max(closing);
-        s.changed();
-    }
+    inner.persist_settings(name, |st| st.sealed = st.sealed.max(closing))?;
     Ok(())
 }
 

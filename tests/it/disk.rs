@@ -53,6 +53,8 @@ fn writes_on_a_full_disk_get_507_and_resume_when_space_returns() {
             .contains("immutable")
     );
 
+    // A batch acknowledged just before the disk fills: its chunk is sealed a second later, onto a full disk.
+    assert_eq!(post(&server, &mut acked).status, 202);
     // Fill the disk to the last byte with a ballast file.
     let ballast = disk.path().join("ballast");
     let mut f = std::fs::File::create(&ballast).unwrap();
@@ -81,6 +83,11 @@ fn writes_on_a_full_disk_get_507_and_resume_when_space_returns() {
         }
     }
     assert_eq!(refused, 5, "the full disk was never noticed");
+    // A new series' first batch, refused for space, leaves no series behind.
+    let r = server.post_ndjson("/api/series/new/events", &batch(9999, 50));
+    assert_eq!((r.status, r.error_code().as_str()), (507, "storage_full"));
+    assert_eq!(server.get("/api/series/new").status, 404);
+    assert!(!data.join("new").exists());
 
     // Reads go on: the final page is the same, the head answers.
     let again = server.get(&final_url);

@@ -405,3 +405,69 @@ fn a_retry_with_the_same_idempotency_key_is_stored_once_also_after_a_crash() {
     }
     assert_eq!(events(&server, "k"), 6);
 }
+
+/// A refused request has no side effect: a first batch that is refused (late, from the future, badly formed),
+/// or an empty one, leaves no series behind, listed or on disk.
+#[test]
+fn a_refused_or_empty_first_batch_creates_no_series() {
+    let dir = TempDir::new("noseries");
+    let server = Server::start_fast(dir.path(), &[]);
+    let t = now_ms();
+    let bodies = [
+        (
+            format!("{{\"ts\":{t}}}\n{{\"ts\":{}}}\n", t - 600_000),
+            422,
+            "late_event",
+        ),
+        (
+            format!("{{\"ts\":{}}}\n", t + 3_600_000),
+            422,
+            "future_event",
+        ),
+        ("{\"ts\":1}\n{oops\n".to_string(), 400, "malformed_event"),
+    ];
+    for (i, (body, status, code)) in bodies.iter().enumerate() {
+        let r = server.post_ndjson(&format!("/api/series/n{i}/events"), body);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (*status, *code),
+            "{body}"
+        );
+    }
+    for body in ["", "\n  \n", "[]"] {
+        let r = request(
+            server.addr,
+            "POST",
+            "/api/series/empty/events",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 202, "{body:?}: {}", r.text());
+        assert_eq!(r.json()["accepted"], 0);
+    }
+    for name in ["n0", "n1", "n2", "empty"] {
+        let r = server.get(&format!("/api/series/{name}"));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (404, "unknown_series"),
+            "{name}"
+        );
+        assert!(!dir.path().join(name).exists(), "{name} has a folder");
+    }
+    assert_eq!(
+        server.get("/api/series").json()["series"],
+        serde_json::json!([])
+    );
+    // The same series then takes a good batch, and exists from then on, also after a restart.
+    assert_eq!(
+        server
+            .post_ndjson("/api/series/n0/events", &format!("{{\"ts\":{t}}}\n"))
+            .status,
+        202
+    );
+    assert!(dir.path().join("n0/series.json").is_file());
+    server.stop();
+    let server = Server::start_fast(dir.path(), &[]);
+    assert_eq!(server.get("/api/series/n0").json()["events"], 1);
+}

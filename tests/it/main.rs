@@ -16,3 +16,4 @@ mod pages;
 mod recovery;
 mod retention;
 mod support;
+mod watermark;

@@ -66,8 +66,7 @@ async fn export_to_output(args: ExportArgs) -> CliResult<()> {
     let name = SeriesName::parse(&args.series)?;
     let (from, to) = export::parse_range(&args.from, &args.to)?;
     let format = Format::parse(&args.format)?;
-    let fields = export::csv_fields(format, args.fields.as_deref())
-        .ok_or("--format csv needs --fields a,b,c (top-level fields)")?;
+    let fields = export::csv_fields(format, args.fields.as_deref())?;
     let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
         None => Box::new(io::stdout()),

@@ -98,7 +98,7 @@ async fn serve(
         let conn = http
             .clone()
             .timer(ConnTimer::default())
-            .serve_connection(TokioIo::new(stream), front.clone());
+            .serve_connection(TokioIo::new(JsonErrors::new(stream)), front.clone());
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -166,6 +166,127 @@ impl Drop for ConnSleep {
         if let (Some(sleep), Ok(mut home)) = (self.sleep.take(), self.home.lock()) {
             *home = Some(sleep);
         }
+    }
+}
+
+/// A connection's stream that turns hyper's own answers to requests it cannot parse (a 400, 414 or 431 that
+/// hyper writes by itself, with no body, before any handler runs) into JSON errors like every other answer.
+/// Everything else passes through untouched: one look at the first bytes of each write.
+struct JsonErrors<S> {
+    inner: S,
+    /// The JSON answer being written in place of hyper's, and how much of it is out.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+impl<S> JsonErrors<S> {
+    fn new(inner: S) -> JsonErrors<S> {
+        JsonErrors {
+            inner,
+            replacing: None,
+        }
+    }
+}
+
+/// The status of `buf` when it is a bare error head as hyper writes one for a request it could not parse: a
+/// whole head and nothing else, 400, 414 or 431, no body and no content type (every answer of ours has one).
+fn bare_error(buf: &[u8]) -> Option<(u16, &str)> {
+    if !buf.starts_with(b"HTTP/1.1 4") || !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let head = std::str::from_utf8(&buf[..buf.len() - 4]).ok()?;
+    if head.contains("\r\n\r\n") {
+        return None;
+    }
+    let status: u16 = head.get(9..12)?.parse().ok()?;
+    let lower = head.to_ascii_lowercase();
+    let bare = lower.contains("\r\ncontent-length: 0") && !lower.contains("\r\ncontent-type:");
+    let date = lower
+        .find("\r\ndate: ")
+        .and_then(|i| head[i + 2..].split("\r\n").next())
+        .unwrap_or("");
+    (bare && matches!(status, 400 | 414 | 431)).then_some((status, date))
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> JsonErrors<S> {
+    /// Writes out the replacement; ready once all of it is out.
+    fn poll_replacing(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((bytes, done)) = &mut self.replacing {
+            if *done == bytes.len() {
+                self.replacing = None;
+                break;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *done += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Starts replacing `buf` if it is hyper's bare error head; whether it is.
+    fn replace(&mut self, buf: &[u8]) -> bool {
+        if self.replacing.is_some() {
+            return true;
+        }
+        let Some((status, date)) = bare_error(buf) else {
+            return false;
+        };
+        self.replacing = Some((api::error::transport_error(status, date), 0));
+        true
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonErrors<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonErrors<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.replace(buf) {
+            std::task::ready!(self.poll_replacing(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        // hyper's bare heads come alone; a head with a body after it is never one.
+        let alone = bufs.iter().filter(|b| !b.is_empty()).count() == 1;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && alone
+            && self.replace(first)
+        {
+            std::task::ready!(self.poll_replacing(cx))?;
+            return Poll::Ready(Ok(first.len()));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

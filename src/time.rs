@@ -14,8 +14,12 @@ pub const HOUR: Millis = 3_600 * SECOND;
 
 /// The earliest event time we store: 1970-01-01T00:00:00Z. Earlier times have no sensible hour archive name.
 pub const MIN_TIME: Millis = 0;
-/// The latest: the last millisecond of year 9999, so every hour archive name has four year digits.
-pub const MAX_TIME: Millis = 253_402_300_799_999;
+/// The latest: the last millisecond before the last hour of year 9999, so that every hour archive name has four
+/// year digits and every chunk ends at a time a URL can name (`MAX_STAMP` at most), whatever the width.
+pub const MAX_TIME: Millis = 253_402_297_199_999;
+
+/// The latest time a page URL names: 9999-12-31T23:59:59Z. Links to anything later are never made.
+pub const MAX_STAMP: Millis = 253_402_300_799_000;
 
 /// How far this process' clock is moved from the system's; 0 but in tests (`--clock-offset-ms`).
 static CLOCK_OFFSET: AtomicI64 = AtomicI64::new(0);
@@ -164,7 +168,8 @@ pub fn format_stamp(t: Millis) -> String {
     datetime(t).format("%Y_%m_%d_%H_%M_%S").to_string()
 }
 
-/// Parses a URL time stamp written by `format_stamp`; sub-second precision cannot be expressed.
+/// Parses a URL time stamp written by `format_stamp`, of a year from 1970 to 9999 (the times events may have;
+/// a page before 1970 would show a year no URL can name); sub-second precision cannot be expressed.
 pub fn parse_stamp(s: &str) -> Option<Millis> {
     let b = s.as_bytes();
     let shape_ok = b.len() == 19
@@ -178,7 +183,14 @@ pub fn parse_stamp(s: &str) -> Option<Millis> {
     let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
     let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
     let t = date.and_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
-    Some(t.and_utc().timestamp_millis())
+    Some(t.and_utc().timestamp_millis()).filter(|t| (MIN_TIME..=MAX_STAMP).contains(t))
+}
+
+/// How many buckets of `step` cover `[from, to)`, the last one possibly short: `from < to`, `step > 0`. Never
+/// overflows, whatever the step.
+pub fn buckets(from: Millis, to: Millis, step: Millis) -> usize {
+    let span = to.saturating_sub(from).max(1);
+    usize::try_from((span - 1) / step.max(1) + 1).unwrap_or(usize::MAX)
 }
 
 /// Whether `t` is within the range of times we store.
@@ -226,7 +238,7 @@ mod tests {
         ] {
             assert_eq!(Hour::parse_stem(bad), None, "{bad}");
         }
-        assert_eq!(Hour::of(MAX_TIME).stem(), "9999123123");
+        assert_eq!(Hour::of(MAX_TIME).stem(), "9999123122");
     }
 
     #[test]
@@ -243,9 +255,14 @@ mod tests {
             "2014_09_29_23_59_100",
             "",
             "+014_09_29_23_59_10",
+            "0000_01_01_00_00_00",
+            "1969_12_31_23_59_50",
         ] {
             assert_eq!(parse_stamp(bad), None, "{bad}");
         }
+        assert_eq!(parse_stamp("1970_01_01_00_00_00"), Some(0));
+        assert_eq!(parse_stamp("9999_12_31_23_59_59"), Some(MAX_STAMP));
+        assert_eq!(format_stamp(MAX_STAMP), "9999_12_31_23_59_59");
     }
 
     #[test]

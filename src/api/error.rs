@@ -102,3 +102,53 @@ impl IntoResponse for ApiError {
         res
     }
 }
+
+/// A permanent redirect (308) to the one spelling of a URL that links use. It never changes, so it may be kept
+/// (a shared cache does not keep it when the request carried a token).
+pub fn redirect(location: &str) -> Response {
+    let body = serde_json::json!({ "location": location });
+    let mut res = (StatusCode::PERMANENT_REDIRECT, axum::Json(body)).into_response();
+    let headers = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    res
+}
+
+/// The whole answer, head and JSON body, that replaces the bare one hyper writes for a request it could not
+/// parse (`status` 400, 414 or 431; `date` its `date:` header line, kept). The connection closes after it.
+pub fn transport_error(status: u16, date: &str) -> Vec<u8> {
+    let (reason, code, message) = match status {
+        414 => (
+            "URI Too Long",
+            "uri_too_long",
+            "the request's URL is longer than the server reads",
+        ),
+        431 => (
+            "Request Header Fields Too Large",
+            "headers_too_large",
+            "the request's headers are larger than the server reads",
+        ),
+        _ => (
+            "Bad Request",
+            "bad_request",
+            "the request is not valid HTTP/1.1 (request line, header or version)",
+        ),
+    };
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let date = if date.is_empty() {
+        String::new()
+    } else {
+        format!("{date}\r\n")
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         cache-control: no-store\r\naccess-control-allow-origin: *\r\nconnection: close\r\n{date}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}

@@ -152,7 +152,7 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
     let format = Format::parse(q.get("format").map_or("ndjson", String::as_str))
         .map_err(ApiError::bad_request)?;
     let fields = export::csv_fields(format, q.get("fields").map(String::as_str))
-        .ok_or_else(|| ApiError::bad_request("format=csv needs fields=a,b,c (top-level fields)"))?;
+        .map_err(ApiError::bad_request)?;
     state.store.check_kept(&name, from)?;
     let mut h = match caching(
         &state,
@@ -367,7 +367,38 @@ fn parse_step(raw: &str) -> Option<Millis> {
     n.checked_mul(scale)
 }
 
-const MAX_BUCKETS: Millis = 100_000;
+const MAX_BUCKETS: usize = 100_000;
+
+/// A histogram's step from its `step=` parameter: a multiple of the series' width, over a range whose ends are
+/// multiples of it too, so that counts are exact; at most the range (a larger step counts the same one bucket,
+/// so it is taken as the range), and at most `MAX_BUCKETS` buckets.
+pub(crate) fn histogram_step(
+    from: Millis,
+    to: Millis,
+    raw: &str,
+    width: crate::time::ChunkWidth,
+) -> Result<Millis, String> {
+    let step = parse_step(raw)
+        .filter(|&s| s % width.millis() == 0)
+        .ok_or_else(|| {
+            format!(
+                "step={raw:?} is not a multiple of the series' chunk width ({width}) as seconds or 30s, 5m, 1h"
+            )
+        })?;
+    if !width.is_aligned(from) || !width.is_aligned(to) {
+        return Err(format!(
+            "from and to must be multiples of the series' chunk width ({width}), so that counts are exact"
+        ));
+    }
+    let step = step.min(to - from);
+    let buckets = time::buckets(from, to, step);
+    if buckets > MAX_BUCKETS {
+        return Err(format!(
+            "{buckets} buckets is more than {MAX_BUCKETS}: use a larger step"
+        ));
+    }
+    Ok(step)
+}
 
 pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<Response, ApiError> {
     let Ranged {
@@ -382,24 +413,7 @@ pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<R
     // What retention removed is gone, for counts as for events: never a different answer at the same URL.
     state.store.check_kept(&name, from)?;
     let raw = q.get("step").map(String::as_str).unwrap_or("");
-    let step = parse_step(raw)
-        .filter(|&s| s % width.millis() == 0)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "step={raw:?} is not a multiple of the series' chunk width ({width}) as seconds or 30s, 5m, 1h"
-            ))
-        })?;
-    if !width.is_aligned(from) || !width.is_aligned(to) {
-        return Err(ApiError::bad_request(format!(
-            "from and to must be multiples of the series' chunk width ({width}), so that counts are exact"
-        )));
-    }
-    if (to - from) / step > MAX_BUCKETS {
-        return Err(ApiError::bad_request(format!(
-            "{} buckets is more than {MAX_BUCKETS}: use a larger step",
-            (to - from) / step
-        )));
-    }
+    let step = histogram_step(from, to, raw, width).map_err(ApiError::bad_request)?;
     let h = match caching(
         &state,
         &name,

@@ -119,9 +119,16 @@ impl Intake {
 
 /// The `Idempotency-Key` header: 1 to 255 printable ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<Box<str>>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        // Which one would name the batch? A retry sent with the other would be stored twice.
+        return Err(ApiError::bad_request(
+            "more than one Idempotency-Key header: a batch has one key",
+        ));
+    }
     let bytes = value.as_bytes();
     // Structured-field strings arrive quoted; the quotes are not part of the key.
     let bytes = match bytes {

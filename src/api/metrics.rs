@@ -32,7 +32,8 @@ const METHODS: &[Method] = &[
 
 /// The statuses counted one by one; any other counts in a last slot, labelled `other`.
 const STATUSES: &[u16] = &[
-    200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 410, 413, 415, 422, 500, 503, 507,
+    200, 201, 202, 204, 304, 308, 400, 401, 403, 404, 405, 408, 409, 410, 413, 415, 422, 500, 503,
+    507,
 ];
 
 /// Error codes of refused ingest batches, as `ApiError` names them; any other counts as `other`.

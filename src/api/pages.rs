@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::RawPathParamsRejection;
-use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::conditional::{self, Validators};
-use super::error::ApiError;
+use super::error::{self, ApiError};
 use super::{AppState, DEFAULT_SERIES};
 use crate::archive::member::gzip;
 use crate::store::{Generation, Located, PageLines, PageRef, SeriesName};
@@ -62,8 +62,15 @@ impl Repr {
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let ndjson = quality(accept, &["application/x-ndjson", "application/jsonl"])
-            > quality(accept, &["application/json", "*/*", "application/*"]);
+        // RFC 9110 §12.5.1: a media range's quality is that of the most specific range that matches it.
+        let media = |names: &[&str]| {
+            quality(accept, names)
+                .or_else(|| quality(accept, &["application/*"]))
+                .or_else(|| quality(accept, &["*/*"]))
+                .unwrap_or(0.0)
+        };
+        let ndjson =
+            media(&["application/x-ndjson", "application/jsonl"]) > media(&["application/json"]);
         Repr {
             ndjson,
             gzip: accepts_gzip(encodings),
@@ -88,13 +95,17 @@ impl Repr {
     }
 }
 
-/// Whether an `Accept-Encoding` value accepts gzip.
+/// Whether an `Accept-Encoding` value accepts gzip (RFC 9110 §12.5.3): by the quality it gives `gzip` when it
+/// names it, even `q=0`, otherwise by the quality of `*`.
 pub fn accepts_gzip(accept_encoding: &str) -> bool {
-    quality(accept_encoding, &["gzip", "x-gzip", "*"]) > 0.0
+    quality(accept_encoding, &["gzip", "x-gzip"])
+        .or_else(|| quality(accept_encoding, &["*"]))
+        .is_some_and(|q| q > 0.0)
 }
 
-/// The highest quality a header list gives any of `names` (0 when none is listed).
-fn quality(list: &str, names: &[&str]) -> f32 {
+/// The highest quality a header list gives any of `names`; `None` when it names none of them. A `q` that does
+/// not parse counts as 1, as if it were absent.
+fn quality(list: &str, names: &[&str]) -> Option<f32> {
     list.split(',')
         .filter_map(|item| {
             let mut parts = item.split(';');
@@ -108,7 +119,7 @@ fn quality(list: &str, names: &[&str]) -> f32 {
                 .unwrap_or(1.0);
             Some(q)
         })
-        .fold(0.0, f32::max)
+        .reduce(f32::max)
 }
 
 /// A page ready to send, as kept in the page cache.
@@ -197,17 +208,46 @@ impl PageRequest {
 }
 
 impl FromRequestParts<AppState> for PageRequest {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.tokens.check_read(&parts.headers)?;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        state
+            .tokens
+            .check_read(&parts.headers)
+            .map_err(IntoResponse::into_response)?;
         let params = match RawPathParams::from_request_parts(parts, state).await {
             Ok(p) => Some(p),
             Err(RawPathParamsRejection::MissingPathParams(_)) => None,
-            Err(e) => return Err(ApiError::bad_request(format!("bad path: {e}"))),
+            Err(e) => return Err(ApiError::bad_request(format!("bad path: {e}")).into_response()),
         };
         let params = params.iter().flat_map(|p| p.iter());
-        PageRequest::new(&parts.headers, params)
+        let req = PageRequest::new(&parts.headers, params).map_err(IntoResponse::into_response)?;
+        // One URL per page: another spelling of the same one (`part/00`, `part/+0`, an escaped character) is sent
+        // to the one links use, so that caches keep one copy.
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str);
+        if let Some(canonical) = route.map(|r| req.path(r))
+            && canonical != parts.uri.path()
+        {
+            let query = parts.uri.query().map_or(String::new(), |q| format!("?{q}"));
+            return Err(error::redirect(&format!("{canonical}{query}")));
+        }
+        Ok(req)
+    }
+}
+
+impl PageRequest {
+    /// The path of this request as links spell it, on the route (template) it came by.
+    fn path(&self, route: &str) -> String {
+        route
+            .replace("{series}", self.series.as_str())
+            .replace("{t}", &self.t.map(time::format_stamp).unwrap_or_default())
+            .replace(
+                "{part}",
+                &self.part.map(|p| p.to_string()).unwrap_or_default(),
+            )
     }
 }
 
@@ -276,7 +316,13 @@ impl BeforePath<'_> {
             None => (rest, None),
         };
         let segment = |s: &str| !s.is_empty() && !s.contains('/');
-        if !segment(t) || !series.is_none_or(segment) || !part.is_none_or(segment) {
+        // A part as links spell it; any other spelling is the router's to redirect.
+        let canonical =
+            |p: &str| p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'));
+        if !segment(t)
+            || !series.is_none_or(segment)
+            || !part.is_none_or(|p| segment(p) && canonical(p))
+        {
             return None;
         }
         let route = match (series.is_some(), part.is_some()) {
@@ -683,6 +729,9 @@ mod tests {
             format!("/api/series/c%70u/data/before/{t}"),
             "/api/series/cpu/data/before/".to_string(),
             format!("/api/data/before/{t}/part/1/"),
+            format!("/api/data/before/{t}/part/00"),
+            format!("/api/data/before/{t}/part/+0"),
+            format!("/api/data/before/{t}/part/01"),
             format!("/api/data/after/{t}"),
             format!("/x/api/data/before/{t}"),
         ] {
@@ -711,5 +760,16 @@ mod tests {
         assert!(!negotiate("application/x-ndjson;q=0.1, application/json", "").ndjson);
         assert!(!negotiate("text/html", "gzip;q=0").gzip);
         assert!(negotiate("", "deflate, gzip;q=0.5").gzip);
+        // An explicit q=0 beats `*`, wherever it stands.
+        for refused in ["gzip;q=0, *", "*, gzip;q=0", "*;q=1, x-gzip;q=0, gzip;q=0"] {
+            assert!(!negotiate("", refused).gzip, "{refused}");
+        }
+        assert!(negotiate("", "*").gzip);
+        assert!(!negotiate("", "*;q=0").gzip);
+        assert!(negotiate("", "br, *;q=0.1").gzip);
+        // The most specific media range decides: JSON refused, anything else welcome.
+        assert!(negotiate("application/json;q=0, */*", "").ndjson);
+        assert!(!negotiate("application/x-ndjson;q=0, */*", "").ndjson);
+        assert!(negotiate("application/*;q=0.2, application/x-ndjson", "").ndjson);
     }
 }

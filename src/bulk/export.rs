@@ -10,7 +10,7 @@
 use std::io;
 
 use axum::body::Bytes;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::archive::member::{self, FINAL_BLOCK};
 use crate::ingest::parse::event_time;
@@ -67,14 +67,24 @@ pub fn parse_range(from: &str, to: &str) -> Result<(Millis, Millis), String> {
     Ok((from, to))
 }
 
-/// The columns `a,b,c` of a CSV export (required there: `None` without them); none for the other formats.
-pub fn csv_fields(format: Format, fields: Option<&str>) -> Option<Vec<String>> {
+/// The columns `a,b,c` of a CSV export, required there (top-level field names, none empty); none for the
+/// other formats. The error says what is wrong, for a 400 or the command line.
+pub fn csv_fields(format: Format, fields: Option<&str>) -> Result<Vec<String>, String> {
     match (format, fields) {
-        (Format::Csv, Some(f)) if !f.trim().is_empty() => {
-            Some(f.split(',').map(|s| s.trim().to_string()).collect())
+        (Format::Csv, Some(f)) => {
+            let fields: Vec<String> = f.split(',').map(|s| s.trim().to_string()).collect();
+            match fields.iter().position(String::is_empty) {
+                None => Ok(fields),
+                Some(i) => Err(format!(
+                    "fields={f:?}: column {} has no name; give top-level field names, e.g. fields=ts,host,value",
+                    i + 1
+                )),
+            }
         }
-        (Format::Csv, _) => None,
-        _ => Some(Vec::new()),
+        (Format::Csv, None) => {
+            Err("format=csv needs fields=a,b,c (top-level field names)".to_string())
+        }
+        _ => Ok(Vec::new()),
     }
 }
 
@@ -281,20 +291,47 @@ fn csv_header(fields: &[String]) -> Vec<u8> {
     out
 }
 
-/// One event as a CSV row: strings as they are, other values as compact JSON, missing fields empty.
+/// One event as a CSV row: strings as they are, numbers as sent (a big integer keeps every digit), other values
+/// as compact JSON, missing fields and `null` empty. Values are read raw, never through a float or a depth limit.
 fn csv_row(line: &[u8], fields: &[String], out: &mut Vec<u8>) {
-    let event: serde_json::Map<String, Value> = serde_json::from_slice(line).unwrap_or_default();
+    let event: std::collections::HashMap<String, &RawValue> =
+        serde_json::from_slice(line).unwrap_or_default();
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        match event.get(f) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => csv_cell(s, out),
-            Some(other) => csv_cell(&other.to_string(), out),
+        let Some(raw) = event.get(f).map(|v| v.get()) else {
+            continue;
+        };
+        match raw.as_bytes().first() {
+            Some(b'"') => match serde_json::from_str::<String>(raw) {
+                Ok(text) => csv_cell(&text, out),
+                Err(_) => csv_cell(raw, out),
+            },
+            Some(b'n') => {}
+            Some(b'{' | b'[') => csv_cell(&compact(raw), out),
+            _ => csv_cell(raw, out),
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// JSON text without the whitespace between its tokens; strings are left as they are.
+fn compact(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in raw.chars() {
+        if in_string {
+            in_string = escaped || c != '"';
+            escaped = !escaped && c == '\\';
+        } else if c == '"' {
+            in_string = true;
+        } else if c.is_ascii_whitespace() {
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -315,7 +352,23 @@ mod tests {
             "\"x,y\",\"say \"\"hi\"\"\",1.5,,\"{\"\"k\"\":[1]}\"\r\n"
         );
         assert_eq!(csv_header(&fields), b"a,b,c,d,e\r\n");
-        assert_eq!(csv_fields(Format::Csv, Some(" ")), None);
-        assert_eq!(csv_fields(Format::Json, None), Some(vec![]));
+        // Numbers as sent, nested values compact, whatever their depth.
+        let mut out = Vec::new();
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let line = format!(
+            r#"{{"a":123456789012345678901234567890,"b":-0.0,"c":{{ "k" : [1, "x y"] }},"d":null,"e":{deep}}}"#
+        );
+        csv_row(line.as_bytes(), &fields, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "123456789012345678901234567890,-0.0,\"{{\"\"k\"\":[1,\"\"x y\"\"]}}\",,{deep}\r\n"
+            )
+        );
+        for bad in [" ", ",,,", "a,,b", "a,"] {
+            assert!(csv_fields(Format::Csv, Some(bad)).is_err(), "{bad:?}");
+        }
+        assert!(csv_fields(Format::Csv, None).is_err());
+        assert_eq!(csv_fields(Format::Json, None), Ok(vec![]));
     }
 }

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::time::{self, Millis};
@@ -299,6 +299,13 @@ fn describe(e: serde_json::Error) -> String {
     let text = text
         .rfind(" at line ")
         .map_or(text.as_str(), |i| &text[..i]);
+    // What serde_json refuses beyond syntax, said so that a user knows what to change.
+    let text = match text {
+        "recursion limit exceeded" => "nested more than 128 levels deep",
+        "number out of range" => "a number is beyond the range of a 64-bit float",
+        t if t.contains("surrogate") => "a string holds an unpaired UTF-16 surrogate escape",
+        t => t,
+    };
     if e.is_data() {
         text.to_string()
     } else {
@@ -331,14 +338,15 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                     if probe.time.is_some() {
                         return Err(de::Error::custom(format!("{key:?} appears twice")));
                     }
-                    probe.time = Some(map.next_value_seed(TimeVisitor { key })?);
+                    let raw: &RawValue = map.next_value()?;
+                    probe.time = Some(event_time_of(key, raw.get()).map_err(de::Error::custom)?);
                 }
                 Key::Ts => {
                     probe.has_ts = true;
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value_seed(Checked)?;
                 }
                 Key::Other => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value_seed(Checked)?;
                 }
             }
         }
@@ -385,83 +393,106 @@ impl Visitor<'_> for KeyKind<'_> {
     }
 }
 
-/// Reads a time field: an RFC 3339 string or a number of Unix milliseconds.
-struct TimeVisitor<'k> {
-    key: &'k str,
-}
-
-impl<'de> DeserializeSeed<'de> for TimeVisitor<'_> {
-    type Value = Millis;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Millis, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl TimeVisitor<'_> {
-    fn in_range<E: de::Error>(&self, t: Millis) -> Result<Millis, E> {
-        if time::in_range(t) {
-            Ok(t)
-        } else {
-            Err(E::custom(format!(
-                "{:?} {t} is outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59.999Z",
-                self.key
-            )))
+/// Reads a time field as sent (`raw`, its JSON text): an RFC 3339 string or a number of Unix milliseconds,
+/// within the range of times stored. Errors quote the value as it was sent.
+fn event_time_of(key: &str, raw: &str) -> Result<Millis, String> {
+    let outside = || {
+        format!(
+            "{key:?} {raw} is outside 1970-01-01T00:00:00Z..{}",
+            time::format_rfc3339(time::MAX_TIME)
+        )
+    };
+    let expected = || format!("{key:?} is not an RFC 3339 string or a number of Unix milliseconds");
+    let t = match raw.as_bytes().first() {
+        Some(b'"') => {
+            // Borrowed when it has no escapes, which is every time field ever seen; checked either way.
+            let text: std::borrow::Cow<str> = match serde_json::from_str::<&str>(raw) {
+                Ok(text) => text.into(),
+                Err(_) => serde_json::from_str::<String>(raw)
+                    .map_err(describe)?
+                    .into(),
+            };
+            let t = time::parse_rfc3339(&text)
+                .ok_or_else(|| format!("{key:?} {raw} is not RFC 3339"))?;
+            return if time::in_range(t) {
+                Ok(t)
+            } else {
+                Err(outside())
+            };
         }
-    }
-
-    fn expected<E: de::Error>(&self) -> E {
-        E::custom(format!(
-            "{:?} is not an RFC 3339 string or a number of Unix milliseconds",
-            self.key
-        ))
+        Some(b'-' | b'0'..=b'9') => match raw.parse::<i64>() {
+            Ok(t) => t,
+            Err(_) => {
+                let v: f64 = raw.parse().map_err(|_| expected())?;
+                if !(v.is_finite() && v >= time::MIN_TIME as f64 && v <= time::MAX_TIME as f64) {
+                    return Err(outside());
+                }
+                v.floor() as Millis
+            }
+        },
+        _ => return Err(expected()),
+    };
+    if time::in_range(t) {
+        Ok(t)
+    } else {
+        Err(outside())
     }
 }
 
-impl<'de> Visitor<'de> for TimeVisitor<'_> {
-    type Value = Millis;
+/// Checks a value the probe does not otherwise read, by serde_json's own rules for what it parses: numbers
+/// within a 64-bit float's range, strings whose escapes are whole (no unpaired surrogate), at most 128 levels
+/// of nesting. Skipping it unparsed let through lines that strict readers of pages and exports cannot read.
+struct Checked;
+
+impl<'de> DeserializeSeed<'de> for Checked {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Checked)
+    }
+}
+
+impl<'de> Visitor<'de> for Checked {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} as RFC 3339 or Unix milliseconds", self.key)
+        f.write_str("a JSON value")
     }
 
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Millis, E> {
-        match time::parse_rfc3339(s) {
-            Some(t) => self.in_range(t),
-            None => Err(E::custom(format!("{:?} {s:?} is not RFC 3339", self.key))),
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Checked)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(KeyKind { key: "" })?.is_some() {
+            map.next_value_seed(Checked)?;
         }
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
-        self.in_range(v)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
-        self.in_range(i64::try_from(v).unwrap_or(i64::MAX))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Millis, E> {
-        if v.is_finite() && v >= time::MIN_TIME as f64 && v <= time::MAX_TIME as f64 {
-            Ok(v.floor() as Millis)
-        } else {
-            self.in_range(i64::MIN)
-        }
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Millis, E> {
-        Err(self.expected())
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Millis, E> {
-        Err(self.expected())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Millis, A::Error> {
-        Err(self.expected())
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Millis, A::Error> {
-        Err(self.expected())
+        Ok(())
     }
 }
 
@@ -557,6 +588,81 @@ mod tests {
         assert_eq!(e.position.unwrap().to_string(), "element 2");
         let e = parse(b"[{\"ts\":1}", Format::JsonArray, NOW).unwrap_err();
         assert!(e.to_string().starts_with("body: not a JSON array"), "{e}");
+    }
+
+    #[test]
+    fn values_strict_readers_cannot_read_back_are_refused_naming_the_line() {
+        let deep = format!("{{\"ts\":1,\"a\":{}1{}}}", "[".repeat(130), "]".repeat(130));
+        let cases: [(&str, &str); 5] = [
+            (
+                "{\"ts\":1,\"x\":1e400}",
+                "line 1: invalid JSON at column 17: a number is beyond the range",
+            ),
+            (
+                "{\"ts\":1,\"s\":\"\\ud800\"}",
+                "line 1: invalid JSON at column 20: ",
+            ),
+            (
+                "{\"ts\":1,\"\\udfff\":2}",
+                "line 1: invalid JSON at column 15: a string holds an unpaired",
+            ),
+            (&deep, "line 1: invalid JSON at column "),
+            (
+                "{\"ts\":1,\"n\":[{\"m\":-1e999}]}",
+                "line 1: invalid JSON at column ",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = parse(body.as_bytes(), Format::Ndjson, NOW)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{e:?} should start with {want:?}");
+        }
+        let e = parse(deep.as_bytes(), Format::Ndjson, NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("nested more than 128 levels deep"), "{e}");
+        // Within the limits, everything passes as sent: big integers, paired surrogates, 120 levels.
+        let ok = format!(
+            "{{\"ts\":1,\"big\":123456789012345678901234567890,\"e\":\"\\ud83d\\ude00\",\"d\":{}1{}}}",
+            "[".repeat(120),
+            "]".repeat(120)
+        );
+        let p = parse(ok.as_bytes(), Format::Ndjson, NOW).unwrap();
+        assert_eq!(p.batch.iter().next().unwrap().1, ok.as_bytes());
+    }
+
+    #[test]
+    fn a_bad_time_is_reported_as_it_was_sent() {
+        for (body, want) in [
+            (
+                "{\"ts\":18446744073709551616}",
+                "\"ts\" 18446744073709551616 is outside",
+            ),
+            (
+                "{\"ts\":-9223372036854775809}",
+                "\"ts\" -9223372036854775809 is outside",
+            ),
+            ("{\"ts\":1e300}", "\"ts\" 1e300 is outside"),
+            (
+                "{\"ts\":\"1969-12-31T23:59:59Z\"}",
+                "\"ts\" \"1969-12-31T23:59:59Z\" is outside",
+            ),
+            ("{\"ts\":\"soon\"}", "\"ts\" \"soon\" is not RFC 3339"),
+        ] {
+            let e = parse(body.as_bytes(), Format::Ndjson, NOW)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
+        }
+        // An escaped time string is read like any other.
+        let p = parse(
+            b"{\"ts\":\"\\u0031970-01-01T00:00:01Z\"}",
+            Format::Ndjson,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(p.batch.ts(), &[1000]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::chunk::OpenChunk;
 use super::{Generation, SeriesName, Store, StoreError, lock};
 use crate::archive::{SeriesArchive, member};
 use crate::ingest::wal::{LineReader, LineRef};
-use crate::time::{ChunkStart, ChunkWidth, Millis};
+use crate::time::{self, ChunkStart, ChunkWidth, Millis};
 
 /// Which page a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -204,6 +204,12 @@ impl Store {
                 _ => Some(PageRef::After { start: st + w }),
             },
         };
+        // Past the last time a URL can name there is nothing to link to (no event is that late).
+        let nameable = |p: &PageRef| match *p {
+            PageRef::Before { end: t, .. } | PageRef::After { start: t } => t <= time::MAX_STAMP,
+            PageRef::Head => true,
+        };
+        let (prev, next) = (prev.filter(nameable), next.filter(nameable));
         // The oldest page left by retention lost its `prev`: that shows in its identity.
         let retention_edge = (prev.is_none() && s.retained_from > 0).then_some(s.retained_from);
         let is_final = matches!(page, PageRef::Before { .. })
@@ -340,7 +346,7 @@ impl Store {
         to: Millis,
         step: Millis,
     ) -> Result<Vec<u64>, StoreError> {
-        let buckets = usize::try_from((to - from + step - 1) / step).unwrap_or(0);
+        let buckets = time::buckets(from, to, step);
         let mut counts = vec![0u64; buckets];
         let bucket = |start: Millis| ((start - from) / step) as usize;
         let (archive, memory) = {

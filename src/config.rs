@@ -66,6 +66,9 @@ pub struct StoreArgs {
     /// gzip level for sealed chunks and for answers compressed on the fly (1 fastest .. 9 smallest).
     #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub gzip_level: u32,
+    /// For tests of supervision: the store thread (`commit` or `seal`) that panics at its first piece of work.
+    #[arg(long, hide = true, value_parser = ["commit", "seal"])]
+    pub panic_in: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,6 +101,13 @@ pub struct ServeArgs {
     /// Bytes of rendered final pages kept in memory (0: none).
     #[arg(long, env = "HOURGLASS_PAGE_CACHE_BYTES", default_value_t = 256 << 20)]
     pub page_cache_bytes: u64,
+    /// Seconds to let requests in flight finish once the server is told to stop; then their connections are
+    /// closed (the store still stops cleanly).
+    #[arg(long, env = "HOURGLASS_SHUTDOWN_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_timeout: u64,
+    /// Connections served at once; more wait in the kernel's queue until one closes.
+    #[arg(long, env = "HOURGLASS_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
     /// Milliseconds added to the system clock: for tests that must cross an hour boundary now.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub clock_offset_ms: i64,
@@ -209,6 +219,7 @@ impl StoreArgs {
             max_inflight_bytes: self.max_inflight_bytes,
             max_queued_batches: 4096,
             retention: self.retention,
+            panic_in: self.panic_in.clone(),
         }
     }
 }

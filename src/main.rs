@@ -24,7 +24,12 @@ fn main() -> ExitCode {
         runtime.worker_threads(n.into());
     }
     match runtime.enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli)),
+        // Blocking work left over (an export a closed connection no longer reads) gets a moment, not for ever.
+        Ok(runtime) => {
+            let code = runtime.block_on(run(cli));
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            code
+        }
         Err(e) => {
             eprintln!("hourglass: cannot start the runtime: {e}");
             ExitCode::FAILURE

@@ -51,13 +51,12 @@ pub async fn run(
         metrics: api::metrics::ApiMetrics::new(api::route_paths()),
         stopping,
     });
-    let served = serve(
-        listener,
-        api::Front::new(state),
-        args.request_timeout(),
-        shutdown,
-    )
-    .await;
+    let limits = Limits {
+        header_timeout: args.request_timeout(),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        max_connections: args.max_connections as usize,
+    };
+    let served = serve(listener, api::Front::new(state), limits, shutdown).await;
     tracing::info!("no more requests; stopping the store");
     tokio::task::spawn_blocking(move || store.shutdown())
         .await
@@ -65,32 +64,54 @@ pub async fn run(
     served
 }
 
-/// Accepts connections until `shutdown`, then lets the requests in flight finish. A client gets `timeout` to
-/// send its request's headers (after that the connection is closed; request bodies have their own limit, see
-/// `api::ingest`), so slow or silent clients cannot hold connections forever.
+/// What bounds the accept loop.
+struct Limits {
+    /// How long a client has to send a request's headers.
+    header_timeout: Duration,
+    /// How long requests in flight may go on once the server stops.
+    shutdown_timeout: Duration,
+    /// Connections served at once.
+    max_connections: usize,
+}
+
+/// Accepts connections until `shutdown`, then lets the requests in flight finish, for at most the shutdown
+/// timeout. A client gets the header timeout to send its request's headers (after that the connection is
+/// closed; request bodies have their own limit, see `api::ingest`), so slow or silent clients cannot hold
+/// connections forever. At most `max_connections` are served at once: past that the loop waits for one to
+/// close, and further clients wait in the kernel's queue. A failing accept (out of file descriptors) is retried
+/// after a pause that doubles, up to a second, rather than in a tight loop.
 async fn serve(
     listener: TcpListener,
     front: api::Front,
-    timeout: Duration,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    const FIRST_PAUSE: Duration = Duration::from_millis(5);
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.header_read_timeout(timeout);
+    http.header_read_timeout(limits.header_timeout);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut pause = FIRST_PAUSE;
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, say: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = async {
+                let permit = connections.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            } => accepted,
             () = &mut shutdown => break,
         };
+        let (stream, permit) = match accepted {
+            (Ok(permit), Ok((stream, _))) => (stream, permit),
+            (_, Err(e)) => {
+                tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "accept failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            (Err(_), Ok(_)) => break,
+        };
+        pause = FIRST_PAUSE;
         // TCP_NODELAY: a response written in pieces must not wait for the client's delayed ACK (Nagle).
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
@@ -104,10 +125,20 @@ async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended");
             }
+            drop(permit);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        let open = limits.max_connections - connections.available_permits();
+        tracing::warn!(
+            connections = open,
+            "requests still in flight after the shutdown timeout: their connections are closed"
+        );
+    }
     Ok(())
 }
 

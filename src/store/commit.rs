@@ -38,6 +38,9 @@ pub(super) fn commit_loop(inner: &Inner, rx: Receiver<Msg>) {
             }
         }
         if !group.is_empty() {
+            if inner.cfg.panic_in.as_deref() == Some("commit") {
+                panic!("told to (--panic-in commit)");
+            }
             commit_group(inner, group, &mut records);
         }
     }

@@ -60,6 +60,8 @@ pub struct StoreConfig {
     pub max_queued_batches: usize,
     /// How long sealed hours are kept (None: for ever); older hour archives are removed.
     pub retention: Option<Millis>,
+    /// For tests of supervision only: the thread (`commit` or `seal`) that panics at its first piece of work.
+    pub panic_in: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -437,6 +439,29 @@ impl Inner {
     }
 }
 
+/// Ends the process when the thread it lives on dies of a panic. Without the commit thread every batch would
+/// wait and be refused with 503 for ever, without the sealer nothing would be sealed again, while the process
+/// still looked healthy: better to stop at once, loudly, so that a supervisor starts it again (nothing
+/// acknowledged is lost: the log has it).
+struct AbortOnPanic(&'static str);
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                thread = self.0,
+                "the {} thread panicked: stopping the process",
+                self.0
+            );
+            eprintln!(
+                "hourglass: the {} thread panicked; aborting so that a supervisor restarts the process",
+                self.0
+            );
+            std::process::abort();
+        }
+    }
+}
+
 /// A handle on the store; clones share it.
 #[derive(Clone)]
 pub struct Store {
@@ -539,14 +564,20 @@ impl Store {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name("hourglass-commit".into())
-                .spawn(move || commit::commit_loop(&inner, rx))
+                .spawn(move || {
+                    let _supervised = AbortOnPanic("commit");
+                    commit::commit_loop(&inner, rx)
+                })
                 .map_err(|e| StoreError::storage(e, None))?
         };
         let sealer = {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name("hourglass-seal".into())
-                .spawn(move || seal::seal_loop(&inner))
+                .spawn(move || {
+                    let _supervised = AbortOnPanic("seal");
+                    seal::seal_loop(&inner)
+                })
                 .map_err(|e| StoreError::storage(e, None))?
         };
         Ok(Store {

@@ -147,6 +147,9 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         }
         (s.archive.clone(), s.width, s.closing, s.persisted, chunks)
     };
+    if inner.cfg.panic_in.as_deref() == Some("seal") {
+        panic!("told to (--panic-in seal)");
+    }
     if !persisted {
         // A series whose folder could not be made when its first batch was stored: now, before its archive.
         inner.persist_settings(name, |_| {})?;

@@ -15,5 +15,6 @@ mod metrics;
 mod pages;
 mod recovery;
 mod retention;
+mod supervision;
 mod support;
 mod watermark;

@@ -94,6 +94,24 @@ impl Server {
         }
     }
 
+    /// Waits for the process to end by itself, up to `timeout`; its exit status, or `None` if it is still up.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the server has logged so far (`start_logged`).
     pub fn log(&self) -> String {
         let path = self.log.as_ref().expect("started with start_logged");

@@ -217,3 +217,71 @@ fn a_second_server_on_the_same_data_folder_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another hourglass"));
 }
+
+/// Seals one event in each of two hours, the older two hours back (the server's clock moved), the newer now;
+/// returns the series folder's two archives, oldest first.
+fn two_hours_sealed(data: &Path) -> Vec<std::path::PathBuf> {
+    const HOUR: i64 = 3_600_000;
+    for hours_ago in [2, 0] {
+        let now = now_ms();
+        let offset = if hours_ago == 0 {
+            0
+        } else {
+            (now - hours_ago * HOUR).div_euclid(HOUR) * HOUR + HOUR / 2 - now
+        };
+        let offset_arg = offset.to_string();
+        let mut args: Vec<&str> = FAST.to_vec();
+        args.extend(["--clock-offset-ms", &offset_arg]);
+        let server = Server::start(data, &args);
+        let t = now_ms() + offset;
+        let r = server.post_ndjson("/api/series/g/events", &ndjson(&[t], "x"));
+        assert_eq!(r.status, 202);
+        server.wait_sealed("g", t);
+        server.stop();
+    }
+    crate::support::archive_files(&data.join("g"))
+}
+
+#[test]
+fn a_deleted_or_emptied_older_archive_is_logged_as_an_error_not_a_silent_gap() {
+    for emptied in [false, true] {
+        let dir = TempDir::new("gap");
+        let files = two_hours_sealed(dir.path());
+        assert_eq!(files.len(), 2);
+        if emptied {
+            fs::write(&files[0], b"").unwrap();
+        } else {
+            fs::remove_file(&files[0]).unwrap();
+        }
+        let log = dir.path().join("server.log");
+        let server = Server::start_logged(dir.path(), FAST, &log);
+        assert_eq!(server.get("/api/series/g").json()["events"], 1);
+        let text = server.log();
+        let line = text
+            .lines()
+            .find(|l| {
+                l.contains("ERROR") && l.contains(&*files[0].file_name().unwrap().to_string_lossy())
+            })
+            .unwrap_or_else(|| panic!("no error for the lost hour (emptied {emptied}): {text}"));
+        assert!(
+            line.contains("1 members, 1 events") || line.contains("1 more members"),
+            "{line}"
+        );
+        server.stop();
+        // Said once: the index that named the lost hour is kept aside, never read again for a new archive.
+        let server = Server::start_logged(dir.path(), FAST, &log);
+        let errors = server.log().lines().filter(|l| l.contains("ERROR")).count();
+        assert_eq!(errors, 1, "{}", server.log());
+        let aside = fs::read_dir(dir.path().join("g"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".idx.")
+            })
+            .count();
+        assert_eq!(aside, 1);
+    }
+}

@@ -61,7 +61,10 @@ fn a_dead_seal_thread_stops_the_process() {
     let log = dir.path().join("server.log");
     let args: Vec<&str> = FAST.iter().copied().chain(["--panic-in", "seal"]).collect();
     let mut server = Server::start_logged(dir.path(), &args, &log);
-    let r = server.post_ndjson("/api/series/s/events", &format!("{{\"ts\":{}}}\n", now_ms()));
+    let r = server.post_ndjson(
+        "/api/series/s/events",
+        &format!("{{\"ts\":{}}}\n", now_ms()),
+    );
     assert_eq!(r.status, 202);
     assert_aborted(&mut server, "seal");
 }

@@ -5,7 +5,7 @@
 //! stops the walk.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -79,7 +79,7 @@ async fn caching(
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return Ok(Caching::Send(h));
     }
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = super::StableHasher::default();
     (name.as_str(), generation, identity).hash(&mut hasher);
     let etag = format!("\"hg1x.{:016x}\"", hasher.finish());
     let control = if state.tokens.read.is_some() {

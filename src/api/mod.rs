@@ -158,6 +158,28 @@ async fn method_not_allowed(method: Method) -> Response {
     .into_response()
 }
 
+/// FNV-1a, 64 bits: the same digest on every build, for ETags that outlive the process (std's `DefaultHasher`
+/// makes no such promise across releases). For validators only, never for hash tables of untrusted keys.
+pub(crate) struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> StableHasher {
+        StableHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The `{series}` path segment, checked to be a valid series name.
 pub struct SeriesPath(pub SeriesName);
 

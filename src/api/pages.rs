@@ -9,7 +9,7 @@
 //! one page, one body, one cache entry.
 
 use std::borrow::Cow;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -557,18 +557,20 @@ fn render(
     } else {
         json_body(name, at, &lines)
     };
-    let etag = if at.is_final {
-        FinalPage::of(name, at, repr).etag()
-    } else {
-        let mut h = DefaultHasher::new();
-        (repr.tag(), link.as_ref().map(HeaderValue::as_bytes), &plain).hash(&mut h);
-        format!("\"c.{:016x}\"", h.finish())
-    };
     let body = match (repr.gzip, lines.member) {
         // The stored member is this very page, gzip'd: it goes out as it is.
         (true, Some(member)) if repr.ndjson => member,
         (true, _) => gzip(&plain, level),
         (false, _) => plain,
+    };
+    // A page that is not final yet hashes exactly what it sends: the same lines go out as the stored member once
+    // their chunk is sealed, other bytes than gzip'd on the fly, so they get another ETag.
+    let etag = if at.is_final {
+        FinalPage::of(name, at, repr).etag()
+    } else {
+        let mut h = super::StableHasher::default();
+        (repr.tag(), link.as_ref().map(HeaderValue::as_bytes), &body).hash(&mut h);
+        format!("\"c.{:016x}\"", h.finish())
     };
     let not_modified = validator_headers(
         header_value(&etag),

@@ -1,7 +1,7 @@
 //! `GET /`: the viewer (three static files compiled into the binary, no build step) and `GET
 //! /api-docs/openapi.yaml`. Each is `no-cache` with an ETag of its bytes, so a browser revalidates it with a 304.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::LazyLock;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -43,7 +43,7 @@ static ETAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
     ASSETS
         .iter()
         .map(|a| {
-            let mut h = DefaultHasher::new();
+            let mut h = super::StableHasher::default();
             a.body.hash(&mut h);
             format!("\"{:016x}\"", h.finish())
         })

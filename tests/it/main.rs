@@ -4,6 +4,7 @@
 mod browser;
 mod bulk;
 mod cache;
+mod contract;
 mod crash;
 mod damage;
 mod disk;

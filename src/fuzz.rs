@@ -1,5 +1,6 @@
 //! Property tests over hostile input (proptest): everything that reads bytes from outside — bodies, URL times,
-//! RFC 3339, conditional and `Prefer` headers, archive members, log segments, whole archive folders — answers
+//! RFC 3339, conditional, `Prefer` and `Accept-Encoding` headers, histogram parameters, archive members, log
+//! segments (one damaged record loses only itself), whole archive folders — answers
 //! arbitrary input with a value or an error, never a panic, and what it accepts is what it claims. The case
 //! counts are set per property; `PROPTEST_CASES` raises them all for a long run.
 
@@ -9,7 +10,8 @@ use axum::http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 
 use crate::api::conditional::Validators;
-use crate::api::pages::{Repr, prefer_wait};
+use crate::api::export::histogram_step;
+use crate::api::pages::{Repr, accepts_gzip, prefer_wait};
 use crate::archive::SeriesArchive;
 use crate::archive::member::{self, MemberMeta};
 use crate::ingest::parse::{self, Format, event_time};
@@ -119,6 +121,71 @@ proptest! {
     }
 }
 
+/// One coding of an `Accept-Encoding` list, with its quality (`None`: none given; a bad one counts as 1).
+fn coding() -> impl Strategy<Value = (&'static str, Option<&'static str>)> {
+    (
+        prop::sample::select(vec![
+            "gzip", "x-gzip", "GZIP", "*", "br", "deflate", "identity", "zstd",
+        ]),
+        prop::option::of(prop::sample::select(vec![
+            "0", "0.0", "0.5", "1", "1.0", "0.001", "x",
+        ])),
+    )
+}
+
+proptest! {
+    #![proptest_config(cases(2000))]
+
+    #[test]
+    fn histogram_parameters_are_bounded_whatever_their_size(
+        from in 0i64..4_000_000_000,
+        span in 1i64..4_000_000_000,
+        digits in "[0-9]{1,22}",
+        unit in prop::sample::select(vec!["", "s", "m", "h", "d", "x", "ms"]),
+        width in prop::sample::select(vec![1u32, 10, 60, 3600]),
+    ) {
+        let width = time::ChunkWidth::from_secs(width).unwrap();
+        let (from, to) = (width.align_down(from * 1000), width.align_down((from + span) * 1000) + width.millis());
+        match histogram_step(from, to, &format!("{digits}{unit}"), width) {
+            Ok(step) => {
+                prop_assert!(step > 0 && step % width.millis() == 0 && step <= to - from);
+                prop_assert!(time::buckets(from, to, step) <= 100_000);
+            }
+            Err(e) => prop_assert!(!e.is_empty()),
+        }
+        let _ = time::buckets(from, to, i64::MAX);
+    }
+
+    #[test]
+    fn accept_encoding_is_read_by_rfc_9110_in_any_order(
+        codings in proptest::collection::vec(coding(), 0..6),
+        shuffle in any::<prop::sample::Index>(),
+    ) {
+        let spell = |list: &[(&str, Option<&str>)]| {
+            list.iter()
+                .map(|(c, q)| q.map_or(c.to_string(), |q| format!("{c};q={q}")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // What RFC 9110 §12.5.3 says: gzip's own quality when it is named, else that of `*`.
+        let q = |q: &Option<&str>| q.map_or(1.0, |q| q.parse::<f32>().unwrap_or(1.0));
+        let best = |names: &[&str]| {
+            codings
+                .iter()
+                .filter(|(c, _)| names.iter().any(|n| n.eq_ignore_ascii_case(c)))
+                .map(|(_, v)| q(v))
+                .reduce(f32::max)
+        };
+        let want = best(&["gzip", "x-gzip"]).or_else(|| best(&["*"])).is_some_and(|q| q > 0.0);
+        prop_assert_eq!(accepts_gzip(&spell(&codings)), want, "{}", spell(&codings));
+        let mut turned = codings.clone();
+        let len = turned.len();
+        turned.rotate_left(shuffle.index(len.max(1)).min(len));
+        turned.reverse();
+        prop_assert_eq!(accepts_gzip(&spell(&turned)), want, "{}", spell(&turned));
+    }
+}
+
 proptest! {
     #![proptest_config(cases(1000))]
 
@@ -141,6 +208,42 @@ proptest! {
         if let Ok((_, lines)) = member::decode(&bytes) {
             prop_assert_eq!(&lines[..], &raw[..]);
         }
+        // What is sent as it is must pass the same test: verify passes only what decodes to the lines.
+        let meta = member::parse_header(&valid_member(raw)).unwrap();
+        if member::verify(&bytes, &meta).is_ok() {
+            prop_assert_eq!(member::decode(&bytes).map(|(_, l)| l), Ok(raw.to_vec()));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(300))]
+
+    #[test]
+    fn one_damaged_log_record_loses_only_itself(
+        sizes in proptest::collection::vec(0usize..300, 2..8),
+        at in any::<prop::sample::Index>(),
+        mask in 1u8..=255,
+    ) {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            starts.push(bytes.len());
+            let mut b = crate::ingest::parse::Batch::default();
+            b.push(i as i64, format!("{{\"ts\":{i},\"p\":\"{}\"}}", "y".repeat(*size)).as_bytes());
+            crate::ingest::wal::encode("s", None, &b, &mut bytes);
+        }
+        let flip = at.index(bytes.len());
+        bytes[flip] ^= mask;
+        let hit = starts.iter().rposition(|&s| s <= flip).unwrap_or(0) as i64;
+        let dir = temp_dir("wal-flip");
+        std::fs::write(dir.join(format!("{:016}.log", 1)), &bytes).unwrap();
+        let mut seen = Vec::new();
+        let (_, repairs) = Wal::open(&dir, |r| seen.push(r.events[0].ts)).unwrap();
+        let want: Vec<i64> = (0..sizes.len() as i64).filter(|&i| i != hit).collect();
+        prop_assert_eq!(seen, want);
+        prop_assert_eq!(repairs.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

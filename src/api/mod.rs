@@ -4,7 +4,7 @@
 pub mod auth;
 pub(crate) mod conditional;
 pub mod error;
-mod export;
+pub(crate) mod export;
 mod front;
 pub use front::Front;
 mod ingest;

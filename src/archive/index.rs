@@ -2,8 +2,12 @@
 //! sidecar file (`{YYYYMMDDHH}.idx`) that is only a cache of what the archive's own headers say: it is
 //! checked against the archive on load, and rebuilt from the archive whenever it is missing, short or wrong.
 //!
-//! Sidecar layout: the magic `HGIDX1\n\0`, then one 74-byte record per member: offset (u64 LE), the member's
-//! 62-byte metadata (as in its FEXTRA subfield), CRC32 of those 70 bytes.
+//! Sidecar layout: the magic `HGIDX2\n\0`, then one 79-byte record per member: offset (u64 LE), the member's
+//! 62-byte metadata (as in its FEXTRA subfield), the CRC-32 of the member's bytes after its header (u32 LE) and
+//! whether that is known (u8), CRC-32 of those 75 bytes. The data CRC lets a member be sent as it is after a
+//! check that costs a CRC over its compressed bytes instead of inflating it; it is known for every member sealed,
+//! imported or scanned (inflated and checked) since, not for those of an older `HGIDX1` sidecar (74-byte records
+//! without it), which is read and rewritten in this layout.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -13,19 +17,33 @@ use std::path::Path;
 use super::member::{self, HEADER_LEN, MemberMeta};
 use crate::time::{ChunkStart, Hour, Millis};
 
-const MAGIC: &[u8; 8] = b"HGIDX1\n\0";
-const RECORD_LEN: usize = 8 + MemberMeta::BYTES + 4;
+const MAGIC: &[u8; 8] = b"HGIDX2\n\0";
+const MAGIC_V1: &[u8; 8] = b"HGIDX1\n\0";
+const RECORD_LEN: usize = 8 + MemberMeta::BYTES + 4 + 1 + 4;
+const RECORD_LEN_V1: usize = 8 + MemberMeta::BYTES + 4;
 
 /// One member's place in its archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
     pub offset: u64,
     pub meta: MemberMeta,
+    /// The CRC-32 of the member's bytes after its 80-byte header, taken when they were known good (written, or
+    /// inflated and checked); `None` for members indexed by an older sidecar.
+    pub data_crc: Option<u32>,
 }
 
 impl IndexEntry {
     pub fn end(&self) -> u64 {
         self.offset + self.meta.member_len
+    }
+
+    /// The entry of a member whose bytes are known good.
+    pub fn of(offset: u64, meta: MemberMeta, bytes: &[u8]) -> IndexEntry {
+        IndexEntry {
+            offset,
+            meta,
+            data_crc: bytes.get(HEADER_LEN..).map(crc32fast::hash),
+        }
     }
 }
 
@@ -97,8 +115,11 @@ impl HourIndex {
 
 pub fn record(entry: &IndexEntry) -> [u8; RECORD_LEN] {
     let mut r = [0u8; RECORD_LEN];
+    let m = 8 + MemberMeta::BYTES;
     r[..8].copy_from_slice(&entry.offset.to_le_bytes());
-    r[8..8 + MemberMeta::BYTES].copy_from_slice(&entry.meta.to_bytes());
+    r[8..m].copy_from_slice(&entry.meta.to_bytes());
+    r[m..m + 4].copy_from_slice(&entry.data_crc.unwrap_or(0).to_le_bytes());
+    r[m + 4] = u8::from(entry.data_crc.is_some());
     let crc = crc32fast::hash(&r[..RECORD_LEN - 4]);
     r[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
     r
@@ -128,18 +149,27 @@ pub fn read_sidecar(path: &Path, hour: Hour, archive_len: u64) -> io::Result<Sid
         }
         Err(e) => return Err(e),
     };
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Ok(Sidecar {
-            index,
-            stale: true,
-            beyond: 0,
-        });
-    }
-    let records = bytes[MAGIC.len()..].chunks(RECORD_LEN);
-    let total = records.len();
+    let record_len = match bytes.get(..MAGIC.len()) {
+        Some(m) if m == MAGIC => RECORD_LEN,
+        Some(m) if m == MAGIC_V1 => RECORD_LEN_V1,
+        _ => {
+            return Ok(Sidecar {
+                index,
+                stale: true,
+                beyond: 0,
+            });
+        }
+    };
+    let records = bytes[MAGIC.len()..].chunks(record_len);
+    // An older layout is read, then rewritten in this one.
+    let total = if record_len == RECORD_LEN {
+        records.len()
+    } else {
+        usize::MAX
+    };
     let mut beyond = 0;
     for r in records {
-        let Some(entry) = entry_of(r) else {
+        let Some(entry) = entry_of(r, record_len) else {
             break;
         };
         if entry.end() > archive_len && (index.accepts(&entry) || beyond > 0) {
@@ -158,18 +188,27 @@ pub fn read_sidecar(path: &Path, hour: Hour, archive_len: u64) -> io::Result<Sid
     })
 }
 
-/// One sidecar record, if it is whole and its checksum and metadata are right.
-fn entry_of(r: &[u8]) -> Option<IndexEntry> {
-    if r.len() != RECORD_LEN {
+/// One sidecar record of `len` bytes (this layout's or the older one's), if it is whole and its checksum and
+/// metadata are right.
+fn entry_of(r: &[u8], len: usize) -> Option<IndexEntry> {
+    if r.len() != len {
         return None;
     }
-    let crc = u32::from_le_bytes(r[RECORD_LEN - 4..].try_into().ok()?);
-    if crc != crc32fast::hash(&r[..RECORD_LEN - 4]) {
+    let crc = u32::from_le_bytes(r[len - 4..].try_into().ok()?);
+    if crc != crc32fast::hash(&r[..len - 4]) {
         return None;
     }
-    let meta = MemberMeta::from_bytes(&r[8..8 + MemberMeta::BYTES]).ok()?;
+    let m = 8 + MemberMeta::BYTES;
+    let meta = MemberMeta::from_bytes(&r[8..m]).ok()?;
     let offset = u64::from_le_bytes(r[..8].try_into().ok()?);
-    Some(IndexEntry { offset, meta })
+    let data_crc = (len == RECORD_LEN && r[m + 4] == 1)
+        .then(|| r[m..m + 4].try_into().ok().map(u32::from_le_bytes))
+        .flatten();
+    Some(IndexEntry {
+        offset,
+        meta,
+        data_crc,
+    })
 }
 
 /// Writes a whole sidecar atomically (temporary file, then rename).
@@ -193,10 +232,17 @@ pub fn write_sidecar(path: &Path, index: &HourIndex) -> io::Result<()> {
 /// sidecar that lags its archive is completed from the archive on the next load.
 pub fn append_sidecar(path: &Path, entries: &[IndexEntry]) -> io::Result<()> {
     let mut f = fs::OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .open(path)?;
-    let len = f.metadata()?.len();
+    let mut len = f.metadata()?.len();
+    let mut magic = [0u8; 8];
+    if len > 0 && (f.read_exact_at(&mut magic, 0).is_err() || &magic != MAGIC) {
+        // Another layout: start it again; what it named is found again in the archive at the next open.
+        f.set_len(0)?;
+        len = 0;
+    }
     let mut bytes = Vec::with_capacity(MAGIC.len() + entries.len() * RECORD_LEN);
     if len == 0 {
         bytes.extend_from_slice(MAGIC);
@@ -244,11 +290,20 @@ pub fn scan(
         let mut bytes = vec![0u8; meta.member_len as usize];
         archive.read_exact_at(&mut bytes, offset)?;
         let whole = member::decode(&bytes).is_ok();
+        let entry = if whole {
+            IndexEntry::of(offset, meta, &bytes)
+        } else {
+            IndexEntry {
+                offset,
+                meta,
+                data_crc: None,
+            }
+        };
         let chunk_end = meta.chunk_start.millis() + Millis::from(meta.width_secs) * 1000;
         if !whole && chunk_end > sealed {
             break;
         }
-        if !index.push_checked(IndexEntry { offset, meta }) {
+        if !index.push_checked(entry) {
             break;
         }
         if !whole {
@@ -282,4 +337,73 @@ pub fn verify_last(archive: &File, index: &HourIndex) -> io::Result<bool> {
     let mut bytes = vec![0u8; last.meta.member_len as usize];
     archive.read_exact_at(&mut bytes, last.offset)?;
     Ok(member::decode(&bytes).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(offset: u64, start: i64, len: u64, data_crc: Option<u32>) -> IndexEntry {
+        IndexEntry {
+            offset,
+            meta: MemberMeta {
+                chunk_start: ChunkStart::from_stored(start),
+                width_secs: 10,
+                part: 0,
+                last_part: true,
+                entries: 1,
+                sealed_at: start + 20_000,
+                first_ts: start,
+                last_ts: start,
+                raw_len: 10,
+                member_len: len,
+            },
+            data_crc,
+        }
+    }
+
+    #[test]
+    fn sidecars_round_trip_and_an_older_layout_is_read_then_rewritten() {
+        let dir = std::env::temp_dir().join(format!("hourglass-idx-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let (t, hour) = (1_411_952_400_000, Hour::of(1_411_952_400_000));
+        let path = dir.join("x.idx");
+        let mut index = HourIndex::new(hour);
+        index.entries = vec![entry(0, t, 100, Some(7)), entry(100, t + 10_000, 50, None)];
+        write_sidecar(&path, &index).unwrap();
+        append_sidecar(&path, &[entry(150, t + 20_000, 60, Some(9))]).unwrap();
+        let read = read_sidecar(&path, hour, 210).unwrap();
+        assert!(!read.stale && read.beyond == 0);
+        assert_eq!(read.index.entries.len(), 3);
+        assert_eq!(read.index.entries[0], index.entries[0]);
+        assert_eq!(read.index.entries[1].data_crc, None);
+        assert_eq!(read.index.entries[2].data_crc, Some(9));
+        // An archive shorter than the sidecar says: the records past it are counted, not believed.
+        let short = read_sidecar(&path, hour, 150).unwrap();
+        assert_eq!((short.index.entries.len(), short.beyond), (2, 1));
+
+        // The older layout: 74-byte records without the data CRC.
+        let mut v1 = MAGIC_V1.to_vec();
+        for e in &index.entries {
+            let mut r = Vec::new();
+            r.extend_from_slice(&e.offset.to_le_bytes());
+            r.extend_from_slice(&e.meta.to_bytes());
+            let crc = crc32fast::hash(&r);
+            r.extend_from_slice(&crc.to_le_bytes());
+            v1.extend_from_slice(&r);
+        }
+        fs::write(&path, &v1).unwrap();
+        let read = read_sidecar(&path, hour, 150).unwrap();
+        assert!(read.stale, "an older layout is rewritten");
+        assert_eq!(read.index.entries.len(), 2);
+        assert!(read.index.entries.iter().all(|e| e.data_crc.is_none()));
+        // Appending to it starts it again rather than mixing layouts.
+        append_sidecar(&path, &[entry(150, t + 20_000, 60, Some(9))]).unwrap();
+        assert_eq!(
+            read_sidecar(&path, hour, 210).unwrap().index.entries.len(),
+            0
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -261,6 +261,25 @@ pub fn verify(member: &[u8], meta: &MemberMeta) -> Result<(), MemberError> {
     check_trailer(trailer, meta, len, crc.finalize())
 }
 
+/// Checks that `member` is the member `meta` describes, with the bytes it had when they were known good:
+/// its header says exactly what the index does, and its bytes after the header have the CRC-32 `data_crc`
+/// recorded then. A CRC over the compressed bytes: no inflating.
+pub fn verify_stored(member: &[u8], meta: &MemberMeta, data_crc: u32) -> Result<(), MemberError> {
+    if parse_header(member)? != *meta {
+        return Err(MemberError::Corrupt(
+            "header does not match the index".into(),
+        ));
+    }
+    let end = usize::try_from(meta.member_len).map_err(|_| MemberError::Truncated)?;
+    let data = member.get(HEADER_LEN..end).ok_or(MemberError::Truncated)?;
+    if crc32fast::hash(data) != data_crc {
+        return Err(MemberError::Corrupt(
+            "CRC32 of the stored bytes mismatch".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A member's deflate data and its trailer, as its header's length places them.
 fn split<'a>(member: &'a [u8], meta: &MemberMeta) -> Result<(&'a [u8], &'a [u8]), MemberError> {
     let end = usize::try_from(meta.member_len).map_err(|_| MemberError::Truncated)?;
@@ -372,6 +391,17 @@ mod tests {
             );
         }
         assert!(caught >= bytes.len() - 1, "{caught} of {}", bytes.len());
+        // The stored bytes' CRC catches the same flips, without inflating.
+        let data_crc = crc32fast::hash(&bytes[HEADER_LEN..]);
+        assert_eq!(verify_stored(&bytes, &meta, data_crc), Ok(()));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x08;
+            assert!(
+                verify_stored(&bad, &meta, data_crc).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
+        }
         // A whole, valid member that is not the one the index names.
         let (other_meta, other) = encode(MemberMeta { part: 1, ..meta }, &raw, 3);
         assert!(verify(&other, &meta).is_err());

@@ -513,11 +513,17 @@ impl SeriesArchive {
         Ok(bytes)
     }
 
-    /// The stored bytes of one member, checked whole (header, CRC-32 and length) before anyone may send them
-    /// as they are.
+    /// The stored bytes of one member, checked whole before anyone may send them as they are: its header is
+    /// the index's, and its bytes after it have the CRC-32 they had when they were known good (or, for members
+    /// an older index knew no such CRC of, its data inflates to the trailer's CRC-32 and length).
     pub fn read_verified(&self, entry: &IndexEntry) -> Result<Vec<u8>, ArchiveError> {
         let bytes = self.read_member(entry)?;
-        member::verify(&bytes, &entry.meta).map_err(|e| self.damaged(entry, &e))?;
+        let checked = match entry.data_crc {
+            // The bytes are the ones that were good: a CRC over the compressed bytes, no inflating.
+            Some(crc) => member::verify_stored(&bytes, &entry.meta, crc),
+            None => member::verify(&bytes, &entry.meta),
+        };
+        checked.map_err(|e| self.damaged(entry, &e))?;
         Ok(bytes)
     }
 
@@ -589,8 +595,9 @@ fn merge_hour(
     let mut out = io::BufWriter::with_capacity(1 << 20, File::create(tmp)?);
     let mut merged = HourIndex::new(old.hour);
     let mut offset = 0;
-    let mut push = |meta: MemberMeta, bytes: &[u8], out: &mut io::BufWriter<File>| {
-        merged.entries.push(IndexEntry { offset, meta });
+    // New members are known good (just encoded); old ones keep what their entry knew: copying them is no check.
+    let mut push = |entry: IndexEntry, bytes: &[u8], out: &mut io::BufWriter<File>| {
+        merged.entries.push(IndexEntry { offset, ..entry });
         offset += bytes.len() as u64;
         out.write_all(bytes)
     };
@@ -599,16 +606,16 @@ fn merge_hour(
     for e in &old.entries {
         while let Some(c) = new.next_if(|c| c[0].0.chunk_start < e.meta.chunk_start) {
             for (meta, bytes) in c.iter() {
-                push(*meta, bytes, &mut out)?;
+                push(IndexEntry::of(0, *meta, bytes), bytes, &mut out)?;
             }
         }
         buf.resize(e.meta.member_len as usize, 0);
         source.read_exact_at(&mut buf, e.offset)?;
-        push(e.meta, &buf, &mut out)?;
+        push(*e, &buf, &mut out)?;
     }
     for c in new {
         for (meta, bytes) in c.iter() {
-            push(*meta, bytes, &mut out)?;
+            push(IndexEntry::of(0, *meta, bytes), bytes, &mut out)?;
         }
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -629,10 +636,7 @@ fn write_members(
     let mut offset = start;
     let mut buf = Vec::with_capacity(members.iter().map(|(_, b)| b.len()).sum());
     for (meta, bytes) in members {
-        entries.push(IndexEntry {
-            offset,
-            meta: *meta,
-        });
+        entries.push(IndexEntry::of(offset, *meta, bytes));
         offset += bytes.len() as u64;
         buf.extend_from_slice(bytes);
     }

@@ -45,16 +45,26 @@ impl Format {
 
 /// A range `[from, to)` from RFC 3339 times or Unix seconds.
 pub fn parse_range(from: &str, to: &str) -> Result<(Millis, Millis), String> {
+    // A range may end anywhere up to the end of year 9999, though no event is that late.
+    let (first, last) = (time::MIN_TIME, time::MAX_STAMP + 999);
     let parse = |key: &str, raw: &str| {
-        time::parse_rfc3339(raw)
+        let t = time::parse_rfc3339(raw)
             .or_else(|| {
                 raw.parse::<f64>()
                     .ok()
-                    .filter(|s| s.is_finite())
+                    .filter(|s| s.is_finite() && s.abs() < 1e15)
                     .map(|s| (s * 1000.0).floor() as Millis)
             })
-            .filter(|&t| time::in_range(t))
-            .ok_or_else(|| format!("{key}={raw:?} is not an RFC 3339 time or Unix seconds"))
+            .ok_or_else(|| format!("{key}={raw:?} is not an RFC 3339 time or Unix seconds"))?;
+        if (first..=last).contains(&t) {
+            Ok(t)
+        } else {
+            Err(format!(
+                "{key}={raw:?} is outside {}..{}",
+                time::format_rfc3339(first),
+                time::format_rfc3339(last)
+            ))
+        }
     };
     let (from, to) = (parse("from", from)?, parse("to", to)?);
     if from >= to {

@@ -505,16 +505,19 @@ fn a_read_token_makes_pages_private() {
     );
     // Series info changes with every batch and is private like the rest: no shared cache may keep it (it had
     // no Cache-Control, so one with a default lifetime would). /metrics needs the token too; probes do not.
-    for url in ["/api/series", "/api/series/p", "/metrics"] {
-        assert_eq!(server.get(url).status, 401, "{url}");
-        let r = request(
+    let with_token = |url: &str| {
+        request(
             server.addr,
             "GET",
             url,
             &[("Authorization", "Bearer r")],
             b"",
         )
-        .unwrap();
+        .unwrap()
+    };
+    for url in ["/api/series", "/api/series/p", "/metrics"] {
+        assert_eq!(server.get(url).status, 401, "{url}");
+        let r = with_token(url);
         assert_eq!(r.status, 200, "{url}");
         let control = r.header("cache-control").unwrap_or("");
         assert!(

@@ -221,18 +221,8 @@ fn a_second_server_on_the_same_data_folder_is_refused() {
 /// Seals one event in each of two hours, the older two hours back (the server's clock moved), the newer now;
 /// returns the series folder's two archives, oldest first.
 fn two_hours_sealed(data: &Path) -> Vec<std::path::PathBuf> {
-    const HOUR: i64 = 3_600_000;
     for hours_ago in [2, 0] {
-        let now = now_ms();
-        let offset = if hours_ago == 0 {
-            0
-        } else {
-            (now - hours_ago * HOUR).div_euclid(HOUR) * HOUR + HOUR / 2 - now
-        };
-        let offset_arg = offset.to_string();
-        let mut args: Vec<&str> = FAST.to_vec();
-        args.extend(["--clock-offset-ms", &offset_arg]);
-        let server = Server::start(data, &args);
+        let (server, offset) = Server::start_hours_back(data, hours_ago, &[]);
         let t = now_ms() + offset;
         let r = server.post_ndjson("/api/series/g/events", &ndjson(&[t], "x"));
         assert_eq!(r.status, 202);

@@ -4,23 +4,13 @@
 
 use serde_json::Value;
 
-use crate::support::{FAST, Response, Server, TempDir, archive_files, now_ms, parse_time};
+use crate::support::{Response, Server, TempDir, archive_files, now_ms, parse_time};
 
 const HOUR: i64 = 3_600_000;
 
 /// Starts a server whose clock reads the middle of the hour `hours_ago` hours back (0: the real clock).
 fn start_at(dir: &TempDir, hours_ago: i64, extra: &[&str]) -> (Server, i64) {
-    let now = now_ms();
-    let offset = if hours_ago == 0 {
-        0
-    } else {
-        (now - hours_ago * HOUR).div_euclid(HOUR) * HOUR + HOUR / 2 - now
-    };
-    let offset_arg = offset.to_string();
-    let mut args: Vec<&str> = FAST.to_vec();
-    args.extend(["--clock-offset-ms", &offset_arg]);
-    args.extend(extra);
-    (Server::start(dir.path(), &args), offset)
+    Server::start_hours_back(dir.path(), hours_ago, extra)
 }
 
 /// Posts `chunks` batches of `n` events, each in its own chunk, and waits until they are sealed.

@@ -141,6 +141,22 @@ impl Server {
         Server::start(data, &args)
     }
 
+    /// `start_fast`, with the server's clock reading the middle of the hour `hours_ago` hours back (0: the real
+    /// clock); returns the server and its clock's offset.
+    pub fn start_hours_back(data: &Path, hours_ago: i64, extra: &[&str]) -> (Server, i64) {
+        const HOUR: i64 = 3_600_000;
+        let now = now_ms();
+        let offset = if hours_ago == 0 {
+            0
+        } else {
+            (now - hours_ago * HOUR).div_euclid(HOUR) * HOUR + HOUR / 2 - now
+        };
+        let offset_arg = offset.to_string();
+        let mut args = vec!["--clock-offset-ms", &offset_arg];
+        args.extend(extra);
+        (Server::start_fast(data, &args), offset)
+    }
+
     pub fn get(&self, path: &str) -> Response {
         request(self.addr, "GET", path, &[], b"").unwrap()
     }

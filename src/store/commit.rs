@@ -156,6 +156,8 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
         let _files = written.is_err().then(|| lock(&inner.settings_files));
         let mut st = lock(&inner.state);
         if written.is_err() {
+            // Nothing of this group is applied, and no other group is in flight: only a persist could have
+            // happened to them meanwhile.
             for name in &made {
                 if st.series.get(&**name).is_some_and(|s| !s.persisted) {
                     st.series.remove(&**name);

@@ -397,15 +397,31 @@ struct Inner {
 }
 
 impl Inner {
-    /// The sealed watermark a series made at `now` starts with.
-    fn first_watermark(&self, now: Millis) -> Millis {
-        self.cfg.default_width.align_down(now - self.cfg.lateness)
+    /// The sealed watermark a series of `width` made at `now` starts with.
+    fn first_watermark(&self, width: ChunkWidth, now: Millis) -> Millis {
+        width.align_down(now - self.cfg.lateness)
     }
 
     /// A series made at `now`, in memory only (see `Series::persisted`).
     fn new_series(&self, name: &str, width: ChunkWidth, now: Millis) -> Series {
-        let sealed = width.align_down(now - self.cfg.lateness);
+        let sealed = self.first_watermark(width, now);
         Series::new(name, self.cfg.data.join(name), width, now, sealed)
+    }
+
+    /// Forgets a series made in memory whose folder could not be made, unless it is persisted after all, holds
+    /// events, or a batch checked against it may still be on its way to the log (then it stays, and is
+    /// persisted before anything of it is sealed).
+    fn forget_unpersisted(&self, name: &str) {
+        let mut st = lock(&self.state);
+        let quiet = st.checked == st.settled;
+        if quiet
+            && st
+                .series
+                .get(name)
+                .is_some_and(|s| !s.persisted && s.open.is_empty() && s.sealing.is_empty())
+        {
+            st.series.remove(name);
+        }
     }
 
     /// Persists a series' settings as memory holds them with `change` applied (making its folder first if it
@@ -521,9 +537,8 @@ impl Store {
         for (name, oldest) in oldest {
             let name = SeriesName::parse(name).map_err(|e| StoreError::storage(e, None))?;
             tracing::warn!(series = %name, "log names a series with no folder: recreating it");
-            let sealed = width
-                .align_down(now - cfg.lateness)
-                .min(width.align_down(oldest));
+            let first = width.align_down(now - cfg.lateness);
+            let sealed = first.min(width.align_down(oldest));
             let dir = data.join(name.as_str());
             let s = create_series(&dir, &name, width, now, sealed)?;
             series.insert(name.as_str().to_string(), s);
@@ -621,7 +636,10 @@ impl Store {
                     .as_ref()
                     .and_then(|k| s.answer_again(k))
                     .or_else(|| s.late(&parsed, now).map(Err)),
-                None => late(self.inner.first_watermark(now), &parsed, now).map(Err),
+                None => {
+                    let first = self.inner.first_watermark(cfg.default_width, now);
+                    late(first, &parsed, now).map(Err)
+                }
             };
             if let Some(answer) = refused {
                 return answer;
@@ -674,36 +692,40 @@ impl Store {
         let inner = self.inner.clone();
         let name = name.clone();
         tokio::task::spawn_blocking(move || {
-            let now = time::now();
-            let created = {
-                let mut st = lock(&inner.state);
-                match st.series.get(name.as_str()) {
-                    Some(s) => {
-                        check_width(&name, s.width, width)?;
-                        false
+            loop {
+                let created = {
+                    let mut st = lock(&inner.state);
+                    match st.series.get(name.as_str()) {
+                        Some(s) => {
+                            check_width(&name, s.width, width)?;
+                            false
+                        }
+                        None => {
+                            let width = width.unwrap_or(inner.cfg.default_width);
+                            let s = inner.new_series(name.as_str(), width, time::now());
+                            st.series.insert(name.as_str().to_string(), s);
+                            true
+                        }
                     }
-                    None => {
-                        let width = width.unwrap_or(inner.cfg.default_width);
-                        let s = inner.new_series(name.as_str(), width, now);
-                        st.series.insert(name.as_str().to_string(), s);
-                        true
+                };
+                // Made here, or by a first batch still on its way to the log: either way it exists from now on.
+                match inner.persist_settings(name.as_str(), |_| {}) {
+                    Ok(Some(_)) => {
+                        if created {
+                            tracing::info!(series = %name, "series created");
+                        }
+                        return Ok(created);
+                    }
+                    // The first batch that made it was refused meanwhile, and it went with it: make it here.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        if created {
+                            inner.forget_unpersisted(name.as_str());
+                        }
+                        return Err(e);
                     }
                 }
-            };
-            // Made here, or by a first batch still on its way to the log: either way it exists from now on.
-            if let Err(e) = inner.persist_settings(name.as_str(), |_| {}) {
-                if created {
-                    lock(&inner.state)
-                        .series
-                        .remove(name.as_str())
-                        .filter(|s| !s.persisted);
-                }
-                return Err(e);
             }
-            if created {
-                tracing::info!(series = %name, "series created");
-            }
-            Ok(created)
         })
         .await
         .unwrap_or(Err(StoreError::ShuttingDown))

@@ -199,19 +199,6 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
         }
         _ => {}
     }
-    if written.is_ok() {
-        for name in made {
-            // The batch is durable: the series exists, and has its folder by the time the batch is answered.
-            // Should that fail, the batch is still stored: the sealer makes the folder before it seals anything,
-            // and a restart makes it from the log.
-            match inner.persist_settings(&name, |_| {}) {
-                Ok(_) => tracing::info!(series = %name, "series created"),
-                Err(e) => {
-                    tracing::error!(series = %name, error = %e, "a new series' folder could not be made yet")
-                }
-            }
-        }
-    }
     for job in accepted {
         let answer = match &written {
             Ok(_) => Ok(Ack {

@@ -100,7 +100,7 @@ pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
                 // A retry of these batches is refused as late from now on: their keys are not needed.
                 s.keys.retain(|_, k| k.newest >= target);
             }
-            if s.closing > s.swept {
+            if s.closing > s.swept || !s.persisted {
                 due.push(s.name.clone());
             }
         }
@@ -131,7 +131,20 @@ pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
 /// seal; with none (an idle series) only the sealer's memory moves on (`swept`), which costs no fsync: the
 /// watermark follows when an answer needs it (`Store::final_watermark`) or the next chunk is sealed.
 fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
-    let (archive, width, closing, persisted, chunks) = {
+    // A series made by its first batch gets its folder here, off the ingest path, once it holds events: every
+    // batch checked before this pass has settled, so these are stored (a series without events may still
+    // have its first batch on the way to the log, and go again if that is refused).
+    let unpersisted = {
+        let st = lock(&inner.state);
+        st.series
+            .get(name)
+            .is_some_and(|s| !s.persisted && !(s.open.is_empty() && s.sealing.is_empty()))
+    };
+    if unpersisted {
+        inner.persist_settings(name, |_| {})?;
+        tracing::info!(series = name, "series created");
+    }
+    let (archive, width, closing, chunks) = {
         let mut st = lock(&inner.state);
         let Some(s) = st.series.get_mut(name) else {
             return Ok(());
@@ -145,14 +158,14 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
             s.swept = s.swept.max(s.closing);
             return Ok(());
         }
-        (s.archive.clone(), s.width, s.closing, s.persisted, chunks)
+        if !s.persisted {
+            // Its first events arrived since the look above: its folder comes first, at the next pass.
+            return Ok(());
+        }
+        (s.archive.clone(), s.width, s.closing, chunks)
     };
     if inner.cfg.panic_in.as_deref() == Some("seal") {
         panic!("told to (--panic-in seal)");
-    }
-    if !persisted {
-        // A series whose folder could not be made when its first batch was stored: now, before its archive.
-        inner.persist_settings(name, |_| {})?;
     }
     let cfg = &inner.cfg;
     let mut lines = lock(&inner.wal).reader();

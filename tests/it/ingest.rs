@@ -466,7 +466,12 @@ fn a_refused_or_empty_first_batch_creates_no_series() {
             .status,
         202
     );
-    assert!(dir.path().join("n0/series.json").is_file());
+    // Its folder is made off the ingest path, within a pass of the sealer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !dir.path().join("n0/series.json").is_file() {
+        assert!(std::time::Instant::now() < deadline, "no folder for n0");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     server.stop();
     let server = Server::start_fast(dir.path(), &[]);
     assert_eq!(server.get("/api/series/n0").json()["events"], 1);

@@ -138,7 +138,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         let st = lock(&inner.state);
         st.series
             .get(name)
-            .is_some_and(|s| !s.persisted && !(s.open.is_empty() && s.sealing.is_empty()))
+            .is_some_and(|s| !s.persisted && (!s.open.is_empty() || !s.sealing.is_empty()))
     };
     if unpersisted {
         inner.persist_settings(name, |_| {})?;

@@ -71,11 +71,12 @@ async fn run(cli: Cli) -> ExitCode {
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     hourglass::time::set_clock_offset(args.clock_offset_ms);
     let store = server::open_store(&args.store).await?;
+    let shutdown = server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, data = %args.store.data.display(), "serving");
-    server::run(listener, store, &args, server::shutdown_signal()).await?;
+    server::run(listener, store, &args, shutdown).await?;
     Ok(())
 }

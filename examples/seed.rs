@@ -53,10 +53,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         retained_from: 0,
     }
     .store(&dir)?;
-    let (archive, _) = SeriesArchive::open(&dir, hourglass::archive::Expect::ALL_SEALED)?;
+    let (archive, _) = SeriesArchive::open_alone(&dir)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut events, mut bytes) = (0u64, 0u64);
     let mut chunk = start;
+    // A whole hour's members at a time: one write and one fsync an hour.
+    let mut hour_members = Vec::new();
     while chunk < end {
         let mut raw = Vec::with_capacity(args.per_chunk * 192);
         let mut ts = Vec::with_capacity(args.per_chunk);
@@ -97,8 +99,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 member::encode(meta, &body, args.level)
             })
             .collect();
-        archive.append_chunk(&members)?;
+        hour_members.extend(members);
         chunk += width.millis();
+        if chunk % HOUR == 0 || chunk >= end {
+            archive.append_chunk(&hour_members)?;
+            hour_members.clear();
+        }
     }
     println!(
         "{events} events, {bytes} bytes of NDJSON, {} hours",

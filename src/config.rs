@@ -56,6 +56,10 @@ pub struct StoreArgs {
     /// Bytes of batches in memory waiting for the log before ingest answers 503.
     #[arg(long, env = "HOURGLASS_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
     pub max_inflight_bytes: u64,
+    /// Bytes of hour indexes kept in memory (every series together); the others are read from their sidecars
+    /// when a page, an export or a histogram needs them. About 30 KB per hour of 10 s chunks.
+    #[arg(long, env = "HOURGLASS_INDEX_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub index_cache_bytes: u64,
     /// Most events on one page; a sealed chunk with more is stored as several gzip members, one per page.
     #[arg(long, env = "HOURGLASS_MAX_PAGE_ENTRIES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_page_entries: u32,
@@ -217,6 +221,7 @@ impl StoreArgs {
             gzip_level: self.gzip_level,
             max_backlog_bytes: self.max_backlog_bytes,
             max_inflight_bytes: self.max_inflight_bytes,
+            index_cache_bytes: self.index_cache_bytes,
             max_queued_batches: 4096,
             retention: self.retention,
             panic_in: self.panic_in.clone(),

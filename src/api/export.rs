@@ -426,7 +426,12 @@ pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<R
         Caching::NotModified(h) => return Ok(not_modified(h)),
         Caching::Send(h) => h,
     };
-    let counts = state.store.histogram(&name, from, to, step)?;
+    let store = state.store.clone();
+    let counts = tokio::task::spawn_blocking(move || store.histogram(&name, from, to, step))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
     let buckets: Vec<Value> = counts
         .iter()
         .enumerate()

@@ -284,7 +284,7 @@ pub fn from_memory(
         end: req.t?,
         part: req.part,
     };
-    let at = state.store.locate(&req.series, page).ok()?;
+    let at = state.store.locate_cached(&req.series, page).ok()??;
     let (res, _) = final_from_memory(state, &req, &at)?;
     Some((res, path.route))
 }
@@ -402,7 +402,18 @@ async fn answer(
 ) -> Result<(Response, bool), ApiError> {
     let (name, repr, validators) = (&req.series, req.repr, &req.validators);
     let private = state.tokens.read.is_some();
-    let at = state.store.locate(name, page)?;
+    let at = match state.store.locate_cached(name, page)? {
+        Some(at) => at,
+        // An hour index to read first: off the async threads.
+        None => {
+            let (store, name) = (state.store.clone(), name.clone());
+            tokio::task::spawn_blocking(move || store.locate(&name, page))
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })??
+        }
+    };
     if let Some(answer) = final_from_memory(state, req, &at) {
         return Ok(answer);
     }

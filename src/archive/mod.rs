@@ -11,6 +11,7 @@
 //! The interface is deliberately small (`open`, `append_chunk`, `chunk`, `read_member`, `summary`, and
 //! `insert_chunks` for imports) so that another backend (object storage) can stand behind the same calls.
 
+pub mod hours;
 pub mod index;
 pub mod member;
 
@@ -19,8 +20,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+pub use hours::HourSummary;
 pub use index::{HourIndex, IndexEntry};
 pub use member::MemberMeta;
 
@@ -29,6 +31,8 @@ use crate::time::{ChunkStart, Hour, Millis};
 
 const ARCHIVE_SUFFIX: &str = ".json.gz";
 const SIDECAR_SUFFIX: &str = ".idx";
+/// The summaries of a series' complete hours (see `hours`).
+const HOURS_FILE: &str = "hours.idx";
 /// An hour archive being rewritten by an import; renamed over the archive when whole.
 const REWRITE_SUFFIX: &str = ".json.gz.rewrite";
 
@@ -134,7 +138,7 @@ pub struct ChunkSummary {
     pub sealed_at: Millis,
 }
 
-/// Totals over every sealed chunk of a series, from the indexes alone.
+/// Totals over every sealed chunk of a series, from the hour summaries alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     pub events: u64,
@@ -145,23 +149,55 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, m: &MemberMeta) {
-        self.events += u64::from(m.entries);
-        self.chunks += u64::from(m.last_part);
-        self.bytes += m.member_len;
-        self.first_ts = Some(self.first_ts.map_or(m.first_ts, |t| t.min(m.first_ts)));
-        self.last_ts = Some(self.last_ts.map_or(m.last_ts, |t| t.max(m.last_ts)));
+    fn of(hours: &BTreeMap<Hour, HourSummary>) -> Summary {
+        let mut totals = Summary::default();
+        for h in hours.values() {
+            totals.events += h.events;
+            totals.chunks += u64::from(h.chunks);
+            totals.bytes += h.bytes;
+        }
+        totals.first_ts = hours.values().next().map(|h| h.first_ts);
+        totals.last_ts = hours.values().next_back().map(|h| h.last_ts);
+        totals
     }
 }
+
+/// The indexes of every series' hours, read on demand and kept within a byte budget (`--index-cache-bytes`):
+/// what memory holds of the past does not grow with its length. Keyed by the archive's identity and the hour.
+#[derive(Clone)]
+pub struct IndexCache(moka::sync::Cache<(u64, Hour), Arc<HourIndex>>);
+
+impl IndexCache {
+    pub fn new(max_bytes: u64) -> IndexCache {
+        IndexCache(
+            moka::sync::Cache::builder()
+                .weigher(|_, index: &Arc<HourIndex>| {
+                    let bytes = 128 + index.entries.len() * std::mem::size_of::<IndexEntry>();
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .max_capacity(max_bytes)
+                .build(),
+        )
+    }
+}
+
+/// Which hour index a lookup found missing from memory: the caller reads it (`SeriesArchive::warm`), with no
+/// lock held, and looks again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cold(pub Hour);
 
 /// The hour archives of one series folder.
 pub struct SeriesArchive {
     dir: PathBuf,
-    /// Readers copy out what they need and let go; the sealer holds the write lock only to push entries it
-    /// has already made durable. A std lock: no `.await` while held.
-    hours: RwLock<BTreeMap<Hour, HourIndex>>,
-    /// Totals over `hours`, kept as members are indexed so that series info does not walk the history.
+    /// This archive's key in the index cache.
+    id: u64,
+    /// Every hour that holds events, summarised. A std lock: no `.await` while held, no I/O.
+    hours: RwLock<BTreeMap<Hour, HourSummary>>,
+    /// Totals over `hours`, kept as they change so that series info does not walk the history.
     totals: RwLock<Summary>,
+    cache: IndexCache,
+    /// What the settings promised at open: how a lazily read index is checked.
+    expect: Expect,
     /// Held by whoever writes archive files: the sealer appending, an import merging.
     writing: Mutex<()>,
     /// Members found damaged (hour, offset): each is logged once, however often it is asked for.
@@ -169,11 +205,16 @@ pub struct SeriesArchive {
 }
 
 impl SeriesArchive {
-    /// Opens a series folder: finishes a retention removal cut short, loads every hour's index (rebuilding it
-    /// from the archive where the sidecar is missing or wrong), cuts off a torn tail, and keeps damaged members
-    /// of sealed chunks indexed, so that readers are refused them rather than shown something else. Returns what
-    /// was repaired or found damaged, one line each.
-    pub fn open(dir: &Path, expect: Expect) -> Result<(SeriesArchive, Vec<Repair>), ArchiveError> {
+    /// Opens a series folder: finishes a retention removal cut short, reads the hour summaries (`hours.idx`),
+    /// and of the indexes only the newest hour's, the one a crash can have left mid-append: it is checked, a
+    /// torn tail cut off, damaged members of sealed chunks kept indexed so that readers are refused them
+    /// rather than shown something else. Every other hour's index is read when first needed. Returns what was
+    /// repaired or found damaged, one line each.
+    pub fn open(
+        dir: &Path,
+        expect: Expect,
+        cache: &IndexCache,
+    ) -> Result<(SeriesArchive, Vec<Repair>), ArchiveError> {
         remove_files_before(dir, expect.kept_from)?;
         let mut found = Vec::new();
         let mut sidecars = BTreeSet::new();
@@ -183,7 +224,9 @@ impl SeriesArchive {
             let name = entry.file_name();
             let name = name.to_str().unwrap_or("");
             if let Some(hour) = name.strip_suffix(ARCHIVE_SUFFIX).and_then(Hour::parse_stem) {
-                found.push(hour);
+                // Its length, to hold against the summary: an archive cut short shows without reading it.
+                let len = entry.metadata().map_err(io_at(&entry.path()))?.len();
+                found.push((hour, len));
             } else if let Some(hour) = name.strip_suffix(SIDECAR_SUFFIX).and_then(Hour::parse_stem)
             {
                 sidecars.insert(hour);
@@ -197,6 +240,8 @@ impl SeriesArchive {
             }
         }
         found.sort_unstable();
+        let lengths: BTreeMap<Hour, u64> = found.iter().copied().collect();
+        let found: Vec<Hour> = found.into_iter().map(|(h, _)| h).collect();
         for hour in sidecars.iter().filter(|h| found.binary_search(h).is_err()) {
             // An index without its archive: the archive was deleted. Its index goes aside, so that no archive
             // written for this hour later is read through it.
@@ -210,47 +255,96 @@ impl SeriesArchive {
                 shown(&aside)
             )));
         }
-        let newest = found.last().copied();
-        let mut hours = BTreeMap::new();
+        let manifest = dir.join(HOURS_FILE);
+        let listed = hours::read(&manifest).map_err(io_at(&manifest))?;
+        let mut summaries = BTreeMap::new();
+        let mut rewrite = false;
         let mut damaged = BTreeSet::new();
-        for hour in found {
-            // Chunks are sealed in time order, so only the newest hour can have been mid-append at a crash:
-            // its last member is inflated and checked; older hours are checked against their sidecar only.
-            let place = Place {
-                dir,
-                hour,
-                newest: Some(hour) == newest,
-            };
-            let index = load_hour(&place, expect.sealed, &mut repairs, &mut damaged)?;
-            if index.entries.is_empty() {
-                // Nothing survived (a crash while the hour's first chunk was written): the file goes.
-                let path = archive_path(dir, hour);
-                fs::remove_file(&path).map_err(io_at(&path))?;
-                let _ = fs::remove_file(sidecar_path(dir, hour));
-                continue;
-            }
-            hours.insert(hour, index);
-        }
-        let mut totals = Summary::default();
-        for e in hours.values().flat_map(|h| &h.entries) {
-            totals.add(&e.meta);
-        }
+        let newest = found.last().copied();
         let archive = SeriesArchive {
             dir: dir.to_owned(),
-            hours: RwLock::new(hours),
-            totals: RwLock::new(totals),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            hours: RwLock::new(BTreeMap::new()),
+            totals: RwLock::new(Summary::default()),
+            cache: cache.clone(),
+            expect,
             writing: Mutex::new(()),
-            damaged: Mutex::new(damaged),
+            damaged: Mutex::new(BTreeSet::new()),
         };
+        for hour in found {
+            let summary = match listed.get(&hour) {
+                // Complete hours are as the summaries say, if their length agrees; their indexes are read when
+                // needed.
+                Some(s) if Some(hour) != newest && lengths.get(&hour) == Some(&s.bytes) => Some(*s),
+                _ => {
+                    // The newest hour, or one the summaries lack (a crash before its record was written, or an
+                    // older layout): its index now, checked as the open rules say.
+                    let place = Place {
+                        dir,
+                        hour,
+                        newest: Some(hour) == newest,
+                    };
+                    let index = load_hour(&place, expect.sealed, &mut repairs, &mut damaged)?;
+                    rewrite |= Some(hour) != newest;
+                    let summary = HourSummary::of(&index);
+                    if summary.is_some() {
+                        archive.cache.0.insert((archive.id, hour), Arc::new(index));
+                    }
+                    summary
+                }
+            };
+            match summary {
+                Some(s) => {
+                    summaries.insert(hour, s);
+                }
+                None => {
+                    // Nothing survived (a crash while the hour's first chunk was written): the file goes.
+                    let path = archive_path(dir, hour);
+                    fs::remove_file(&path).map_err(io_at(&path))?;
+                    let _ = fs::remove_file(sidecar_path(dir, hour));
+                    rewrite = true;
+                }
+            }
+        }
+        for hour in listed.keys().filter(|h| !summaries.contains_key(h)) {
+            // Summarised once, gone now: deleted (its orphan index, if any, was set aside above).
+            if !sidecars.contains(hour) {
+                repairs.push(Repair::damage(format!(
+                    "{}: the hour archive is missing (the hour summaries named it)",
+                    shown(&archive_path(dir, *hour))
+                )));
+            }
+            rewrite = true;
+        }
+        let complete: BTreeMap<Hour, HourSummary> = summaries
+            .iter()
+            .filter(|(h, _)| Some(**h) != newest)
+            .map(|(h, s)| (*h, *s))
+            .collect();
+        if rewrite || complete.len() != listed.len() {
+            hours::write(&manifest, &complete).map_err(io_at(&manifest))?;
+        }
+        *lock_write(&archive.totals) = Summary::of(&summaries);
+        *lock_write(&archive.hours) = summaries;
+        *lock(&archive.damaged) = damaged;
         Ok((archive, repairs))
     }
 
+    /// `open` for tools that read a folder alone: every chunk taken as sealed, nothing as removed, indexes
+    /// cached within 64 MiB.
+    pub fn open_alone(dir: &Path) -> Result<(SeriesArchive, Vec<Repair>), ArchiveError> {
+        SeriesArchive::open(dir, Expect::ALL_SEALED, &IndexCache::new(64 << 20))
+    }
+
     /// The archive of a series whose folder is not made yet: nothing sealed.
-    pub fn empty(dir: &Path) -> SeriesArchive {
+    pub fn empty(dir: &Path, cache: &IndexCache) -> SeriesArchive {
         SeriesArchive {
             dir: dir.to_owned(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             hours: RwLock::new(BTreeMap::new()),
             totals: RwLock::new(Summary::default()),
+            cache: cache.clone(),
+            expect: Expect::ALL_SEALED,
             writing: Mutex::new(()),
             damaged: Mutex::new(BTreeSet::new()),
         }
@@ -264,64 +358,166 @@ impl SeriesArchive {
         archive_path(&self.dir, hour)
     }
 
-    /// Whether the chunk is sealed here whole (all its parts).
-    pub fn contains(&self, start: ChunkStart) -> bool {
-        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-        hours
-            .get(&start.hour())
-            .is_some_and(|h| h.chunk(start).last().is_some_and(|e| e.meta.last_part))
+    /// An hour's index if memory holds it (the cache, or `held`: indexes the caller read itself): `Ok(None)`
+    /// when the hour holds no events, `Cold` when its index must be read first.
+    fn cached(&self, hour: Hour, held: &[Arc<HourIndex>]) -> Result<Option<Arc<HourIndex>>, Cold> {
+        if !lock_read(&self.hours).contains_key(&hour) {
+            return Ok(None);
+        }
+        if let Some(index) = held.iter().find(|h| h.hour == hour) {
+            return Ok(Some(index.clone()));
+        }
+        self.cache
+            .0
+            .get(&(self.id, hour))
+            .map(Some)
+            .ok_or(Cold(hour))
+    }
+
+    /// An hour's index, read from its sidecar (or rebuilt from the archive) if memory does not hold it.
+    /// Blocking.
+    pub fn index(&self, hour: Hour) -> Result<Option<Arc<HourIndex>>, ArchiveError> {
+        match self.cached(hour, &[]) {
+            Ok(found) => Ok(found),
+            Err(Cold(hour)) => self.warm(hour).map(Some),
+        }
+    }
+
+    /// Reads an hour's index into memory. Blocking; concurrent reads of one hour read it once.
+    pub fn warm(&self, hour: Hour) -> Result<Arc<HourIndex>, ArchiveError> {
+        self.cache
+            .0
+            .try_get_with((self.id, hour), || {
+                let place = Place {
+                    dir: &self.dir,
+                    hour,
+                    newest: false,
+                };
+                let mut repairs = Vec::new();
+                let mut damaged = BTreeSet::new();
+                let index = load_hour(&place, self.expect.sealed, &mut repairs, &mut damaged);
+                for r in repairs {
+                    if r.damage {
+                        tracing::error!("{r}");
+                    } else {
+                        tracing::warn!("{r}");
+                    }
+                }
+                lock(&self.damaged).extend(damaged);
+                index.map(Arc::new)
+            })
+            .map_err(|e| match Arc::try_unwrap(e) {
+                Ok(e) => e,
+                Err(e) => ArchiveError::Damaged {
+                    file: shown(&self.archive_path(hour)),
+                    offset: 0,
+                    reason: e.to_string(),
+                },
+            })
+    }
+
+    /// Whether the chunk is sealed here whole (all its parts). Blocking.
+    pub fn contains(&self, start: ChunkStart) -> Result<bool, ArchiveError> {
+        Ok(self
+            .index(start.hour())?
+            .is_some_and(|h| h.chunk(start).last().is_some_and(|e| e.meta.last_part)))
     }
 
     /// The start of the newest sealed chunk.
     pub fn last_chunk(&self) -> Option<ChunkStart> {
-        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-        hours
+        lock_read(&self.hours)
             .values()
             .next_back()
-            .and_then(|h| h.entries.last())
-            .map(|e| e.meta.chunk_start)
+            .map(|h| h.last.start)
     }
 
-    /// The chunk that starts at `start`, if it is here.
-    pub fn summary_of(&self, start: ChunkStart) -> Option<ChunkSummary> {
-        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-        let last = *hours.get(&start.hour())?.chunk(start).last()?;
-        Some(summarize(&last))
+    /// The chunk that starts at `start`, if it is here. `held`: hour indexes the caller read already.
+    pub fn summary_of(
+        &self,
+        start: ChunkStart,
+        held: &[Arc<HourIndex>],
+    ) -> Result<Option<ChunkSummary>, Cold> {
+        let Some(index) = self.cached(start.hour(), held)? else {
+            return Ok(None);
+        };
+        Ok(index.chunk(start).last().map(summarize))
     }
 
-    /// The newest chunk that starts before `t`. Empty stretches cost nothing: one step in the map of hours,
-    /// one binary search in an hour's index.
-    pub fn chunk_before(&self, t: Millis) -> Option<ChunkSummary> {
-        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-        hours.range(..=Hour::of(t)).rev().find_map(|(_, h)| {
+    /// The newest chunk that starts before `t`. Empty stretches cost nothing: one step in the map of hours, one
+    /// binary search in `t`'s own hour's index; any older hour answers from its summary.
+    pub fn chunk_before(
+        &self,
+        t: Millis,
+        held: &[Arc<HourIndex>],
+    ) -> Result<Option<ChunkSummary>, Cold> {
+        let older = {
+            let hours = lock_read(&self.hours);
+            let mut before = hours.range(..=Hour::of(t)).rev();
+            match before.next() {
+                Some((h, _)) if *h == Hour::of(t) => before.next().map(|(_, s)| s.last),
+                Some((_, s)) => return Ok(Some(s.last)),
+                None => return Ok(None),
+            }
+        };
+        let found = self.cached(Hour::of(t), held)?.and_then(|h| {
             let i = h
                 .entries
                 .partition_point(|e| e.meta.chunk_start.millis() < t);
             // The last member before `t` is the last part of its chunk: parts share their chunk's start.
             i.checked_sub(1).map(|i| summarize(&h.entries[i]))
-        })
+        });
+        Ok(found.or(older))
     }
 
-    /// The oldest chunk that starts at or after `t`.
-    pub fn chunk_from(&self, t: Millis) -> Option<ChunkSummary> {
-        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-        hours.range(Hour::of(t)..).find_map(|(_, h)| {
+    /// The oldest chunk that starts at or after `t`: one binary search in `t`'s own hour's index, or the
+    /// summary of the next hour that holds events.
+    pub fn chunk_from(
+        &self,
+        t: Millis,
+        held: &[Arc<HourIndex>],
+    ) -> Result<Option<ChunkSummary>, Cold> {
+        let newer = {
+            let hours = lock_read(&self.hours);
+            let mut after = hours.range(Hour::of(t)..);
+            match after.next() {
+                Some((h, _)) if *h == Hour::of(t) => after.next().map(|(_, s)| s.first),
+                Some((_, s)) => return Ok(Some(s.first)),
+                None => return Ok(None),
+            }
+        };
+        let found = self.cached(Hour::of(t), held)?.and_then(|h| {
             let i = h
                 .entries
                 .partition_point(|e| e.meta.chunk_start.millis() < t);
             let first = h.entries.get(i)?;
             h.chunk(first.meta.chunk_start).last().map(summarize)
-        })
+        });
+        Ok(found.or(newer))
     }
 
     /// Calls `each(chunk start, events)` for every chunk whole here that starts in `[from, to)`, in time
-    /// order, from the indexes alone.
-    pub fn chunk_counts(&self, from: Millis, to: Millis, mut each: impl FnMut(ChunkStart, u64)) {
-        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-        for h in hours
+    /// order, from the indexes alone; an hour that `whole(hour)` says falls into one count entire is counted from
+    /// its summary, as one call at its start, without reading its index. Blocking.
+    pub fn chunk_counts(
+        &self,
+        from: Millis,
+        to: Millis,
+        whole: impl Fn(Hour) -> bool,
+        mut each: impl FnMut(ChunkStart, u64),
+    ) -> Result<(), ArchiveError> {
+        let hours: Vec<(Hour, HourSummary)> = lock_read(&self.hours)
             .range(Hour::of(from)..=Hour::of(to - 1))
-            .map(|(_, h)| h)
-        {
+            .map(|(h, s)| (*h, *s))
+            .collect();
+        for (hour, summary) in hours {
+            let inside = hour.start() >= from && hour.start() + crate::time::HOUR <= to;
+            if inside && whole(hour) {
+                each(summary.first.start, summary.events);
+                continue;
+            }
+            let Some(h) = self.index(hour)? else {
+                continue;
+            };
             let lo = h
                 .entries
                 .partition_point(|e| e.meta.chunk_start.millis() < from);
@@ -346,40 +542,45 @@ impl SeriesArchive {
                 each(start, n);
             }
         }
+        Ok(())
     }
 
-    /// The index entries of one sealed chunk, in part order; empty when the chunk holds no events.
-    pub fn chunk(&self, start: ChunkStart) -> Vec<IndexEntry> {
-        let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-        hours
-            .get(&start.hour())
+    /// The index entries of one sealed chunk, in part order; empty when the chunk holds no events. Blocking.
+    pub fn chunk(&self, start: ChunkStart) -> Result<Vec<IndexEntry>, ArchiveError> {
+        Ok(self
+            .index(start.hour())?
             .map(|h| h.chunk(start).to_vec())
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
-    /// Appends one chunk's members (already encoded, in part order) to its hour archive and makes them durable
-    /// before indexing them. On failure the archive is cut back to where it was.
+    /// Appends whole chunks' members (already encoded, in time and part order, all of one hour) to their hour
+    /// archive with one write and one fsync, and makes them durable before indexing them. On failure the
+    /// archive is cut back to where it was.
     pub fn append_chunk(&self, members: &[member::Member]) -> Result<(), ArchiveError> {
         let Some((first, _)) = members.first() else {
             return Ok(());
         };
-        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let _writing = lock(&self.writing);
         let hour = first.chunk_start.hour();
         let path = self.archive_path(hour);
-        let start = {
-            let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-            let index = hours.get(&hour);
-            if let Some(last) = index.and_then(|h| h.entries.last())
-                && last.meta.chunk_start >= first.chunk_start
-            {
-                return Err(ArchiveError::OutOfOrder {
-                    file: shown(&path),
-                    chunk: first.chunk_start.millis(),
-                    last: last.meta.chunk_start.millis(),
-                });
-            }
-            index.map_or(0, HourIndex::end)
-        };
+        if let Some((stray, _)) = members.iter().find(|(m, _)| m.chunk_start.hour() != hour) {
+            return Err(ArchiveError::OutOfOrder {
+                file: shown(&path),
+                chunk: stray.chunk_start.millis(),
+                last: first.chunk_start.millis(),
+            });
+        }
+        let old = self.index(hour)?;
+        if let Some(last) = old.as_ref().and_then(|h| h.entries.last())
+            && last.meta.chunk_start >= first.chunk_start
+        {
+            return Err(ArchiveError::OutOfOrder {
+                file: shown(&path),
+                chunk: first.chunk_start.millis(),
+                last: last.meta.chunk_start.millis(),
+            });
+        }
+        let start = old.as_ref().map_or(0, |h| h.end());
         let is_new = start == 0;
         let file = OpenOptions::new()
             .write(true)
@@ -403,41 +604,68 @@ impl SeriesArchive {
         let sidecar = sidecar_path(&self.dir, hour);
         if let Err(e) = index::append_sidecar(&sidecar, &entries) {
             // The archive is durable and right; the sidecar is rebuilt from it at the next open.
-            tracing::warn!(path = %sidecar.display(), error = %e, "index sidecar not updated");
+            tracing::warn!(file = %shown(&sidecar), error = %e, "index sidecar not updated");
         }
-        self.add_totals(&entries);
-        let mut hours = self.hours.write().unwrap_or_else(|e| e.into_inner());
-        hours
-            .entry(hour)
-            .or_insert_with(|| HourIndex::new(hour))
-            .entries
-            .extend(entries);
+        let mut index = old.map_or_else(|| HourIndex::new(hour), |h| (*h).clone());
+        index.entries.extend(entries);
+        self.put_hour(index, is_new);
         Ok(())
     }
 
-    /// Removes every hour archive before `keep_from` (retention), and its sidecar: first from the index, so no
-    /// reader finds them, then from the disk. Returns how many archives were removed.
-    pub fn remove_before(&self, keep_from: Hour) -> Result<usize, ArchiveError> {
-        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let mut hours = self.hours.write().unwrap_or_else(|e| e.into_inner());
-            let kept = hours.split_off(&keep_from);
-            *hours = kept;
-            let mut totals = Summary::default();
-            hours
-                .values()
-                .flat_map(|h| &h.entries)
-                .for_each(|e| totals.add(&e.meta));
-            *self.totals.write().unwrap_or_else(|e| e.into_inner()) = totals;
+    /// Takes an hour's new index into memory: the cache, its summary, the totals. When it is a new hour, the
+    /// hour that was the newest is complete: its summary goes to `hours.idx`.
+    fn put_hour(&self, index: HourIndex, is_new: bool) {
+        let hour = index.hour;
+        let Some(summary) = HourSummary::of(&index) else {
+            return;
+        };
+        self.cache.0.insert((self.id, hour), Arc::new(index));
+        let completed = {
+            let mut hours = lock_write(&self.hours);
+            let completed = if is_new {
+                hours
+                    .range(..hour)
+                    .next_back()
+                    .map(|(h, s)| (*h, *s))
+                    .filter(|_| hours.range(hour..).next().is_none())
+            } else {
+                None
+            };
+            hours.insert(hour, summary);
+            *lock_write(&self.totals) = Summary::of(&hours);
+            completed
+        };
+        if let Some((done, s)) = completed {
+            let manifest = self.dir.join(HOURS_FILE);
+            if let Err(e) = hours::append(&manifest, done, &s) {
+                // A cache: at the next start the hour is summarised from its own index.
+                tracing::warn!(file = %shown(&manifest), error = %e, "hour summary not written");
+            }
         }
-        remove_files_before(&self.dir, keep_from)
     }
 
-    fn add_totals(&self, entries: &[IndexEntry]) {
-        let mut totals = self.totals.write().unwrap_or_else(|e| e.into_inner());
-        for e in entries {
-            totals.add(&e.meta);
-        }
+    /// Removes every hour archive before `keep_from` (retention), and its sidecar: first from memory, so no
+    /// reader finds them, then from the disk. Returns how many archives were removed.
+    pub fn remove_before(&self, keep_from: Hour) -> Result<usize, ArchiveError> {
+        let _writing = lock(&self.writing);
+        let complete = {
+            let mut hours = lock_write(&self.hours);
+            let kept = hours.split_off(&keep_from);
+            for hour in hours.keys() {
+                self.cache.0.invalidate(&(self.id, *hour));
+            }
+            *hours = kept;
+            *lock_write(&self.totals) = Summary::of(&hours);
+            let newest = hours.keys().next_back().copied();
+            hours
+                .iter()
+                .filter(|(h, _)| Some(**h) != newest)
+                .map(|(h, s)| (*h, *s))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let manifest = self.dir.join(HOURS_FILE);
+        hours::write(&manifest, &complete).map_err(io_at(&manifest))?;
+        remove_files_before(&self.dir, keep_from)
     }
 
     /// Puts whole chunks (each its members in part order) into one hour archive where they belong in time
@@ -455,19 +683,18 @@ impl SeriesArchive {
         };
         let hour = first.hour();
         // Held from the look at the hour to the swap of its index: an append in between would be lost.
-        let writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let old = {
-            let hours = self.hours.read().unwrap_or_else(|e| e.into_inner());
-            hours.get(&hour).cloned()
-        };
+        let writing = lock(&self.writing);
+        let old = self.index(hour)?;
         let Some(old) = old.filter(|h| {
             h.entries
                 .last()
                 .is_some_and(|e| e.meta.chunk_start >= first)
         }) else {
-            // All after the hour's last chunk: appends, each checking the order again under the lock.
+            // All after the hour's last chunk: one append, checking the order again under the lock.
             drop(writing);
-            return chunks.iter().try_for_each(|c| self.append_chunk(c));
+            let members: Vec<member::Member> =
+                chunks.iter().flat_map(|c| c.iter().cloned()).collect();
+            return self.append_chunk(&members);
         };
         let path = self.archive_path(hour);
         let tmp = self.dir.join(format!("{}{REWRITE_SUFFIX}", hour.stem()));
@@ -482,23 +709,21 @@ impl SeriesArchive {
         if let Err(e) = index::write_sidecar(&sidecar, &merged) {
             // The old sidecar describes the old file: without one, the next open indexes the archive itself.
             let _ = fs::remove_file(&sidecar);
-            tracing::warn!(path = %sidecar.display(), error = %e, "index sidecar not updated");
+            tracing::warn!(file = %shown(&sidecar), error = %e, "index sidecar not updated");
         }
-        let added: Vec<IndexEntry> = merged
-            .entries
-            .iter()
-            .filter(|e| {
-                chunks
-                    .iter()
-                    .any(|c| c[0].0.chunk_start == e.meta.chunk_start)
-            })
-            .copied()
-            .collect();
-        self.add_totals(&added);
-        self.hours
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hour, merged);
+        self.put_hour(merged, false);
+        // The hour's summary changed: the file of summaries follows, whole.
+        let complete = {
+            let hours = lock_read(&self.hours);
+            let newest = hours.keys().next_back().copied();
+            hours
+                .iter()
+                .filter(|(h, _)| Some(**h) != newest)
+                .map(|(h, s)| (*h, *s))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let manifest = self.dir.join(HOURS_FILE);
+        hours::write(&manifest, &complete).map_err(io_at(&manifest))?;
         drop(writing);
         Ok(())
     }
@@ -540,7 +765,7 @@ impl SeriesArchive {
 
     /// The NDJSON lines of one sealed chunk, inflating only its own members; `None` when it holds no events.
     pub fn read_chunk(&self, start: ChunkStart) -> Result<Option<Vec<u8>>, ArchiveError> {
-        let entries = self.chunk(start);
+        let entries = self.chunk(start)?;
         if entries.is_empty() {
             return Ok(None);
         }
@@ -576,7 +801,7 @@ impl SeriesArchive {
     }
 }
 
-fn summarize(last_part: &IndexEntry) -> ChunkSummary {
+pub(crate) fn summarize(last_part: &IndexEntry) -> ChunkSummary {
     ChunkSummary {
         start: last_part.meta.chunk_start,
         parts: last_part.meta.part + 1,
@@ -795,6 +1020,17 @@ fn remove_files_before(dir: &Path, keep_from: Hour) -> Result<usize, ArchiveErro
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Identities of archives in the index cache.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Moves the bytes past `keep` aside (to `{archive}.tail-{keep}`, for inspection) and truncates the archive:
 /// the copy is durable, folder entry included, before a byte is cut.

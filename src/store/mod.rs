@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use tokio::sync::{oneshot, watch};
 
-use crate::archive::{self, SeriesArchive};
+use crate::archive::{self, IndexCache, SeriesArchive};
 use crate::ingest::parse::{Parsed, Position};
 use crate::ingest::wal::{self, BatchKey, Logged, Wal};
 use crate::metrics::{self, Histogram};
@@ -56,6 +56,8 @@ pub struct StoreConfig {
     pub max_backlog_bytes: u64,
     /// The most bytes of batches in memory, waiting for the log, before ingest answers 503.
     pub max_inflight_bytes: u64,
+    /// The most bytes of hour indexes kept in memory; others are read from their sidecars when needed.
+    pub index_cache_bytes: u64,
     /// The most batches waiting for the commit thread before ingest answers 503.
     pub max_queued_batches: usize,
     /// How long sealed hours are kept (None: for ever); older hour archives are removed.
@@ -296,10 +298,17 @@ impl Series {
     }
 
     /// A series made by its first batch, in memory only until that batch is durable (see `persisted`).
-    fn new(name: &str, dir: PathBuf, width: ChunkWidth, now: Millis, sealed: Millis) -> Series {
+    fn new(
+        name: &str,
+        dir: PathBuf,
+        width: ChunkWidth,
+        now: Millis,
+        sealed: Millis,
+        cache: &IndexCache,
+    ) -> Series {
         Series {
             name: Arc::from(name),
-            archive: Arc::new(SeriesArchive::empty(&dir)),
+            archive: Arc::new(SeriesArchive::empty(&dir, cache)),
             dir,
             width,
             created: now,
@@ -383,6 +392,8 @@ struct Inner {
     wal: Mutex<Wal>,
     /// Where the log's segments are, for readers of lines not sealed yet.
     wal_dir: PathBuf,
+    /// Every series' hour indexes that memory holds, within `--index-cache-bytes`.
+    indexes: IndexCache,
     /// Serializes writes of series folders and settings files (each replaced through one temporary name),
     /// which happen outside the state lock. Taken before `state`, never after.
     settings_files: Mutex<()>,
@@ -405,7 +416,14 @@ impl Inner {
     /// A series made at `now`, in memory only (see `Series::persisted`).
     fn new_series(&self, name: &str, width: ChunkWidth, now: Millis) -> Series {
         let sealed = self.first_watermark(width, now);
-        Series::new(name, self.cfg.data.join(name), width, now, sealed)
+        Series::new(
+            name,
+            self.cfg.data.join(name),
+            width,
+            now,
+            sealed,
+            &self.indexes,
+        )
     }
 
     /// Forgets a series made in memory whose folder could not be made, unless it is persisted after all, holds
@@ -503,9 +521,10 @@ impl Store {
             return Err(StoreError::DataInUse(data));
         }
 
+        let indexes = IndexCache::new(cfg.index_cache_bytes);
         let mut series = BTreeMap::new();
         for (name, dir) in series_dirs(&data)? {
-            let s = load_series(&name, &dir)?;
+            let s = load_series(&name, &dir, &indexes)?;
             series.insert(name.as_str().to_string(), s);
         }
 
@@ -540,7 +559,7 @@ impl Store {
             let first = width.align_down(now - cfg.lateness);
             let sealed = first.min(width.align_down(oldest));
             let dir = data.join(name.as_str());
-            let s = create_series(&dir, &name, width, now, sealed)?;
+            let s = create_series(&dir, &name, width, now, sealed, &indexes)?;
             series.insert(name.as_str().to_string(), s);
         }
         for r in missing {
@@ -567,6 +586,7 @@ impl Store {
             settled: Condvar::new(),
             wal: Mutex::new(wal),
             wal_dir: data.join("_wal"),
+            indexes,
             settings_files: Mutex::new(()),
             stopping: Mutex::new(false),
             stop_signal: Condvar::new(),
@@ -948,14 +968,14 @@ fn series_dirs(data: &Path) -> Result<Vec<(SeriesName, PathBuf)>, StoreError> {
     Ok(dirs)
 }
 
-fn load_series(name: &SeriesName, dir: &Path) -> Result<Series, StoreError> {
+fn load_series(name: &SeriesName, dir: &Path, cache: &IndexCache) -> Result<Series, StoreError> {
     let settings = Settings::load(dir).map_err(|e| StoreError::settings(name.as_str(), e))?;
     let width = settings.width().map_err(|e| StoreError::storage(e, None))?;
     let expect = archive::Expect {
         sealed: settings.sealed,
         kept_from: Hour::of(settings.retained_from),
     };
-    let (archive, repairs) = SeriesArchive::open(dir, expect)?;
+    let (archive, repairs) = SeriesArchive::open(dir, expect, cache)?;
     for r in repairs {
         if r.damage {
             tracing::error!(series = %name, "{r}");
@@ -1005,6 +1025,7 @@ fn create_series(
     width: ChunkWidth,
     now: Millis,
     sealed: Millis,
+    cache: &IndexCache,
 ) -> Result<Series, StoreError> {
     let io_err = |e: io::Error| StoreError::settings(name.as_str(), e);
     crate::durable::create_dir_all(dir).map_err(io_err)?;
@@ -1016,5 +1037,5 @@ fn create_series(
         retained_from: 0,
     };
     settings.store(dir).map_err(io_err)?;
-    load_series(name, dir)
+    load_series(name, dir, cache)
 }

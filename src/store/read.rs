@@ -9,10 +9,11 @@
 //! lands on the newest events of each chunk first.
 
 use std::io;
+use std::sync::Arc;
 
 use super::chunk::OpenChunk;
 use super::{Generation, SeriesName, Store, StoreError, lock};
-use crate::archive::{SeriesArchive, member};
+use crate::archive::{Cold, HourIndex, SeriesArchive, member};
 use crate::ingest::wal::{LineReader, LineRef};
 use crate::time::{self, ChunkStart, ChunkWidth, Millis};
 
@@ -72,6 +73,25 @@ pub struct PageLines {
     pub member: Option<Vec<u8>>,
 }
 
+/// Why one look could not locate a page.
+enum Miss {
+    /// An hour index memory does not hold.
+    Cold(Cold),
+    Store(StoreError),
+}
+
+impl From<Cold> for Miss {
+    fn from(c: Cold) -> Miss {
+        Miss::Cold(c)
+    }
+}
+
+impl From<StoreError> for Miss {
+    fn from(e: StoreError) -> Miss {
+        Miss::Store(e)
+    }
+}
+
 /// A non-empty chunk as pages see it.
 #[derive(Clone, Copy, Debug)]
 struct ChunkView {
@@ -81,8 +101,46 @@ struct ChunkView {
 }
 
 impl Store {
-    /// Finds a page: its chunk, part, links and finality. Memory only.
+    /// Finds a page: its chunk, part, links and finality. Blocking: an hour index memory does not hold is read
+    /// (with no lock held), then the page is looked up again.
     pub fn locate(&self, name: &SeriesName, page: PageRef) -> Result<Located, StoreError> {
+        // Each round reads one more index and keeps it for the next, whatever the cache keeps: a page needs at
+        // most three (its own hour's, and its neighbours').
+        let mut held = Vec::new();
+        loop {
+            match self.try_locate(name, page, &held) {
+                Err(Miss::Cold(Cold(hour))) => {
+                    let archive = self
+                        .archive(name)
+                        .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+                    held.push(archive.warm(hour)?);
+                }
+                Err(Miss::Store(e)) => return Err(e),
+                Ok(at) => return Ok(at),
+            }
+        }
+    }
+
+    /// `locate` from memory alone: `None` when an hour index must be read first (then `locate` does it).
+    pub fn locate_cached(
+        &self,
+        name: &SeriesName,
+        page: PageRef,
+    ) -> Result<Option<Located>, StoreError> {
+        match self.try_locate(name, page, &[]) {
+            Ok(at) => Ok(Some(at)),
+            Err(Miss::Cold(_)) => Ok(None),
+            Err(Miss::Store(e)) => Err(e),
+        }
+    }
+
+    /// One look, from memory: the state and the index cache.
+    fn try_locate(
+        &self,
+        name: &SeriesName,
+        page: PageRef,
+        held: &[Arc<HourIndex>],
+    ) -> Result<Located, Miss> {
         let max = self.inner.cfg.max_member_entries;
         let st = lock(&self.inner.state);
         let s = st
@@ -95,7 +153,7 @@ impl Store {
         if let PageRef::Before { end: t, .. } | PageRef::After { start: t } = page
             && !s.width.is_aligned(t)
         {
-            return Err(StoreError::Misaligned { t, width: s.width });
+            return Err(StoreError::Misaligned { t, width: s.width }.into());
         }
         // What retention removed is gone, never another page at the same URL.
         let gone = match page {
@@ -104,7 +162,7 @@ impl Store {
             PageRef::Head => false,
         };
         if gone && s.retained_from > 0 {
-            return Err(StoreError::Gone(s.retained_from));
+            return Err(StoreError::Gone(s.retained_from).into());
         }
         let in_memory = |start: &ChunkStart, c: &OpenChunk| ChunkView {
             start: start.millis(),
@@ -117,14 +175,17 @@ impl Store {
             sealed_at: Some(c.sealed_at),
         };
         // A chunk being sealed can be in memory and in the archive at once; the archive wins.
-        let at = |start: Millis| {
+        let at = |start: Millis| -> Result<Option<ChunkView>, Cold> {
             let key = ChunkStart::from_stored(start);
-            archive.summary_of(key).map(from_archive).or_else(|| {
-                s.sealing
-                    .get(&key)
-                    .map(|c| in_memory(&key, c))
-                    .or_else(|| s.open.get(&key).map(|c| in_memory(&key, c)))
-            })
+            Ok(archive
+                .summary_of(key, held)?
+                .map(from_archive)
+                .or_else(|| {
+                    s.sealing
+                        .get(&key)
+                        .map(|c| in_memory(&key, c))
+                        .or_else(|| s.open.get(&key).map(|c| in_memory(&key, c)))
+                }))
         };
         let newest_before = |t: Millis| {
             let key = ChunkStart::from_stored(t);
@@ -138,8 +199,8 @@ impl Store {
                     .next_back()
                     .map(|(k, c)| in_memory(k, c)),
             ];
-            let stored = archive.chunk_before(t).map(from_archive);
-            pick(stored, memory, |a, b| a.start > b.start)
+            let stored = archive.chunk_before(t, held)?.map(from_archive);
+            Ok::<_, Cold>(pick(stored, memory, |a, b| a.start > b.start))
         };
         let oldest_from = |t: Millis| {
             let key = ChunkStart::from_stored(t);
@@ -147,35 +208,35 @@ impl Store {
                 s.sealing.range(key..).next().map(|(k, c)| in_memory(k, c)),
                 s.open.range(key..).next().map(|(k, c)| in_memory(k, c)),
             ];
-            let stored = archive.chunk_from(t).map(from_archive);
-            pick(stored, memory, |a, b| a.start < b.start)
+            let stored = archive.chunk_from(t, held)?.map(from_archive);
+            Ok::<_, Cold>(pick(stored, memory, |a, b| a.start < b.start))
         };
 
         let (chunk, part) = match page {
-            PageRef::Head => match newest_before(Millis::MAX) {
+            PageRef::Head => match newest_before(Millis::MAX)? {
                 Some(c) => (Some(c), c.parts - 1),
                 None => (None, 0),
             },
-            PageRef::Before { end, part } => match at(end - w) {
+            PageRef::Before { end, part } => match at(end - w)? {
                 Some(c) => {
                     let p = part.unwrap_or(c.parts - 1);
                     if p >= c.parts {
-                        return Err(StoreError::NoSuchPart {
+                        return Err(Miss::Store(StoreError::NoSuchPart {
                             part: p,
                             parts: c.parts,
-                        });
+                        }));
                     }
                     (Some(c), p)
                 }
                 None if part.is_some_and(|p| p > 0) => {
-                    return Err(StoreError::NoSuchPart {
+                    return Err(Miss::Store(StoreError::NoSuchPart {
                         part: part.unwrap_or(0),
                         parts: 0,
-                    });
+                    }));
                 }
                 None => (None, 0),
             },
-            PageRef::After { start } => (oldest_from(start), 0),
+            PageRef::After { start } => (oldest_from(start)?, 0),
         };
         let start = match (chunk, page) {
             (Some(c), _) => Some(c.start),
@@ -191,13 +252,13 @@ impl Store {
 
         let prev = match start {
             Some(_) if part > 0 => start.map(|st| part_ref(st + w, part - 1, parts)),
-            Some(st) => newest_before(st).map(|c| part_ref(c.start + w, c.parts - 1, c.parts)),
+            Some(st) => newest_before(st)?.map(|c| part_ref(c.start + w, c.parts - 1, c.parts)),
             None => None,
         };
         let next = match (page, start) {
             (PageRef::Head, _) | (_, None) => None,
             (_, Some(st)) if part + 1 < parts => Some(part_ref(st + w, part + 1, parts)),
-            (_, Some(st)) => match oldest_from(st + w) {
+            (_, Some(st)) => match oldest_from(st + w)? {
                 Some(c) if c.start + w <= s.sealed => Some(part_ref(c.start + w, 0, c.parts)),
                 // An `after` page with nothing in it is the end of the road.
                 None if chunk.is_none() && matches!(page, PageRef::After { .. }) => None,
@@ -242,7 +303,7 @@ impl Store {
         // A chunk can move from memory to its archive while we read; then its log segment may be gone too, and
         // the next round finds it in the archive.
         for _ in 0..3 {
-            if archive.contains(key) {
+            if archive.contains(key)? {
                 return read_sealed(&archive, key, at.part);
             }
             let snapshot = {
@@ -292,10 +353,10 @@ impl Store {
             return Ok(None);
         };
         let key = ChunkStart::from_stored(start);
-        if at.parts == 0 || !archive.contains(key) {
+        if at.parts == 0 || !archive.contains(key)? {
             return Ok(None);
         }
-        let Some(entry) = archive.chunk(key).get(at.part as usize).copied() else {
+        let Some(entry) = archive.chunk(key)?.get(at.part as usize).copied() else {
             return Ok(None);
         };
         Ok(Some((entry.meta, archive.read_verified(&entry)?)))
@@ -337,8 +398,9 @@ impl Store {
         Ok((settings.sealed, settings.generation()))
     }
 
-    /// Event counts in `[from, to)` per bucket of `step`, from the indexes and open chunks alone (no line is
-    /// read). `from` and `step` must be multiples of the series' width, so chunks never straddle buckets.
+    /// Event counts in `[from, to)` per bucket of `step`, from the hour summaries, indexes and open chunks
+    /// alone (no line is read). `from` and `step` must be multiples of the series' width, so chunks never
+    /// straddle buckets. Blocking: an hour that a bucket does not hold whole has its index read.
     pub fn histogram(
         &self,
         name: &SeriesName,
@@ -364,11 +426,18 @@ impl Store {
                 .collect();
             (s.archive.clone(), memory)
         };
+        // An hour inside one bucket, with nothing of it in memory, is counted from its summary alone.
+        let in_memory: std::collections::HashSet<time::Hour> =
+            memory.iter().map(|(start, _)| start.hour()).collect();
+        let whole = |hour: time::Hour| {
+            !in_memory.contains(&hour)
+                && bucket(hour.start()) == bucket(hour.start() + time::HOUR - 1)
+        };
         let mut archived = std::collections::HashSet::new();
-        archive.chunk_counts(from, to, |start, n| {
+        archive.chunk_counts(from, to, whole, |start, n| {
             archived.insert(start);
             counts[bucket(start.millis())] += n;
-        });
+        })?;
         // A chunk being sealed may be counted by both: the archive's count wins.
         for (start, n) in memory.into_iter().filter(|(s, _)| !archived.contains(s)) {
             counts[bucket(start.millis())] += n;
@@ -397,7 +466,7 @@ fn read_sealed(
     start: ChunkStart,
     part: u32,
 ) -> Result<PageLines, StoreError> {
-    let entries = archive.chunk(start);
+    let entries = archive.chunk(start)?;
     let entry = entries.get(part as usize).ok_or(StoreError::NoSuchPart {
         part,
         parts: entries.len() as u32,

@@ -170,7 +170,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
     let cfg = &inner.cfg;
     let mut lines = lock(&inner.wal).reader();
     for (start, chunk) in chunks {
-        if archive.contains(start) {
+        if archive.contains(start)? {
             tracing::debug!(
                 series = name,
                 chunk = start.millis(),

@@ -26,7 +26,7 @@ pub fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) 
     }
     .store(&dir)
     .unwrap();
-    let (archive, _) = SeriesArchive::open(&dir, hourglass::archive::Expect::ALL_SEALED).unwrap();
+    let (archive, _) = SeriesArchive::open_alone(&dir).unwrap();
     let mut n = 0;
     let mut all = Vec::new();
     for (start, count) in chunks {
@@ -528,4 +528,83 @@ fn a_read_token_makes_pages_private() {
     for url in ["/healthz", "/readyz"] {
         assert_eq!(server.get(url).status, 200, "{url}");
     }
+}
+
+/// An answer as a reader keeps it: URL, ETag, Link, body.
+type Kept = (String, Option<String>, Option<String>, Vec<u8>);
+
+/// Every answer a reader can collect from a series: each page from the head back (JSON and NDJSON, with their
+/// ETags and links), and a histogram and an export of the whole range.
+fn everything(server: &Server, name: &str) -> Vec<Kept> {
+    let mut seen = Vec::new();
+    let mut url = Some(format!("/api/series/{name}/data"));
+    while let Some(u) = url {
+        for accept in ["application/json", "application/x-ndjson"] {
+            let r = request(server.addr, "GET", &u, &[("Accept", accept)], b"").unwrap();
+            assert_eq!(r.status, 200, "{u}: {}", r.text());
+            seen.push((
+                u.clone(),
+                r.header("etag").map(str::to_string),
+                r.header("link").map(str::to_string),
+                r.body.clone(),
+            ));
+        }
+        url = server.get(&u).link("prev");
+    }
+    for u in [
+        format!("/api/series/{name}/histogram?from=1388534400&to=1412035200&step=1h"),
+        format!("/api/series/{name}/histogram?from=1411257600&to=1411516800&step=10s"),
+        format!("/api/series/{name}/export?from=1388534400&to=1412035200"),
+    ] {
+        let r = server.get(&u);
+        assert_eq!(r.status, 200, "{u}: {}", r.text());
+        seen.push((
+            u,
+            r.header("etag").map(str::to_string),
+            None,
+            r.body.clone(),
+        ));
+    }
+    seen
+}
+
+#[test]
+fn a_series_reads_the_same_whatever_memory_holds_of_its_history() {
+    let dir = TempDir::new("history");
+    // Chunks in many hours, sparse and dense, and one hour summarised by a file made before it.
+    let mut chunks: Vec<(String, usize)> =
+        SPARSE.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+    for h in 0..30 {
+        chunks.push((
+            format!("2014-09-2{}T{:02}:00:{}0Z", 1 + h / 24 * 2, h % 24, h % 6),
+            1 + h % 4,
+        ));
+    }
+    chunks.sort();
+    chunks.dedup_by(|a, b| a.0 == b.0);
+    let refs: Vec<(&str, usize)> = chunks.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+    seed(dir.path(), "h", &refs, 5);
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = ["--max-page-entries", "5"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        let server = Server::start(dir.path(), &args);
+        let seen = everything(&server, "h");
+        server.stop();
+        seen
+    };
+    let plenty = run(&[]);
+    let walked: usize = plenty.iter().filter(|s| s.0.contains("/data")).count() / 2;
+    assert!(walked > 30, "{walked} pages");
+    // An index cache of one byte: every lookup reads its hour's index again; links across hours come from
+    // the hour summaries. The same answers, to the byte.
+    assert_eq!(run(&["--index-cache-bytes", "1"]), plenty);
+    // The hour summaries lost: rebuilt from the hours' own indexes, the same answers again.
+    let summaries = dir.path().join("h/hours.idx");
+    assert!(summaries.is_file());
+    std::fs::remove_file(&summaries).unwrap();
+    assert_eq!(run(&[]), plenty);
+    assert!(summaries.is_file(), "the summaries are written again");
 }

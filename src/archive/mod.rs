@@ -172,7 +172,7 @@ impl IndexCache {
         IndexCache(
             moka::sync::Cache::builder()
                 .weigher(|_, index: &Arc<HourIndex>| {
-                    let bytes = 128 + index.entries.len() * std::mem::size_of::<IndexEntry>();
+                    let bytes = 128 + index.entries.capacity() * std::mem::size_of::<IndexEntry>();
                     u32::try_from(bytes).unwrap_or(u32::MAX)
                 })
                 .max_capacity(max_bytes)
@@ -284,7 +284,8 @@ impl SeriesArchive {
                         hour,
                         newest: Some(hour) == newest,
                     };
-                    let index = load_hour(&place, expect.sealed, &mut repairs, &mut damaged)?;
+                    let mut index = load_hour(&place, expect.sealed, &mut repairs, &mut damaged)?;
+                    index.entries.shrink_to_fit();
                     rewrite |= Some(hour) != newest;
                     let summary = HourSummary::of(&index);
                     if summary.is_some() {
@@ -404,7 +405,10 @@ impl SeriesArchive {
                     }
                 }
                 lock(&self.damaged).extend(damaged);
-                index.map(Arc::new)
+                index.map(|mut index| {
+                    index.entries.shrink_to_fit();
+                    Arc::new(index)
+                })
             })
             .map_err(|e| match Arc::try_unwrap(e) {
                 Ok(e) => e,
@@ -614,7 +618,8 @@ impl SeriesArchive {
 
     /// Takes an hour's new index into memory: the cache, its summary, the totals. When it is a new hour, the
     /// hour that was the newest is complete: its summary goes to `hours.idx`.
-    fn put_hour(&self, index: HourIndex, is_new: bool) {
+    fn put_hour(&self, mut index: HourIndex, is_new: bool) {
+        index.entries.shrink_to_fit();
         let hour = index.hour;
         let Some(summary) = HourSummary::of(&index) else {
             return;

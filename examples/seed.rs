@@ -51,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         created: start,
         revision: 0,
         retained_from: 0,
+        uploaded_through: 0,
     }
     .store(&dir)?;
     let (archive, _) = SeriesArchive::open_alone(&dir)?;

@@ -34,7 +34,7 @@ fn progress(len: u64, template: &str) -> ProgressBar {
 
 /// Opens a data folder for a command, with a hint when a server holds it.
 async fn open(args: &StoreArgs, hint: &str) -> CliResult<Store> {
-    match server::open_store(args).await {
+    match server::open_store(args.store_config()).await {
         Ok(store) => Ok(store),
         Err(e @ StoreError::DataInUse(_)) => Err(format!("{e}: {hint}").into()),
         Err(e) => Err(e.into()),

@@ -70,6 +70,15 @@ pub struct StoreArgs {
     /// gzip level for sealed chunks and for answers compressed on the fly (1 fastest .. 9 smallest).
     #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub gzip_level: u32,
+    /// Where complete hours go: `az://container/prefix` (Azure Blob) or `s3://bucket/prefix` (S3 and stores that
+    /// speak it), configured from the environment as the `object_store` crate reads it (`AZURE_*`, `AWS_*`).
+    /// Default: they stay in the data folder.
+    #[arg(long, env = "HOURGLASS_ARCHIVE")]
+    pub archive: Option<String>,
+    /// With --archive: uploaded hours of each series that stay in the data folder too (the newest ones; the
+    /// newest hour that holds events always stays).
+    #[arg(long, env = "HOURGLASS_LOCAL_HOURS", default_value_t = 24)]
+    pub local_hours: usize,
     /// For tests of supervision: the store thread (`commit` or `seal`) that panics at its first piece of work.
     #[arg(long, hide = true, value_parser = ["commit", "seal"])]
     pub panic_in: Option<String>,
@@ -112,6 +121,18 @@ pub struct ServeArgs {
     /// Connections served at once; more wait in the kernel's queue until one closes.
     #[arg(long, env = "HOURGLASS_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// Serve the object store of --archive read-only, as a replica of the writer that uploads to it: no log,
+    /// no data folder, nothing written (see --upstream).
+    #[arg(long, env = "HOURGLASS_REPLICA", requires = "archive")]
+    pub replica: bool,
+    /// With --replica: the writer (`http://host:port`) that answers what the object store does not hold yet:
+    /// writes, the head, `after` pages, series info, and pages and ranges that are not final on the store.
+    /// Without one, those are answered from the store, never as final, and writes are refused.
+    #[arg(long, env = "HOURGLASS_UPSTREAM", requires = "replica")]
+    pub upstream: Option<axum::http::Uri>,
+    /// With --replica: milliseconds between looks at the object store's series and their settings.
+    #[arg(long, env = "HOURGLASS_REFRESH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    pub refresh_ms: u64,
     /// Milliseconds added to the system clock: for tests that must cross an hour boundary now.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub clock_offset_ms: i64,
@@ -196,6 +217,15 @@ impl ServeArgs {
     pub fn request_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.request_timeout)
     }
+
+    /// The store's settings: `StoreArgs`' and, with `--replica`, how often to look at the object store.
+    pub fn store_config(&self) -> StoreConfig {
+        let mut cfg = self.store.store_config();
+        cfg.replica = self
+            .replica
+            .then(|| std::time::Duration::from_millis(self.refresh_ms));
+        cfg
+    }
 }
 
 impl StoreArgs {
@@ -224,6 +254,9 @@ impl StoreArgs {
             index_cache_bytes: self.index_cache_bytes,
             max_queued_batches: 4096,
             retention: self.retention,
+            archive: self.archive.clone(),
+            local_hours: self.local_hours,
+            replica: None,
             panic_in: self.panic_in.clone(),
         }
     }

@@ -70,13 +70,19 @@ async fn run(cli: Cli) -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     hourglass::time::set_clock_offset(args.clock_offset_ms);
-    let store = server::open_store(&args.store).await?;
+    let store = server::open_store(args.store_config()).await?;
     let shutdown = server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     println!("listening on {addr}");
     std::io::stdout().flush()?;
-    tracing::info!(%addr, data = %args.store.data.display(), "serving");
+    match (&args.store.archive, args.replica) {
+        (Some(archive), true) => {
+            let upstream = args.upstream.as_ref().map(ToString::to_string);
+            tracing::info!(%addr, %archive, upstream, "serving as a read replica");
+        }
+        _ => tracing::info!(%addr, data = %args.store.data.display(), "serving"),
+    }
     server::run(listener, store, &args, shutdown).await?;
     Ok(())
 }

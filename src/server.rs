@@ -13,11 +13,10 @@ use tokio::net::TcpListener;
 
 use crate::api::auth::Tokens;
 use crate::api::{self, AppState, Shared};
-use crate::config::{ServeArgs, StoreArgs};
-use crate::store::{Store, StoreError};
+use crate::config::ServeArgs;
+use crate::store::{Store, StoreConfig, StoreError};
 
-pub async fn open_store(args: &StoreArgs) -> Result<Store, StoreError> {
-    let cfg = args.store_config();
+pub async fn open_store(cfg: StoreConfig) -> Result<Store, StoreError> {
     tokio::task::spawn_blocking(move || Store::open(cfg))
         .await
         .unwrap_or(Err(StoreError::ShuttingDown))
@@ -35,6 +34,14 @@ pub async fn run(
         // Release held requests first: graceful shutdown waits for every request in flight.
         let _ = stop.send(true);
     };
+    let replica = match args.replica {
+        true => {
+            let upstream = args.upstream.as_ref().map(api::replica::Upstream::new);
+            let upstream = upstream.transpose().map_err(std::io::Error::other)?;
+            Some(api::replica::Replica { upstream })
+        }
+        false => None,
+    };
     let state = AppState::new(Shared {
         store: store.clone(),
         tokens: Tokens {
@@ -50,6 +57,7 @@ pub async fn run(
         held_limit: args.max_held_requests,
         metrics: api::metrics::ApiMetrics::new(api::route_paths()),
         stopping,
+        replica,
     });
     let limits = Limits {
         header_timeout: args.request_timeout(),

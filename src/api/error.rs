@@ -69,12 +69,20 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %e, "storage error on a request");
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
             }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "object store unavailable on a request");
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             // Logged once, by the archive, when found.
             StoreError::Damaged(_) => (StatusCode::INTERNAL_SERVER_ERROR, "damaged_data"),
         };
         let mut error = ApiError::new(status, code, e.to_string());
-        if let StoreError::ClockBehind { watermark, now, .. } = e {
-            error.retry_after = Some(crate::store::clears_in_secs(watermark, now));
+        match e {
+            StoreError::ClockBehind { watermark, now, .. } => {
+                error.retry_after = Some(crate::store::clears_in_secs(watermark, now));
+            }
+            StoreError::Unavailable(_) => error.retry_after = Some(5),
+            _ => {}
         }
         error
     }

@@ -330,6 +330,29 @@ pub async fn metrics_get(
         "",
         get(&store.seal_failures),
     );
+    for (name, kind, help, value) in [
+        (
+            "hourglass_hours_uploaded_total",
+            "counter",
+            "With --archive: complete hours uploaded to the object store.",
+            &store.hours_uploaded,
+        ),
+        (
+            "hourglass_upload_failures_total",
+            "counter",
+            "With --archive: upload passes that failed (the hours wait in the data folder and are tried again).",
+            &store.upload_failures,
+        ),
+        (
+            "hourglass_upload_backlog_hours",
+            "gauge",
+            "With --archive: complete hours waiting for upload, over every series.",
+            &store.upload_backlog_hours,
+        ),
+    ] {
+        describe(&mut out, name, kind, help);
+        sample(&mut out, name, "", get(value));
+    }
     describe(
         &mut out,
         "hourglass_log_repairs_total",

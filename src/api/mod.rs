@@ -11,6 +11,7 @@ mod ingest;
 pub use ingest::Intake;
 pub mod metrics;
 pub mod pages;
+pub mod replica;
 mod series;
 mod ui;
 
@@ -64,6 +65,8 @@ pub struct Shared {
     pub metrics: metrics::ApiMetrics,
     /// Turns true when the server begins to stop: held requests are answered at once.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// With `--replica`: what it answers itself and where the rest goes.
+    pub replica: Option<replica::Replica>,
 }
 
 /// The series `default`, which also answers on the short URLs.
@@ -105,6 +108,12 @@ fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for (path, method_router) in routes() {
         router = router.route(path, method_router);
+    }
+    if state.replica.is_some() {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            replica::route,
+        ));
     }
     router
         .fallback(not_found)

@@ -29,6 +29,9 @@ fn info_json(i: &SeriesInfo) -> Value {
         "retained_from": at(i.retained_from),
         "created": time::format_rfc3339(i.created),
     });
+    if let Some(t) = i.uploaded_through {
+        v["uploaded_through"] = json!(time::format_rfc3339(t));
+    }
     if let Some(ahead) = i.watermark_ahead {
         // A clock that went back: what an operator needs to know, where they look.
         v["watermark_ahead_of_clock_seconds"] = json!((ahead + 999) / 1000);

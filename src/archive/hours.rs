@@ -136,14 +136,18 @@ impl HourSummary {
 
 /// The summaries in `path`, as far as they are whole and in order; nothing when it is missing or foreign.
 pub fn read(path: &Path) -> io::Result<BTreeMap<Hour, HourSummary>> {
+    match fs::read(path) {
+        Ok(b) => Ok(decode(&b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The summaries in a file's bytes (or an object's), as far as they are whole and in order.
+pub fn decode(bytes: &[u8]) -> BTreeMap<Hour, HourSummary> {
     let mut hours = BTreeMap::new();
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(hours),
-        Err(e) => return Err(e),
-    };
     if bytes.get(..MAGIC.len()) != Some(MAGIC) {
-        return Ok(hours);
+        return hours;
     }
     for r in bytes[MAGIC.len()..].chunks(RECORD_LEN) {
         match HourSummary::from_record(r) {
@@ -153,16 +157,21 @@ pub fn read(path: &Path) -> io::Result<BTreeMap<Hour, HourSummary>> {
             _ => break,
         }
     }
-    Ok(hours)
+    hours
+}
+
+/// The file's bytes for `hours`.
+pub fn encode<'a>(hours: impl IntoIterator<Item = (&'a Hour, &'a HourSummary)>) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    for (hour, s) in hours {
+        bytes.extend_from_slice(&s.record(*hour));
+    }
+    bytes
 }
 
 /// Writes the whole file, atomically (a temporary file, then a rename).
 pub fn write(path: &Path, hours: &BTreeMap<Hour, HourSummary>) -> io::Result<()> {
-    let mut bytes = Vec::with_capacity(MAGIC.len() + hours.len() * RECORD_LEN);
-    bytes.extend_from_slice(MAGIC);
-    for (hour, s) in hours {
-        bytes.extend_from_slice(&s.record(*hour));
-    }
+    let bytes = encode(hours);
     let tmp = path.with_extension("idx.tmp");
     let written = fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_data()))

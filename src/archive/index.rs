@@ -137,27 +137,29 @@ pub struct Sidecar {
 
 /// Reads the valid, consistent prefix of a sidecar; a missing or foreign file gives an empty index.
 pub fn read_sidecar(path: &Path, hour: Hour, archive_len: u64) -> io::Result<Sidecar> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(decode(&bytes, hour, archive_len)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Sidecar {
+            index: HourIndex::new(hour),
+            stale: true,
+            beyond: 0,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// The valid, consistent prefix of a sidecar's bytes (a file's, or an index object's).
+pub fn decode(bytes: &[u8], hour: Hour, archive_len: u64) -> Sidecar {
     let mut index = HourIndex::new(hour);
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(Sidecar {
-                index,
-                stale: true,
-                beyond: 0,
-            });
-        }
-        Err(e) => return Err(e),
-    };
     let record_len = match bytes.get(..MAGIC.len()) {
         Some(m) if m == MAGIC => RECORD_LEN,
         Some(m) if m == MAGIC_V1 => RECORD_LEN_V1,
         _ => {
-            return Ok(Sidecar {
+            return Sidecar {
                 index,
                 stale: true,
                 beyond: 0,
-            });
+            };
         }
     };
     let records = bytes[MAGIC.len()..].chunks(record_len);
@@ -181,11 +183,11 @@ pub fn read_sidecar(path: &Path, hour: Hour, archive_len: u64) -> io::Result<Sid
         }
     }
     let stale = index.entries.len() != total;
-    Ok(Sidecar {
+    Sidecar {
         index,
         stale,
         beyond,
-    })
+    }
 }
 
 /// One sidecar record of `len` bytes (this layout's or the older one's), if it is whole and its checksum and
@@ -211,13 +213,19 @@ fn entry_of(r: &[u8], len: usize) -> Option<IndexEntry> {
     })
 }
 
-/// Writes a whole sidecar atomically (temporary file, then rename).
-pub fn write_sidecar(path: &Path, index: &HourIndex) -> io::Result<()> {
+/// A sidecar's bytes for `index`.
+pub fn encode(index: &HourIndex) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(MAGIC.len() + index.entries.len() * RECORD_LEN);
     bytes.extend_from_slice(MAGIC);
     for e in &index.entries {
         bytes.extend_from_slice(&record(e));
     }
+    bytes
+}
+
+/// Writes a whole sidecar atomically (temporary file, then rename).
+pub fn write_sidecar(path: &Path, index: &HourIndex) -> io::Result<()> {
+    let bytes = encode(index);
     let tmp = path.with_extension("idx.tmp");
     let written = File::create(&tmp)
         .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_data()))

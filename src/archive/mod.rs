@@ -14,6 +14,7 @@
 pub mod hours;
 pub mod index;
 pub mod member;
+pub mod remote;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -25,6 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use hours::HourSummary;
 pub use index::{HourIndex, IndexEntry};
 pub use member::MemberMeta;
+pub use remote::{Remote, RemoteError, RemoteErrorKind};
 
 use crate::durable::{self, sync_dir};
 use crate::time::{ChunkStart, Hour, Millis};
@@ -58,13 +60,45 @@ pub enum ArchiveError {
         offset: u64,
         reason: String,
     },
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 impl ArchiveError {
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
             ArchiveError::Io { source, .. } => Some(source.kind()),
-            ArchiveError::Damaged { .. } | ArchiveError::OutOfOrder { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// A copy, for an error that several waiting readers share.
+    fn duplicate(&self) -> ArchiveError {
+        match self {
+            ArchiveError::Io { file, source } => ArchiveError::Io {
+                file: file.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            ArchiveError::OutOfOrder { file, chunk, last } => ArchiveError::OutOfOrder {
+                file: file.clone(),
+                chunk: *chunk,
+                last: *last,
+            },
+            ArchiveError::Damaged {
+                file,
+                offset,
+                reason,
+            } => ArchiveError::Damaged {
+                file: file.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            ArchiveError::Remote(e) => ArchiveError::Remote(RemoteError {
+                op: e.op,
+                object: e.object.clone(),
+                reason: e.reason.clone(),
+                kind: e.kind,
+            }),
         }
     }
 }
@@ -93,6 +127,8 @@ pub struct Expect {
     pub sealed: Millis,
     /// Retention removed every hour before this one: files there are leftovers of a removal cut short.
     pub kept_from: Hour,
+    /// With an object store: every hour before this one is on it, and may be gone from the folder.
+    pub uploaded_through: Hour,
 }
 
 impl Expect {
@@ -100,6 +136,7 @@ impl Expect {
     pub const ALL_SEALED: Expect = Expect {
         sealed: Millis::MAX,
         kept_from: Hour::EPOCH,
+        uploaded_through: Hour::EPOCH,
     };
 }
 
@@ -202,6 +239,10 @@ pub struct SeriesArchive {
     writing: Mutex<()>,
     /// Members found damaged (hour, offset): each is logged once, however often it is asked for.
     damaged: Mutex<BTreeSet<(Hour, u64)>>,
+    /// The object store complete hours go to, and this series' name there.
+    remote: Option<(Arc<Remote>, String)>,
+    /// Whether the series has a folder. A replica's archives have none: they read the object store alone.
+    folder: bool,
 }
 
 impl SeriesArchive {
@@ -214,6 +255,7 @@ impl SeriesArchive {
         dir: &Path,
         expect: Expect,
         cache: &IndexCache,
+        remote: Option<Arc<Remote>>,
     ) -> Result<(SeriesArchive, Vec<Repair>), ArchiveError> {
         remove_files_before(dir, expect.kept_from)?;
         let mut found = Vec::new();
@@ -270,6 +312,8 @@ impl SeriesArchive {
             expect,
             writing: Mutex::new(()),
             damaged: Mutex::new(BTreeSet::new()),
+            remote: remote.map(|r| (r, series_of(dir))),
+            folder: true,
         };
         for hour in found {
             let summary = match listed.get(&hour) {
@@ -307,7 +351,17 @@ impl SeriesArchive {
                 }
             }
         }
-        for hour in listed.keys().filter(|h| !summaries.contains_key(h)) {
+        let gone: Vec<(Hour, HourSummary)> = listed
+            .iter()
+            .filter(|(h, _)| !summaries.contains_key(h))
+            .map(|(h, s)| (*h, *s))
+            .collect();
+        for (hour, summary) in &gone {
+            if archive.remote.is_some() && *hour < expect.uploaded_through {
+                // On the object store: the local copy went once it was uploaded.
+                summaries.insert(*hour, *summary);
+                continue;
+            }
             // Summarised once, gone now: deleted (its orphan index, if any, was set aside above).
             if !sidecars.contains(hour) {
                 repairs.push(Repair::damage(format!(
@@ -334,12 +388,13 @@ impl SeriesArchive {
     /// `open` for tools that read a folder alone: every chunk taken as sealed, nothing as removed, indexes
     /// cached within 64 MiB.
     pub fn open_alone(dir: &Path) -> Result<(SeriesArchive, Vec<Repair>), ArchiveError> {
-        SeriesArchive::open(dir, Expect::ALL_SEALED, &IndexCache::new(64 << 20))
+        SeriesArchive::open(dir, Expect::ALL_SEALED, &IndexCache::new(64 << 20), None)
     }
 
     /// The archive of a series whose folder is not made yet: nothing sealed.
-    pub fn empty(dir: &Path, cache: &IndexCache) -> SeriesArchive {
+    pub fn empty(dir: &Path, cache: &IndexCache, remote: Option<Arc<Remote>>) -> SeriesArchive {
         SeriesArchive {
+            remote: remote.map(|r| (r, series_of(dir))),
             dir: dir.to_owned(),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             hours: RwLock::new(BTreeMap::new()),
@@ -348,7 +403,31 @@ impl SeriesArchive {
             expect: Expect::ALL_SEALED,
             writing: Mutex::new(()),
             damaged: Mutex::new(BTreeSet::new()),
+            folder: true,
         }
+    }
+
+    /// A replica's view of a series on the object store: `hours` are what the store's `hours.idx` says of the
+    /// uploaded hours. No folder: indexes and members are read from the store, and nothing is written.
+    pub fn on_store(
+        series: &str,
+        cache: &IndexCache,
+        remote: Arc<Remote>,
+        hours: BTreeMap<Hour, HourSummary>,
+    ) -> SeriesArchive {
+        let mut archive = SeriesArchive::empty(Path::new(series), cache, Some(remote));
+        archive.folder = false;
+        *lock_write(&archive.totals) = Summary::of(&hours);
+        *lock_write(&archive.hours) = hours;
+        archive
+    }
+
+    /// A replica's archive takes the hours the store has now (more of them uploaded, fewer after retention).
+    /// Hours it knew keep their indexes: an uploaded hour never changes under one revision.
+    pub fn set_hours(&self, hours: BTreeMap<Hour, HourSummary>) {
+        let mut held = lock_write(&self.hours);
+        *lock_write(&self.totals) = Summary::of(&hours);
+        *held = hours;
     }
 
     pub fn dir(&self) -> &Path {
@@ -388,36 +467,95 @@ impl SeriesArchive {
     pub fn warm(&self, hour: Hour) -> Result<Arc<HourIndex>, ArchiveError> {
         self.cache
             .0
-            .try_get_with((self.id, hour), || {
-                let place = Place {
-                    dir: &self.dir,
-                    hour,
-                    newest: false,
-                };
-                let mut repairs = Vec::new();
-                let mut damaged = BTreeSet::new();
-                let index = load_hour(&place, self.expect.sealed, &mut repairs, &mut damaged);
-                for r in repairs {
-                    if r.damage {
-                        tracing::error!("{r}");
-                    } else {
-                        tracing::warn!("{r}");
-                    }
-                }
-                lock(&self.damaged).extend(damaged);
-                index.map(|mut index| {
+            .try_get_with(
+                (self.id, hour),
+                || -> Result<Arc<HourIndex>, ArchiveError> {
+                    let mut index = match (&self.remote, self.is_local(hour)) {
+                        (Some((remote, series)), false) => {
+                            self.remote_index(remote, series, hour)?
+                        }
+                        _ => self.local_index(hour)?,
+                    };
                     index.entries.shrink_to_fit();
-                    Arc::new(index)
-                })
-            })
-            .map_err(|e| match Arc::try_unwrap(e) {
-                Ok(e) => e,
-                Err(e) => ArchiveError::Damaged {
-                    file: shown(&self.archive_path(hour)),
-                    offset: 0,
-                    reason: e.to_string(),
+                    Ok(Arc::new(index))
                 },
+            )
+            .map_err(|e: Arc<ArchiveError>| match Arc::try_unwrap(e) {
+                Ok(e) => e,
+                Err(shared) => shared.duplicate(),
             })
+    }
+
+    /// An hour's index from the local folder, checked as a start checks an older hour.
+    fn local_index(&self, hour: Hour) -> Result<HourIndex, ArchiveError> {
+        let place = Place {
+            dir: &self.dir,
+            hour,
+            newest: false,
+        };
+        let mut repairs = Vec::new();
+        let mut damaged = BTreeSet::new();
+        let index = load_hour(&place, self.expect.sealed, &mut repairs, &mut damaged);
+        for r in repairs {
+            if r.damage {
+                tracing::error!("{r}");
+            } else {
+                tracing::warn!("{r}");
+            }
+        }
+        lock(&self.damaged).extend(damaged);
+        index
+    }
+
+    /// The index of an hour that is on the object store only: its index object, believed only if it describes
+    /// exactly the hour its summary does; otherwise the archive itself comes back into the folder (until the
+    /// uploader lets it go again) and is indexed from there. Nothing else of it is kept on disk.
+    fn remote_index(
+        &self,
+        remote: &Remote,
+        series: &str,
+        hour: Hour,
+    ) -> Result<HourIndex, ArchiveError> {
+        let summary = lock_read(&self.hours).get(&hour).copied();
+        let Some(summary) = summary else {
+            return Ok(HourIndex::new(hour));
+        };
+        let object = remote.index(series, hour);
+        match remote.get(&object)? {
+            Some((bytes, _)) => {
+                let read = index::decode(&bytes, hour, summary.bytes);
+                if !read.stale && HourSummary::of(&read.index) == Some(summary) {
+                    return Ok(read.index);
+                }
+            }
+            // Not there (yet, or any more: retention), which a replica's next look at the settings tells.
+            None if !self.folder => return Err(RemoteError::not_found("GET", &object).into()),
+            None => {}
+        }
+        let path = self.archive_path(hour);
+        if !self.folder {
+            return Err(ArchiveError::Damaged {
+                file: shown(&path),
+                offset: 0,
+                reason: "its index object does not describe the hour".into(),
+            });
+        }
+        tracing::warn!(file = %shown(&path), "the index object is missing or does not describe its hour: reading the archive object");
+        let object = remote.archive(series, hour);
+        let Some((bytes, _)) = remote.get(&object)? else {
+            return Err(ArchiveError::Damaged {
+                file: shown(&path),
+                offset: 0,
+                reason: format!("the object store has no {object}"),
+            });
+        };
+        // Through the name of a rewrite: a start removes what a crash left of it half written.
+        let tmp = self.dir.join(format!("{}{REWRITE_SUFFIX}", hour.stem()));
+        durable::write_aside(&tmp, &bytes)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .and_then(|()| sync_dir(&self.dir))
+            .map_err(io_at(&path))?;
+        self.local_index(hour)
     }
 
     /// Whether the chunk is sealed here whole (all its parts). Blocking.
@@ -735,12 +873,81 @@ impl SeriesArchive {
 
     /// The stored bytes of one member, as they are in the archive, unchecked.
     pub fn read_member(&self, entry: &IndexEntry) -> Result<Vec<u8>, ArchiveError> {
-        let path = self.archive_path(entry.meta.chunk_start.hour());
-        let file = File::open(&path).map_err(io_at(&path))?;
+        let hour = entry.meta.chunk_start.hour();
+        let path = self.archive_path(hour);
+        let opened = if self.folder {
+            File::open(&path)
+        } else {
+            Err(io::ErrorKind::NotFound.into())
+        };
+        let file = match (opened, &self.remote) {
+            (Ok(file), _) => file,
+            // Uploaded, and gone from the folder: one ranged read of the object.
+            (Err(e), Some((remote, series))) if e.kind() == io::ErrorKind::NotFound => {
+                let range = entry.offset..entry.end();
+                let bytes = remote.get_range(&remote.archive(series, hour), range)?;
+                return Ok(bytes.to_vec());
+            }
+            (Err(e), _) => return Err(io_at(&path)(e)),
+        };
         let mut bytes = vec![0u8; entry.meta.member_len as usize];
         file.read_exact_at(&mut bytes, entry.offset)
             .map_err(io_at(&path))?;
         Ok(bytes)
+    }
+
+    /// Uploads a complete hour to the object store: its archive (create-only: an object already there must hold
+    /// the same bytes), then its index. Blocking.
+    pub fn upload(&self, hour: Hour) -> Result<(), ArchiveError> {
+        let Some((remote, series)) = &self.remote else {
+            return Ok(());
+        };
+        let Some(index) = self.index(hour)? else {
+            return Ok(());
+        };
+        let path = self.archive_path(hour);
+        remote.create_from_file(&remote.archive(series, hour), &path)?;
+        remote.create(&remote.index(series, hour), index::encode(&index).into())?;
+        Ok(())
+    }
+
+    /// The summaries of the hours before `through`, as `hours.idx` holds them: for the object store's copy.
+    pub fn summaries_before(&self, through: Hour) -> Vec<u8> {
+        hours::encode(lock_read(&self.hours).range(..through))
+    }
+
+    /// The hours that hold events in `[from, to)`.
+    pub fn hours_in(&self, from: Hour, to: Hour) -> Vec<Hour> {
+        lock_read(&self.hours)
+            .range(from..to)
+            .map(|(h, _)| *h)
+            .collect()
+    }
+
+    /// Whether an hour's archive is in the local folder.
+    pub fn is_local(&self, hour: Hour) -> bool {
+        self.folder && self.archive_path(hour).exists()
+    }
+
+    /// Removes the local copy of an hour that is on the object store (archive and sidecar); its index in
+    /// memory stays good, as the object holds the same bytes. The newest hour that holds events stays: a start
+    /// reads it from the folder (`hours.idx` summarises only the hours before it).
+    pub fn evict(&self, hour: Hour) -> Result<(), ArchiveError> {
+        if self.remote.is_none() {
+            return Ok(());
+        }
+        let _writing = lock(&self.writing);
+        if lock_read(&self.hours).keys().next_back() == Some(&hour) {
+            return Ok(());
+        }
+        for path in [self.archive_path(hour), sidecar_path(&self.dir, hour)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at(&path)(e)),
+            }
+        }
+        Ok(())
     }
 
     /// The stored bytes of one member, checked whole before anyone may send them as they are: its header is
@@ -1032,6 +1239,13 @@ fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The series a folder holds: its name.
+fn series_of(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Identities of archives in the index cache.

@@ -6,16 +6,19 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{Ack, Inner, Job, Msg, StoreError, lock};
-use crate::ingest::wal::{self, Logged};
+use crate::ingest::wal::{self, Logged, Wal};
 use crate::{metrics, time};
 
 /// The commit thread: takes every waiting batch, checks them, makes them durable with one fsync, applies them,
 /// answers. Runs until `Msg::Stop` or until every sender is gone.
 pub(super) fn commit_loop(inner: &Inner, rx: Receiver<Msg>) {
     const GROUP_BYTES: u64 = 64 << 20;
+    let Some(log) = &inner.wal else {
+        return;
+    };
     let mut records = Vec::new();
     let mut stop = false;
     while !stop {
@@ -41,12 +44,12 @@ pub(super) fn commit_loop(inner: &Inner, rx: Receiver<Msg>) {
             if inner.cfg.panic_in.as_deref() == Some("commit") {
                 panic!("told to (--panic-in commit)");
             }
-            commit_group(inner, group, &mut records);
+            commit_group(inner, log, group, &mut records);
         }
     }
 }
 
-fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
+fn commit_group(inner: &Inner, log: &Mutex<Wal>, group: Vec<Job>, records: &mut Vec<u8>) {
     let now = time::now();
     // `twins`: batches whose key an earlier batch of this group carries; they are answered as its retries.
     // `made`: series this group's first batches create, in memory only until the append is durable.
@@ -113,7 +116,7 @@ fn commit_group(inner: &Inner, group: Vec<Job>, records: &mut Vec<u8>) {
             offset: 0,
         })
     } else {
-        let mut log = lock(&inner.wal);
+        let mut log = lock(log);
         let began = Instant::now();
         let result = log.append(records);
         let m = &inner.metrics;

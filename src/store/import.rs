@@ -3,7 +3,9 @@
 //! Only below the sealed watermark: above it, the log may hold events of the same chunks. A chunk that already
 //! holds events is left alone: when its lines are the ones offered it counts as imported already (so an
 //! interrupted import can simply be run again), otherwise it is refused. An import that writes anything gives the
-//! series a new revision first, so no answer keeps an ETag whose content changed.
+//! series a new revision first, so no answer keeps an ETag whose content changed. With an object store, hours
+//! already uploaded are never written (their objects are written once), and the revision goes to the store's
+//! settings object first.
 
 use std::thread;
 
@@ -40,13 +42,18 @@ impl Store {
     ) -> Result<Vec<Imported>, StoreError> {
         // An idle series' watermark may lag what the sealer has sealed: persisted first, as far as these reach.
         let newest = chunks.iter().map(|c| c.start.millis()).max().unwrap_or(0);
-        let (archive, width, retained_from) = {
+        let (archive, width, retained_from, uploaded) = {
             let st = lock(&self.inner.state);
             let s = st
                 .series
                 .get(name.as_str())
                 .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
-            (s.archive.clone(), s.width, s.retained_from)
+            (
+                s.archive.clone(),
+                s.width,
+                s.retained_from,
+                s.uploaded_through,
+            )
         };
         let (sealed, _) = self.final_watermark(name, newest + width.millis())?;
         let mut answers = Vec::with_capacity(chunks.len());
@@ -68,6 +75,12 @@ impl Store {
                     Some(lines) => Imported::Refused(format!(
                         "the chunk holds {} events already",
                         lines.iter().filter(|&&b| b == b'\n').count()
+                    )),
+                    // An object is written once: replicas and caches hold what it says.
+                    None if chunk.start.millis() < uploaded => Imported::Refused(format!(
+                        "its hour is on the object store (every hour before {} is): an uploaded hour never \
+                         changes; import into another series",
+                        time::format_rfc3339(uploaded)
                     )),
                     None => {
                         fresh.push(chunk);
@@ -98,8 +111,16 @@ impl Store {
         if revised {
             return Ok(());
         }
-        self.inner
-            .persist_settings(name.as_str(), |st| st.revision += 1)?;
+        // With an object store, its settings object first: replicas name their ETags by it.
+        match &self.inner.remote {
+            Some(remote) => {
+                super::upload::publish(&self.inner, remote, name.as_str(), |st| st.revision += 1)?
+            }
+            None => {
+                self.inner
+                    .persist_settings(name.as_str(), |st| st.revision += 1)?;
+            }
+        }
         if let Some(s) = lock(&self.inner.state).series.get_mut(name.as_str()) {
             s.revised = true;
         }

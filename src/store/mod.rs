@@ -13,8 +13,10 @@ mod chunk;
 mod commit;
 mod import;
 mod read;
+mod replica;
 mod seal;
 pub mod series;
+mod upload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -28,7 +30,7 @@ use std::time::Instant;
 
 use tokio::sync::{oneshot, watch};
 
-use crate::archive::{self, IndexCache, SeriesArchive};
+use crate::archive::{self, IndexCache, Remote, SeriesArchive};
 use crate::ingest::parse::{Parsed, Position};
 use crate::ingest::wal::{self, BatchKey, Logged, Wal};
 use crate::metrics::{self, Histogram};
@@ -62,6 +64,12 @@ pub struct StoreConfig {
     pub max_queued_batches: usize,
     /// How long sealed hours are kept (None: for ever); older hour archives are removed.
     pub retention: Option<Millis>,
+    /// Where complete hours go: an object store (`az://…`, `s3://…`); `None`: they stay in the data folder.
+    pub archive: Option<String>,
+    /// With an object store, how many uploaded hours of each series stay in the data folder too.
+    pub local_hours: usize,
+    /// A read replica of the object store, polling it this often: no log, no data folder, nothing written.
+    pub replica: Option<std::time::Duration>,
     /// For tests of supervision only: the thread (`commit` or `seal`) that panics at its first piece of work.
     pub panic_in: Option<String>,
 }
@@ -125,6 +133,9 @@ pub enum StoreError {
     /// Stored data does not check out (a CRC, a length, a header): it is never served as if it were whole.
     #[error("stored data is damaged: {0}")]
     Damaged(String),
+    /// The object store did not answer, or failed: worth retrying; nothing was decided.
+    #[error("the object store is unavailable: {0}")]
+    Unavailable(String),
     #[error("data folder {0} is in use by another hourglass process")]
     DataInUse(PathBuf),
 }
@@ -160,6 +171,9 @@ impl From<archive::ArchiveError> for StoreError {
     fn from(e: archive::ArchiveError) -> StoreError {
         match e {
             archive::ArchiveError::Damaged { .. } => StoreError::Damaged(e.to_string()),
+            archive::ArchiveError::Remote(r) if r.kind == archive::RemoteErrorKind::Unavailable => {
+                StoreError::Unavailable(r.to_string())
+            }
             _ => {
                 let kind = e.io_kind();
                 StoreError::storage(e, kind)
@@ -181,6 +195,10 @@ pub struct StoreMetrics {
     /// What replaying the log set aside at start, by `wal::RepairKind::ALL`: stretches and bytes.
     pub log_repairs: [AtomicU64; 3],
     pub log_repaired_bytes: [AtomicU64; 3],
+    /// With `--archive`: hours uploaded, upload passes that failed, complete hours waiting for upload.
+    pub hours_uploaded: AtomicU64,
+    pub upload_failures: AtomicU64,
+    pub upload_backlog_hours: AtomicU64,
 }
 
 /// The answer to an accepted batch.
@@ -208,6 +226,8 @@ pub struct SeriesInfo {
     pub created: Millis,
     /// How far the sealed watermark is ahead of the clock (a clock that went back), when it is.
     pub watermark_ahead: Option<Millis>,
+    /// With an object store: every hour before this one is on it.
+    pub uploaded_through: Option<Millis>,
 }
 
 /// One series in memory.
@@ -232,6 +252,8 @@ struct Series {
     swept: Millis,
     /// Retention removed everything before this hour boundary (0: nothing): pages and exports there are gone.
     retained_from: Millis,
+    /// With `--archive`: every hour before this one is on object storage (see `Settings::uploaded_through`).
+    uploaded_through: Millis,
     /// The boundary below which events are refused: S, or above it while the sealer works up to it.
     closing: Millis,
     /// Chunks still taking events.
@@ -305,10 +327,11 @@ impl Series {
         now: Millis,
         sealed: Millis,
         cache: &IndexCache,
+        remote: Option<Arc<Remote>>,
     ) -> Series {
         Series {
             name: Arc::from(name),
-            archive: Arc::new(SeriesArchive::empty(&dir, cache)),
+            archive: Arc::new(SeriesArchive::empty(&dir, cache, remote)),
             dir,
             width,
             created: now,
@@ -318,6 +341,7 @@ impl Series {
             sealed,
             swept: sealed,
             retained_from: 0,
+            uploaded_through: 0,
             closing: sealed,
             open: BTreeMap::new(),
             sealing: BTreeMap::new(),
@@ -332,6 +356,7 @@ impl Series {
         self.sealed = self.sealed.max(settings.sealed);
         self.swept = self.swept.max(self.sealed);
         self.retained_from = self.retained_from.max(settings.retained_from);
+        self.uploaded_through = self.uploaded_through.max(settings.uploaded_through);
         self.revision = settings.revision;
         self.changed();
     }
@@ -349,6 +374,7 @@ impl Series {
             created: self.created,
             revision: self.revision,
             retained_from: self.retained_from,
+            uploaded_through: self.uploaded_through,
         }
     }
 
@@ -388,12 +414,17 @@ struct Inner {
     /// A std mutex: held only for in-memory work, never across I/O or `.await`.
     state: Mutex<State>,
     settled: Condvar,
-    /// The log; the commit thread holds it for an append and its fsync, the sealer briefly to collect.
-    wal: Mutex<Wal>,
+    /// The log; the commit thread holds it for an append and its fsync, the sealer briefly to collect. A
+    /// replica has none (and neither thread).
+    wal: Option<Mutex<Wal>>,
     /// Where the log's segments are, for readers of lines not sealed yet.
     wal_dir: PathBuf,
     /// Every series' hour indexes that memory holds, within `--index-cache-bytes`.
     indexes: IndexCache,
+    /// Where complete hours go, with `--archive`.
+    remote: Option<Arc<Remote>>,
+    /// The versions of the settings objects this process wrote last (see `upload::publish`).
+    remote_versions: Mutex<upload::Versions>,
     /// Serializes writes of series folders and settings files (each replaced through one temporary name),
     /// which happen outside the state lock. Taken before `state`, never after.
     settings_files: Mutex<()>,
@@ -404,10 +435,63 @@ struct Inner {
     log_failing: AtomicBool,
     /// Passes of the sealer so far, for `Store::wait_for_sealer`.
     passes: AtomicU64,
-    _lock: File,
+    /// The data folder's lock (a replica has no folder).
+    _lock: Option<File>,
 }
 
 impl Inner {
+    fn new(
+        cfg: StoreConfig,
+        series: BTreeMap<String, Series>,
+        wal: Option<Wal>,
+        lock: Option<File>,
+        indexes: IndexCache,
+        remote: Option<Arc<Remote>>,
+        metrics: StoreMetrics,
+    ) -> Inner {
+        let backlog = series
+            .values()
+            .flat_map(|s| s.open.values())
+            .map(|c| c.bytes())
+            .sum();
+        Inner {
+            wal_dir: cfg.data.join("_wal"),
+            cfg,
+            state: Mutex::new(State {
+                series,
+                checked: 0,
+                settled: 0,
+                backlog,
+                inflight: 0,
+            }),
+            settled: Condvar::new(),
+            wal: wal.map(Mutex::new),
+            indexes,
+            remote,
+            remote_versions: Mutex::new(Default::default()),
+            settings_files: Mutex::new(()),
+            stopping: Mutex::new(false),
+            stop_signal: Condvar::new(),
+            metrics,
+            log_failing: AtomicBool::new(false),
+            passes: AtomicU64::new(0),
+            _lock: lock,
+        }
+    }
+
+    /// Waits `period`, or less when the store begins to stop: false then. For the store's threads' loops.
+    fn pause(&self, period: std::time::Duration) -> bool {
+        let stopping = lock(&self.stopping);
+        if *stopping {
+            return false;
+        }
+        let (stopping, _) = self
+            .stop_signal
+            .wait_timeout(stopping, period)
+            .unwrap_or_else(|e| e.into_inner());
+        !*stopping
+    }
+
     /// The sealed watermark a series of `width` made at `now` starts with.
     fn first_watermark(&self, width: ChunkWidth, now: Millis) -> Millis {
         width.align_down(now - self.cfg.lateness)
@@ -416,13 +500,15 @@ impl Inner {
     /// A series made at `now`, in memory only (see `Series::persisted`).
     fn new_series(&self, name: &str, width: ChunkWidth, now: Millis) -> Series {
         let sealed = self.first_watermark(width, now);
+        let dir = self.cfg.data.join(name);
         Series::new(
             name,
-            self.cfg.data.join(name),
+            dir,
             width,
             now,
             sealed,
             &self.indexes,
+            self.remote.clone(),
         )
     }
 
@@ -473,6 +559,34 @@ impl Inner {
     }
 }
 
+/// The object store of `--archive`, if any. Its calls block on the runtime that opens the store (from a
+/// blocking thread of it).
+fn open_remote(cfg: &StoreConfig) -> Result<Option<Arc<Remote>>, StoreError> {
+    let Some(url) = &cfg.archive else {
+        return Ok(None);
+    };
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| StoreError::storage("an object store needs a runtime", None))?;
+    let remote = Remote::open(url, runtime).map_err(|e| StoreError::storage(e, None))?;
+    Ok(Some(Arc::new(remote)))
+}
+
+/// Starts a store thread, `hourglass-{name}`, whose death by panic ends the process (`AbortOnPanic`).
+fn supervised(
+    name: &'static str,
+    inner: &Arc<Inner>,
+    work: impl FnOnce(&Inner) + Send + 'static,
+) -> Result<JoinHandle<()>, StoreError> {
+    let inner = inner.clone();
+    std::thread::Builder::new()
+        .name(format!("hourglass-{name}"))
+        .spawn(move || {
+            let _supervised = AbortOnPanic(name);
+            work(&inner)
+        })
+        .map_err(|e| StoreError::storage(e, None))
+}
+
 /// Ends the process when the thread it lives on dies of a panic. Without the commit thread every batch would
 /// wait and be refused with 503 for ever, without the sealer nothing would be sealed again, while the process
 /// still looked healthy: better to stop at once, loudly, so that a supervisor starts it again (nothing
@@ -509,9 +623,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store {
+    /// Opens the store `cfg` says: a replica (`replica::open`) or the data folder (below).
+    pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        if cfg.replica.is_some() {
+            return replica::open(cfg);
+        }
+        Store::open_folder(cfg)
+    }
+
     /// Opens the data folder: takes its lock, loads every series (repairing archives), replays the log, and
     /// starts the commit and seal threads. Blocking: call it before serving, or from a blocking context.
-    pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+    fn open_folder(cfg: StoreConfig) -> Result<Store, StoreError> {
         let data = cfg.data.clone();
         crate::durable::create_dir_all(&data)
             .map_err(|e| StoreError::storage(format!("{}: {e}", data.display()), Some(e.kind())))?;
@@ -522,9 +644,10 @@ impl Store {
         }
 
         let indexes = IndexCache::new(cfg.index_cache_bytes);
+        let remote = open_remote(&cfg)?;
         let mut series = BTreeMap::new();
         for (name, dir) in series_dirs(&data)? {
-            let s = load_series(&name, &dir, &indexes)?;
+            let s = load_series(&name, &dir, &indexes, remote.as_ref())?;
             series.insert(name.as_str().to_string(), s);
         }
 
@@ -559,7 +682,7 @@ impl Store {
             let first = width.align_down(now - cfg.lateness);
             let sealed = first.min(width.align_down(oldest));
             let dir = data.join(name.as_str());
-            let s = create_series(&dir, &name, width, now, sealed, &indexes)?;
+            let s = create_series(&dir, &name, width, now, sealed, &indexes, remote.as_ref())?;
             series.insert(name.as_str().to_string(), s);
         }
         for r in missing {
@@ -567,58 +690,31 @@ impl Store {
                 replay_into(s, &r);
             }
         }
-        let backlog = series
-            .values()
-            .flat_map(|s| s.open.values())
-            .map(|c| c.bytes())
-            .sum();
-
         let (tx, rx) = mpsc::sync_channel(cfg.max_queued_batches.max(1));
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(Inner::new(
             cfg,
-            state: Mutex::new(State {
-                series,
-                checked: 0,
-                settled: 0,
-                backlog,
-                inflight: 0,
-            }),
-            settled: Condvar::new(),
-            wal: Mutex::new(wal),
-            wal_dir: data.join("_wal"),
+            series,
+            Some(wal),
+            Some(lock_file),
             indexes,
-            settings_files: Mutex::new(()),
-            stopping: Mutex::new(false),
-            stop_signal: Condvar::new(),
+            remote,
             metrics,
-            log_failing: AtomicBool::new(false),
-            passes: AtomicU64::new(0),
-            _lock: lock_file,
-        });
-        let committer = {
-            let inner = inner.clone();
-            std::thread::Builder::new()
-                .name("hourglass-commit".into())
-                .spawn(move || {
-                    let _supervised = AbortOnPanic("commit");
-                    commit::commit_loop(&inner, rx)
-                })
-                .map_err(|e| StoreError::storage(e, None))?
-        };
-        let sealer = {
-            let inner = inner.clone();
-            std::thread::Builder::new()
-                .name("hourglass-seal".into())
-                .spawn(move || {
-                    let _supervised = AbortOnPanic("seal");
-                    seal::seal_loop(&inner)
-                })
-                .map_err(|e| StoreError::storage(e, None))?
-        };
+        ));
+        let mut threads = vec![
+            supervised("commit", &inner, move |inner| {
+                commit::commit_loop(inner, rx)
+            })?,
+            supervised("seal", &inner, seal::seal_loop)?,
+        ];
+        if let Some(remote) = inner.remote.clone() {
+            threads.push(supervised("upload", &inner, move |inner| {
+                upload::upload_loop(inner, &remote)
+            })?);
+        }
         Ok(Store {
             inner,
             jobs: tx,
-            threads: Arc::new(Mutex::new(vec![committer, sealer])),
+            threads: Arc::new(Mutex::new(threads)),
         })
     }
 
@@ -793,6 +889,7 @@ impl Store {
                 last_ts: None,
                 created: s.created,
                 watermark_ahead: Some(s.closing - time::now()).filter(|&d| d > 0),
+                uploaded_through: (s.uploaded_through > 0).then_some(s.uploaded_through),
             };
             let sealing = s.sealing.values().map(|c| &**c);
             for chunk in sealing.chain(s.open.values()) {
@@ -968,14 +1065,20 @@ fn series_dirs(data: &Path) -> Result<Vec<(SeriesName, PathBuf)>, StoreError> {
     Ok(dirs)
 }
 
-fn load_series(name: &SeriesName, dir: &Path, cache: &IndexCache) -> Result<Series, StoreError> {
+fn load_series(
+    name: &SeriesName,
+    dir: &Path,
+    cache: &IndexCache,
+    remote: Option<&Arc<Remote>>,
+) -> Result<Series, StoreError> {
     let settings = Settings::load(dir).map_err(|e| StoreError::settings(name.as_str(), e))?;
     let width = settings.width().map_err(|e| StoreError::storage(e, None))?;
     let expect = archive::Expect {
         sealed: settings.sealed,
         kept_from: Hour::of(settings.retained_from),
+        uploaded_through: Hour::of(settings.uploaded_through),
     };
-    let (archive, repairs) = SeriesArchive::open(dir, expect, cache)?;
+    let (archive, repairs) = SeriesArchive::open(dir, expect, cache, remote.cloned())?;
     for r in repairs {
         if r.damage {
             tracing::error!(series = %name, "{r}");
@@ -1010,6 +1113,7 @@ fn load_series(name: &SeriesName, dir: &Path, cache: &IndexCache) -> Result<Seri
         sealed: settings.sealed,
         swept: settings.sealed,
         retained_from: settings.retained_from,
+        uploaded_through: settings.uploaded_through,
         closing,
         open: BTreeMap::new(),
         sealing: BTreeMap::new(),
@@ -1026,6 +1130,7 @@ fn create_series(
     now: Millis,
     sealed: Millis,
     cache: &IndexCache,
+    remote: Option<&Arc<Remote>>,
 ) -> Result<Series, StoreError> {
     let io_err = |e: io::Error| StoreError::settings(name.as_str(), e);
     crate::durable::create_dir_all(dir).map_err(io_err)?;
@@ -1035,7 +1140,8 @@ fn create_series(
         created: now,
         revision: 0,
         retained_from: 0,
+        uploaded_through: 0,
     };
     settings.store(dir).map_err(io_err)?;
-    load_series(name, dir, cache)
+    load_series(name, dir, cache, remote)
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Inner, OpenChunk, StoreError, lock};
+use crate::archive::SeriesArchive;
 use crate::archive::member::{self, Member, MemberMeta};
 use crate::ingest::wal::{LineReader, LineRef};
 use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
@@ -26,18 +27,8 @@ const TICK: Duration = Duration::from_millis(100);
 pub(super) fn seal_loop(inner: &Inner) {
     let mut last_error = String::new();
     loop {
-        {
-            let stopping = lock(&inner.stopping);
-            if *stopping {
-                break;
-            }
-            let (stopping, _) = inner
-                .stop_signal
-                .wait_timeout(stopping, TICK)
-                .unwrap_or_else(|e| e.into_inner());
-            if *stopping {
-                break;
-            }
+        if !inner.pause(TICK) {
+            break;
         }
         let now = time::now();
         let result = seal_due(inner, now).and_then(|()| remove_expired(inner, now));
@@ -63,29 +54,35 @@ pub(super) fn seal_loop(inner: &Inner) {
     }
 }
 
-/// Removes, for every series, the sealed hours that retention no longer keeps at `now`.
+/// Removes, for every series, the sealed hours that retention no longer keeps at `now`. With an object store
+/// the uploader does it instead (the objects go too), so that the sealer never waits on the network.
 fn remove_expired(inner: &Inner, now: Millis) -> Result<(), StoreError> {
-    let Some(keep) = inner.cfg.retention else {
+    if inner.remote.is_some() {
         return Ok(());
-    };
-    let due: Vec<_> = {
-        let st = lock(&inner.state);
-        st.series
-            .values()
-            .filter_map(|s| {
-                // Whole hours, and sealed ones only.
-                let from = Hour::of(now - keep).start().min(Hour::of(s.sealed).start());
-                (from > s.retained_from).then(|| (s.name.clone(), from, s.archive.clone()))
-            })
-            .collect()
-    };
-    for (name, from, archive) in due {
+    }
+    for (name, from, archive) in expired(inner, now) {
         // The boundary is persisted, then readers see it (410 below it), then the files go.
         inner.persist_settings(&name, |st| st.retained_from = st.retained_from.max(from))?;
         let removed = archive.remove_before(Hour::of(from))?;
         tracing::info!(series = %name, before = %time::format_rfc3339(from), removed, "retention removed hour archives");
     }
     Ok(())
+}
+
+/// The series with sealed hours that retention no longer keeps at `now`: each with its new boundary.
+pub(super) fn expired(inner: &Inner, now: Millis) -> Vec<(Arc<str>, Millis, Arc<SeriesArchive>)> {
+    let Some(keep) = inner.cfg.retention else {
+        return Vec::new();
+    };
+    let st = lock(&inner.state);
+    st.series
+        .values()
+        .filter_map(|s| {
+            // Whole hours, and sealed ones only.
+            let from = Hour::of(now - keep).start().min(Hour::of(s.sealed).start());
+            (from > s.retained_from).then(|| (s.name.clone(), from, s.archive.clone()))
+        })
+        .collect()
 }
 
 /// Seals, for every series, the chunks that are due at `now`.
@@ -168,7 +165,10 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         panic!("told to (--panic-in seal)");
     }
     let cfg = &inner.cfg;
-    let mut lines = lock(&inner.wal).reader();
+    let Some(log) = &inner.wal else {
+        return Ok(());
+    };
+    let mut lines = lock(log).reader();
     for (start, chunk) in chunks {
         if archive.contains(start)? {
             tracing::debug!(
@@ -205,8 +205,11 @@ fn collect_log(inner: &Inner) {
         .iter()
         .map(|(n, s)| (n.clone(), s.sealed))
         .collect();
+    let Some(log) = &inner.wal else {
+        return;
+    };
     let removed =
-        lock(&inner.wal).collect(|series, newest| sealed.get(series).is_some_and(|&s| newest < s));
+        lock(log).collect(|series, newest| sealed.get(series).is_some_and(|&s| newest < s));
     if removed > 0 {
         tracing::debug!(segments = removed, "write-ahead log segments removed");
     }

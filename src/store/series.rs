@@ -61,6 +61,10 @@ pub struct Settings {
     /// Retention removed every hour before this one (an hour boundary; 0: nothing removed).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retained_from: Millis,
+    /// With `--archive`, every hour before this one (an hour boundary; 0: none) that holds events is on object
+    /// storage, whole, and may be gone from the local folder.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uploaded_through: Millis,
 }
 
 fn is_zero<N: Default + PartialEq>(n: &N) -> bool {

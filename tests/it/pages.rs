@@ -23,6 +23,7 @@ pub fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) 
         created: 1_400_000_000_000,
         revision: 0,
         retained_from: 0,
+        uploaded_through: 0,
     }
     .store(&dir)
     .unwrap();

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::support::{Response, Server, TempDir, archive_files, now_ms, parse_time};
+use crate::support::{Response, Server, TempDir, archive_files, now_ms, parse_time, walk};
 
 const HOUR: i64 = 3_600_000;
 
@@ -29,19 +29,6 @@ fn write(server: &Server, offset: i64, chunks: usize, n: usize) {
     server.wait_sealed("r", now_ms() + offset);
 }
 
-/// Every page from the head back along `prev`.
-fn walk(server: &Server) -> Vec<(String, Response)> {
-    let mut pages = Vec::new();
-    let mut url = Some("/api/series/r/data".to_string());
-    while let Some(u) = url {
-        let page = server.get(&u);
-        assert_eq!(page.status, 200, "{u}: {}", page.text());
-        url = page.link("prev");
-        pages.push((u, page));
-    }
-    pages
-}
-
 fn count(pages: &[(String, Response)]) -> u64 {
     pages
         .iter()
@@ -64,7 +51,7 @@ fn retention_removes_old_hours_and_what_is_gone_answers_410() {
     a.stop();
     let (b, offset) = start_at(&dir, 3, &[]);
     write(&b, offset, 3, 4);
-    let before = walk(&b);
+    let before = walk(&b, "r");
     assert_eq!(count(&before), 18);
     // A histogram of hour A, final before retention reaches it.
     let hour_a = (now_ms() + offset - 2 * HOUR).div_euclid(HOUR) * HOUR;
@@ -133,7 +120,7 @@ fn retention_removes_old_hours_and_what_is_gone_answers_410() {
         let after = server.get(&gone_url.replace("/before/", "/after/"));
         assert_eq!(after.status, 410);
         // The walk from the head ends cleanly at the oldest page left: no link leads into removed data.
-        let pages = walk(server);
+        let pages = walk(server, "r");
         assert_eq!(count(&pages), 12);
         let (url, oldest) = pages.last().unwrap();
         assert_eq!(url, edge_url);

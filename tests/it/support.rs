@@ -47,15 +47,20 @@ pub const FAST: &[&str] = &["--chunk-seconds", "1", "--lateness", "1"];
 
 impl Server {
     pub fn start(data: &Path, args: &[&str]) -> Server {
-        Server::spawn(data, args, None)
+        Server::spawn(data, args, &[], None)
     }
 
     /// `start`, with the server's log (warnings and errors) written to `log` for the test to read.
     pub fn start_logged(data: &Path, args: &[&str], log: &Path) -> Server {
-        Server::spawn(data, args, Some(log))
+        Server::spawn(data, args, &[], Some(log))
     }
 
-    fn spawn(data: &Path, args: &[&str], log: Option<&Path>) -> Server {
+    /// `start_logged`, with variables added to the server's environment (an object store's configuration).
+    pub fn start_env(data: &Path, args: &[&str], env: &[(String, String)], log: &Path) -> Server {
+        Server::spawn(data, args, env, Some(log))
+    }
+
+    fn spawn(data: &Path, args: &[&str], env: &[(String, String)], log: Option<&Path>) -> Server {
         let stderr = match log {
             Some(path) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -73,6 +78,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("HOURGLASS_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -195,6 +201,19 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every page of `series` from the head back along `prev`: URL and answer.
+pub fn walk(server: &Server, series: &str) -> Vec<(String, Response)> {
+    let mut pages = Vec::new();
+    let mut url = Some(format!("/api/series/{series}/data"));
+    while let Some(u) = url {
+        let page = server.get(&u);
+        assert_eq!(page.status, 200, "{u}: {}", page.text());
+        url = page.link("prev");
+        pages.push((u, page));
+    }
+    pages
 }
 
 pub fn parse_time(s: &str) -> i64 {

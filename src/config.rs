@@ -133,6 +133,13 @@ pub struct ServeArgs {
     /// With --replica: milliseconds between looks at the object store's series and their settings.
     #[arg(long, env = "HOURGLASS_REFRESH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     pub refresh_ms: u64,
+    /// With --replica: a folder for a disk cache of the hour indexes and members it read from the object
+    /// store (its `hourglass-cache` subfolder, emptied at start). Default: no disk cache.
+    #[arg(long, env = "HOURGLASS_CACHE_DIR", requires = "replica")]
+    pub cache_dir: Option<PathBuf>,
+    /// With --cache-dir: the most bytes it keeps; the least recently used go first.
+    #[arg(long, env = "HOURGLASS_CACHE_BYTES", default_value_t = 1 << 30)]
+    pub cache_bytes: u64,
     /// Milliseconds added to the system clock: for tests that must cross an hour boundary now.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub clock_offset_ms: i64,
@@ -224,6 +231,8 @@ impl ServeArgs {
         cfg.replica = self
             .replica
             .then(|| std::time::Duration::from_millis(self.refresh_ms));
+        cfg.cache_dir = self.cache_dir.clone();
+        cfg.cache_bytes = self.cache_bytes;
         cfg
     }
 }
@@ -257,6 +266,8 @@ impl StoreArgs {
             archive: self.archive.clone(),
             local_hours: self.local_hours,
             replica: None,
+            cache_dir: None,
+            cache_bytes: 0,
             panic_in: self.panic_in.clone(),
         }
     }

@@ -11,6 +11,7 @@
 //! The interface is deliberately small (`open`, `append_chunk`, `chunk`, `read_member`, `summary`, and
 //! `insert_chunks` for imports) so that another backend (object storage) can stand behind the same calls.
 
+mod disk_cache;
 pub mod hours;
 pub mod index;
 pub mod member;
@@ -23,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+pub use disk_cache::DiskCache;
 pub use hours::HourSummary;
 pub use index::{HourIndex, IndexEntry};
 pub use member::MemberMeta;
@@ -243,6 +245,8 @@ pub struct SeriesArchive {
     remote: Option<(Arc<Remote>, String)>,
     /// Whether the series has a folder. A replica's archives have none: they read the object store alone.
     folder: bool,
+    /// A replica's disk cache of what it read from the store.
+    disk: Option<Arc<DiskCache>>,
 }
 
 impl SeriesArchive {
@@ -314,6 +318,7 @@ impl SeriesArchive {
             damaged: Mutex::new(BTreeSet::new()),
             remote: remote.map(|r| (r, series_of(dir))),
             folder: true,
+            disk: None,
         };
         for hour in found {
             let summary = match listed.get(&hour) {
@@ -404,6 +409,7 @@ impl SeriesArchive {
             writing: Mutex::new(()),
             damaged: Mutex::new(BTreeSet::new()),
             folder: true,
+            disk: None,
         }
     }
 
@@ -413,10 +419,12 @@ impl SeriesArchive {
         series: &str,
         cache: &IndexCache,
         remote: Arc<Remote>,
+        disk: Option<Arc<DiskCache>>,
         hours: BTreeMap<Hour, HourSummary>,
     ) -> SeriesArchive {
         let mut archive = SeriesArchive::empty(Path::new(series), cache, Some(remote));
         archive.folder = false;
+        archive.disk = disk;
         *lock_write(&archive.totals) = Summary::of(&hours);
         *lock_write(&archive.hours) = hours;
         archive
@@ -521,14 +529,25 @@ impl SeriesArchive {
             return Ok(HourIndex::new(hour));
         };
         let object = remote.index(series, hour);
-        match remote.get(&object)? {
-            Some((bytes, _)) => {
+        let found = match &self.disk {
+            // A replica: the object must be there. When it is not (yet, or any more: retention), its next look
+            // at the settings tells.
+            Some(disk) => Some(disk.get_or(
+                (self.id, hour, None),
+                || match remote.get(&object)? {
+                    Some((bytes, _)) => Ok(bytes.to_vec()),
+                    None => Err(RemoteError::not_found("GET", &object)),
+                },
+            )?),
+            None => remote.get(&object)?.map(|(bytes, _)| bytes.to_vec()),
+        };
+        match found {
+            Some(bytes) => {
                 let read = index::decode(&bytes, hour, summary.bytes);
                 if !read.stale && HourSummary::of(&read.index) == Some(summary) {
                     return Ok(read.index);
                 }
             }
-            // Not there (yet, or any more: retention), which a replica's next look at the settings tells.
             None if !self.folder => return Err(RemoteError::not_found("GET", &object).into()),
             None => {}
         }
@@ -885,8 +904,15 @@ impl SeriesArchive {
             // Uploaded, and gone from the folder: one ranged read of the object.
             (Err(e), Some((remote, series))) if e.kind() == io::ErrorKind::NotFound => {
                 let range = entry.offset..entry.end();
-                let bytes = remote.get_range(&remote.archive(series, hour), range)?;
-                return Ok(bytes.to_vec());
+                let object = remote.archive(series, hour);
+                let fetch = || remote.get_range(&object, range.clone()).map(|b| b.to_vec());
+                let bytes = match &self.disk {
+                    Some(disk) => {
+                        disk.get_or((self.id, hour, Some((range.start, range.end))), fetch)?
+                    }
+                    None => fetch()?,
+                };
+                return Ok(bytes);
             }
             (Err(e), _) => return Err(io_at(&path)(e)),
         };

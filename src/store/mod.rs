@@ -70,6 +70,9 @@ pub struct StoreConfig {
     pub local_hours: usize,
     /// A read replica of the object store, polling it this often: no log, no data folder, nothing written.
     pub replica: Option<std::time::Duration>,
+    /// A replica's disk cache of what it read from the store (`None`: none), and its bound in bytes.
+    pub cache_dir: Option<PathBuf>,
+    pub cache_bytes: u64,
     /// For tests of supervision only: the thread (`commit` or `seal`) that panics at its first piece of work.
     pub panic_in: Option<String>,
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, mpsc};
 
 use super::{Inner, Series, Settings, Store, StoreError, StoreMetrics, lock, supervised};
 use crate::archive::remote::Changed;
-use crate::archive::{ArchiveError, IndexCache, Remote, SeriesArchive, hours};
+use crate::archive::{ArchiveError, DiskCache, IndexCache, Remote, SeriesArchive, hours};
 use crate::store::SeriesName;
 use crate::time::{Hour, Millis};
 
@@ -18,23 +18,35 @@ pub(super) fn open(cfg: super::StoreConfig) -> Result<Store, StoreError> {
     let remote = super::open_remote(&cfg)?
         .ok_or_else(|| StoreError::storage("a replica needs --archive", None))?;
     let indexes = IndexCache::new(cfg.index_cache_bytes);
+    let disk = match &cfg.cache_dir {
+        Some(dir) => Some(Arc::new(DiskCache::open(dir, cfg.cache_bytes).map_err(
+            |e| {
+                StoreError::storage(
+                    format!("--cache-dir {}: {e}", dir.display()),
+                    Some(e.kind()),
+                )
+            },
+        )?)),
+        None => None,
+    };
+    let source = Source { remote, disk };
     let inner = Arc::new(Inner::new(
         cfg,
         BTreeMap::new(),
         None,
         None,
         indexes,
-        Some(remote.clone()),
+        Some(source.remote.clone()),
         StoreMetrics::default(),
     ));
     // The first look before serving, so that a replica started beside a busy store answers at once; a store
     // that does not answer yet is looked at again by the thread.
     let mut known = HashMap::new();
-    if let Err(e) = refresh(&inner, &remote, &mut known) {
+    if let Err(e) = refresh(&inner, &source, &mut known) {
         tracing::error!(error = %e, "the object store does not answer yet; looking again");
     }
     let thread = supervised("refresh", &inner, move |inner| {
-        refresh_loop(inner, &remote, known)
+        refresh_loop(inner, &source, known)
     })?;
     // Nothing is ever committed here: batches find the commit thread gone (writes are answered in the API).
     let (jobs, _) = mpsc::sync_channel(1);
@@ -45,10 +57,16 @@ pub(super) fn open(cfg: super::StoreConfig) -> Result<Store, StoreError> {
     })
 }
 
+/// Where a replica reads: the object store, and its disk cache if it has one.
+struct Source {
+    remote: Arc<Remote>,
+    disk: Option<Arc<DiskCache>>,
+}
+
 /// The ETag of each series' settings object as last read.
 type Known = HashMap<String, Option<String>>;
 
-fn refresh_loop(inner: &Inner, remote: &Arc<Remote>, mut known: Known) {
+fn refresh_loop(inner: &Inner, source: &Source, mut known: Known) {
     let Some(period) = inner.cfg.replica else {
         return;
     };
@@ -57,7 +75,7 @@ fn refresh_loop(inner: &Inner, remote: &Arc<Remote>, mut known: Known) {
         if !inner.pause(period) {
             break;
         }
-        match refresh(inner, remote, &mut known) {
+        match refresh(inner, source, &mut known) {
             Ok(()) if !last_error.is_empty() => {
                 tracing::info!("the object store answers again");
                 last_error.clear();
@@ -75,7 +93,8 @@ fn refresh_loop(inner: &Inner, remote: &Arc<Remote>, mut known: Known) {
 }
 
 /// One look at the store: series that came, changed or went.
-fn refresh(inner: &Inner, remote: &Arc<Remote>, known: &mut Known) -> Result<(), StoreError> {
+fn refresh(inner: &Inner, source: &Source, known: &mut Known) -> Result<(), StoreError> {
+    let remote = &source.remote;
     let listed = remote.series().map_err(ArchiveError::from)?;
     let mut seen = Vec::with_capacity(listed.len());
     for name in listed {
@@ -100,7 +119,7 @@ fn refresh(inner: &Inner, remote: &Arc<Remote>, known: &mut Known) -> Result<(),
                 continue;
             }
         };
-        take(inner, remote, &name, &settings)?;
+        take(inner, source, &name, &settings)?;
         known.insert(name, etag);
     }
     // Series whose objects are gone (deleted by hand): gone here too.
@@ -111,12 +130,8 @@ fn refresh(inner: &Inner, remote: &Arc<Remote>, known: &mut Known) -> Result<(),
 }
 
 /// Takes a series' settings as the store has them now, with its hours up to `uploaded_through`.
-fn take(
-    inner: &Inner,
-    remote: &Arc<Remote>,
-    name: &str,
-    settings: &Settings,
-) -> Result<(), StoreError> {
+fn take(inner: &Inner, source: &Source, name: &str, settings: &Settings) -> Result<(), StoreError> {
+    let remote = &source.remote;
     let width = settings
         .width()
         .map_err(|e| StoreError::storage(format!("{name}/series.json: {e}"), None))?;
@@ -155,7 +170,13 @@ fn take(
     }
     // New here, or made again, or rewritten by an import (a new revision): a new archive, whose indexes are
     // read again.
-    let archive = SeriesArchive::on_store(name, &inner.indexes, remote.clone(), uploaded);
+    let archive = SeriesArchive::on_store(
+        name,
+        &inner.indexes,
+        remote.clone(),
+        source.disk.clone(),
+        uploaded,
+    );
     let mut s = Series::new(
         name,
         archive.dir().to_owned(),

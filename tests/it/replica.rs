@@ -203,8 +203,39 @@ fn a_replica_with_the_store_down_answers_503_and_nothing_else_as_final() {
             .collect();
         let pages = urls.len() - 3;
         let answers: Vec<_> = urls.iter().map(|u| seen(&rep.get(u))).collect();
+        // A replica with a disk cache, and nothing in memory, that has read them all once.
+        let cache = work.path().join("cache");
+        let cached = replica(
+            work.path(),
+            "cached",
+            &store,
+            "d",
+            None,
+            &[
+                "--index-cache-bytes",
+                "0",
+                "--page-cache-bytes",
+                "0",
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ],
+        );
+        for (u, was) in urls.iter().zip(&answers) {
+            assert!(
+                seen(&cached.get(u)) == *was,
+                "{kind:?} {u}: another answer with a disk cache"
+            );
+        }
 
         store.halt();
+        // What the disk cache holds is answered as before.
+        for (u, was) in urls.iter().zip(&answers) {
+            assert!(
+                seen(&cached.get(u)) == *was,
+                "{kind:?} {u}: not from the disk cache"
+            );
+        }
+        cached.stop();
         let mut refused = 0;
         for (u, was) in urls.iter().zip(&answers) {
             let r = rep.get(u);

@@ -23,7 +23,7 @@ use object_store::{
 use crate::time::Hour;
 
 /// Archives this large or larger are uploaded in parts, never held in memory whole.
-const WHOLE_PUT_BYTES: u64 = 32 << 20;
+pub const WHOLE_PUT_BYTES: u64 = 16 << 20;
 const PART_BYTES: usize = 8 << 20;
 
 /// A failed call to the object store.

@@ -20,6 +20,9 @@ use crate::metrics;
 use crate::time::{HOUR, Hour, Millis};
 
 const TICK: Duration = Duration::from_secs(1);
+/// Hours of a series uploaded side by side (each an archive read whole below `remote::WHOLE_PUT_BYTES`, or in
+/// parts above), when several wait: a backlog drains several times faster than one by one.
+const AT_ONCE: usize = 4;
 const MOST_PAUSE: Duration = Duration::from_secs(60);
 
 pub(super) fn upload_loop(inner: &Inner, remote: &Remote) {
@@ -28,10 +31,8 @@ pub(super) fn upload_loop(inner: &Inner, remote: &Remote) {
     let mut deleted = HashMap::new();
     let mut pause = TICK;
     let mut last_error = String::new();
+    // The first pass at once: hours that waited for a restart go up without a pause.
     loop {
-        if !inner.pause(pause) {
-            break;
-        }
         match remove_expired(inner, remote, &mut deleted).and_then(|()| upload_due(inner, remote)) {
             Ok(()) => {
                 pause = TICK;
@@ -49,6 +50,9 @@ pub(super) fn upload_loop(inner: &Inner, remote: &Remote) {
                     last_error = text;
                 }
             }
+        }
+        if !inner.pause(pause) {
+            break;
         }
     }
 }
@@ -154,10 +158,10 @@ fn upload_series(
     }
     let due = archive.hours_in(Hour::of(from), complete);
     *backlog += due.len() as u64;
-    for hour in due {
-        upload_hour(inner, remote, name, archive, hour)?;
-        *backlog -= 1;
-        metrics::add(&inner.metrics.hours_uploaded, 1);
+    for hours in due.chunks(AT_ONCE) {
+        upload_hours(inner, remote, name, archive, hours)?;
+        *backlog -= hours.len() as u64;
+        metrics::add(&inner.metrics.hours_uploaded, hours.len() as u64);
     }
     if from < complete.start() {
         // Empty hours up to the watermark count as uploaded too: readers elsewhere may take them as final.
@@ -168,15 +172,32 @@ fn upload_series(
     evict(inner, name, archive)
 }
 
-fn upload_hour(
+/// Uploads consecutive complete hours: their archives and indexes side by side, then, once all are there, the
+/// summaries and the settings that count them as uploaded.
+fn upload_hours(
     inner: &Inner,
     remote: &Remote,
     name: &str,
     archive: &SeriesArchive,
-    hour: Hour,
+    hours: &[Hour],
 ) -> Result<(), StoreError> {
-    archive.upload(hour)?;
-    let next = Hour::of(hour.start() + HOUR);
+    let Some(last) = hours.last() else {
+        return Ok(());
+    };
+    std::thread::scope(|scope| {
+        let uploads: Vec<_> = hours
+            .iter()
+            .map(|&hour| scope.spawn(move || archive.upload(hour)))
+            .collect();
+        uploads
+            .into_iter()
+            .map(|u| {
+                u.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect::<Result<Vec<()>, ArchiveError>>()
+    })?;
+    let next = Hour::of(last.start() + HOUR);
     remote
         .put(
             &remote.hours(name),

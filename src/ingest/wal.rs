@@ -24,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::log::{Lines, Log};
 use super::parse::Batch;
 use crate::time::Millis;
 
@@ -263,63 +264,6 @@ impl Wal {
         Ok((wal, repairs))
     }
 
-    /// Appends encoded records and makes them durable: one write at the known end and one fsync for all of
-    /// them. Returns where the first record begins. On failure the segment is cut back, so no refused record
-    /// can come back at replay; if even that fails, the segment takes no more appends (see `poisoned`).
-    pub fn append(&mut self, records: &[u8]) -> Result<Position, WalError> {
-        if self.poisoned {
-            self.start_segment()?;
-        }
-        let result = self
-            .file
-            .write_all_at(records, self.len)
-            .and_then(|()| self.file.sync_data());
-        match result {
-            Ok(()) => {
-                let at = Position {
-                    segment: self.segments.last().map_or(0, |s| s.id as u32),
-                    offset: self.len,
-                };
-                self.len += records.len() as u64;
-                Ok(at)
-            }
-            Err(e) => {
-                let cut = self
-                    .file
-                    .set_len(self.len)
-                    .and_then(|()| self.file.sync_data());
-                if let Err(cut) = cut {
-                    tracing::error!(error = %cut, "write-ahead log: a failed append could not be cut back; the next append starts a new segment");
-                    self.poisoned = true;
-                }
-                Err(WalError {
-                    path: self.current_path(),
-                    source: e,
-                })
-            }
-        }
-    }
-
-    /// Records that the current segment holds events of `series` up to `newest`.
-    pub fn note(&mut self, series: &Arc<str>, newest: Millis) {
-        if let Some(seg) = self.segments.last_mut() {
-            match seg.newest.get_mut(series) {
-                Some(t) => *t = (*t).max(newest),
-                None => {
-                    seg.newest.insert(series.clone(), newest);
-                }
-            }
-        }
-    }
-
-    /// Starts a new segment once the current one is full.
-    pub fn rotate_if_full(&mut self) -> Result<(), WalError> {
-        if self.len < SEGMENT_BYTES {
-            return Ok(());
-        }
-        self.start_segment()
-    }
-
     /// Starts the next segment, its first record saying where the current one ends.
     fn start_segment(&mut self) -> Result<(), WalError> {
         let current = self.segments.last().map_or(0, |s| s.id);
@@ -332,30 +276,8 @@ impl Wal {
         Ok(())
     }
 
-    /// Removes every closed segment whose events are all sealed, as told by `sealed(series, newest)`.
-    pub fn collect(&mut self, sealed: impl Fn(&str, Millis) -> bool) -> usize {
-        let current = self.segments.len().saturating_sub(1);
-        let mut removed = 0;
-        let mut keep = Vec::with_capacity(self.segments.len());
-        for (i, seg) in self.segments.drain(..).enumerate() {
-            let done = i < current && seg.newest.iter().all(|(s, &t)| sealed(s, t));
-            if done && fs::remove_file(&seg.path).is_ok() {
-                removed += 1;
-            } else {
-                keep.push(seg);
-            }
-        }
-        self.segments = keep;
-        removed
-    }
-
     pub fn segments(&self) -> usize {
         self.segments.len()
-    }
-
-    /// A reader of lines from this log's segments.
-    pub fn reader(&self) -> LineReader {
-        LineReader::new(&self.dir)
     }
 
     fn current_path(&self) -> PathBuf {
@@ -440,6 +362,87 @@ fn frame(out: &mut [u8], start: usize) {
     let crc = crc32fast::hash(&out[start + FRAME..]);
     out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+impl Log for Wal {
+    /// Appends encoded records and makes them durable: one write at the known end and one fsync for all of
+    /// them. Returns where the first record begins. On failure the segment is cut back, so no refused record
+    /// can come back at replay; if even that fails, the segment takes no more appends (see `poisoned`).
+    fn append(&mut self, records: &[u8]) -> Result<Position, WalError> {
+        if self.poisoned {
+            self.start_segment()?;
+        }
+        let result = self
+            .file
+            .write_all_at(records, self.len)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                let at = Position {
+                    segment: self.segments.last().map_or(0, |s| s.id as u32),
+                    offset: self.len,
+                };
+                self.len += records.len() as u64;
+                Ok(at)
+            }
+            Err(e) => {
+                let cut = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data());
+                if let Err(cut) = cut {
+                    tracing::error!(error = %cut, "write-ahead log: a failed append could not be cut back; the next append starts a new segment");
+                    self.poisoned = true;
+                }
+                Err(WalError {
+                    path: self.current_path(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// Records that the current segment holds events of `series` up to `newest`.
+    fn note(&mut self, series: &Arc<str>, newest: Millis) {
+        if let Some(seg) = self.segments.last_mut() {
+            match seg.newest.get_mut(series) {
+                Some(t) => *t = (*t).max(newest),
+                None => {
+                    seg.newest.insert(series.clone(), newest);
+                }
+            }
+        }
+    }
+
+    /// Starts a new segment once the current one is full.
+    fn rotate_if_full(&mut self) -> Result<(), WalError> {
+        if self.len < SEGMENT_BYTES {
+            return Ok(());
+        }
+        self.start_segment()
+    }
+
+    /// Removes every closed segment whose events are all sealed, as told by `sealed(series, newest)`.
+    fn collect(&mut self, sealed: &dyn Fn(&str, Millis) -> bool) -> usize {
+        let current = self.segments.len().saturating_sub(1);
+        let mut removed = 0;
+        let mut keep = Vec::with_capacity(self.segments.len());
+        for (i, seg) in self.segments.drain(..).enumerate() {
+            let done = i < current && seg.newest.iter().all(|(s, &t)| sealed(s, t));
+            if done && fs::remove_file(&seg.path).is_ok() {
+                removed += 1;
+            } else {
+                keep.push(seg);
+            }
+        }
+        self.segments = keep;
+        removed
+    }
+
+    /// A reader of lines from this log's segments.
+    fn lines(&self) -> Box<dyn Lines> {
+        Box::new(LineReader::new(&self.dir))
+    }
 }
 
 /// Appends one framed record for `batch` of `series` to `out`.
@@ -644,11 +647,6 @@ impl LineReader {
     /// Lines closer than this are read in one call, gap included.
     const GAP: u64 = 4096;
 
-    /// Another reader of the same log, with its own open files: one per thread.
-    pub fn fresh(&self) -> LineReader {
-        LineReader::new(&self.dir)
-    }
-
     pub fn new(dir: &Path) -> LineReader {
         LineReader {
             dir: dir.to_owned(),
@@ -656,9 +654,16 @@ impl LineReader {
             buf: Vec::new(),
         }
     }
+}
+
+impl Lines for LineReader {
+    /// Another reader of the same log, with its own open files: one per thread.
+    fn fresh(&self) -> Box<dyn Lines> {
+        Box::new(LineReader::new(&self.dir))
+    }
 
     /// Appends the lines of `refs` to `out` in the order given, each followed by `\n`.
-    pub fn read_lines(&mut self, refs: &[LineRef], out: &mut Vec<u8>) -> io::Result<()> {
+    fn read_lines(&mut self, refs: &[LineRef], out: &mut Vec<u8>) -> io::Result<()> {
         let mut order: Vec<usize> = (0..refs.len()).collect();
         order.sort_unstable_by_key(|&i| (refs[i].segment, refs[i].offset));
         // Where each line landed in `buf`.
@@ -858,7 +863,7 @@ mod tests {
             .map(|l| l.line)
             .collect();
         let mut out = Vec::new();
-        wal.reader().read_lines(&refs, &mut out).unwrap();
+        wal.lines().read_lines(&refs, &mut out).unwrap();
         assert_eq!(out, b"[]\n{\"x\":1}\n{}\n");
         drop(wal);
         // A torn second record.
@@ -875,8 +880,8 @@ mod tests {
         let aside = fs::read(dir.join(&repairs[0].aside)).unwrap();
         assert_eq!(aside, rec[..rec.len() - 1]);
         assert_eq!(wal.segments(), 2);
-        assert_eq!(wal.collect(|_, t| t < 6), 0);
-        assert_eq!(wal.collect(|_, t| t < 7), 1);
+        assert_eq!(wal.collect(&|_, t| t < 6), 0);
+        assert_eq!(wal.collect(&|_, t| t < 7), 1);
         assert_eq!(wal.segments(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -9,14 +9,15 @@ use std::time::Instant;
 use std::sync::{Arc, Mutex};
 
 use super::{Ack, Inner, Job, Msg, StoreError, lock};
-use crate::ingest::wal::{self, Logged, Wal};
+use crate::ingest::log::Log;
+use crate::ingest::wal::{self, Logged};
 use crate::{metrics, time};
 
 /// The commit thread: takes every waiting batch, checks them, makes them durable with one fsync, applies them,
 /// answers. Runs until `Msg::Stop` or until every sender is gone.
 pub(super) fn commit_loop(inner: &Inner, rx: Receiver<Msg>) {
     const GROUP_BYTES: u64 = 64 << 20;
-    let Some(log) = &inner.wal else {
+    let Some(log) = &inner.log else {
         return;
     };
     let mut records = Vec::new();
@@ -49,7 +50,7 @@ pub(super) fn commit_loop(inner: &Inner, rx: Receiver<Msg>) {
     }
 }
 
-fn commit_group(inner: &Inner, log: &Mutex<Wal>, group: Vec<Job>, records: &mut Vec<u8>) {
+fn commit_group(inner: &Inner, log: &Mutex<Box<dyn Log>>, group: Vec<Job>, records: &mut Vec<u8>) {
     let now = time::now();
     // `twins`: batches whose key an earlier batch of this group carries; they are answered as its retries.
     // `made`: series this group's first batches create, in memory only until the append is durable.

@@ -31,6 +31,7 @@ use std::time::Instant;
 use tokio::sync::{oneshot, watch};
 
 use crate::archive::{self, IndexCache, Remote, SeriesArchive};
+use crate::ingest::log::{Lines, Log};
 use crate::ingest::parse::{Parsed, Position};
 use crate::ingest::wal::{self, BatchKey, Logged, Wal};
 use crate::metrics::{self, Histogram};
@@ -419,9 +420,9 @@ struct Inner {
     settled: Condvar,
     /// The log; the commit thread holds it for an append and its fsync, the sealer briefly to collect. A
     /// replica has none (and neither thread).
-    wal: Option<Mutex<Wal>>,
-    /// Where the log's segments are, for readers of lines not sealed yet.
-    wal_dir: PathBuf,
+    log: Option<Mutex<Box<dyn Log>>>,
+    /// Reads the log's lines without holding it: for the sealer and for readers of what is not sealed.
+    lines: Option<Box<dyn Lines>>,
     /// Every series' hour indexes that memory holds, within `--index-cache-bytes`.
     indexes: IndexCache,
     /// Where complete hours go, with `--archive`.
@@ -446,7 +447,7 @@ impl Inner {
     fn new(
         cfg: StoreConfig,
         series: BTreeMap<String, Series>,
-        wal: Option<Wal>,
+        log: Option<Box<dyn Log>>,
         lock: Option<File>,
         indexes: IndexCache,
         remote: Option<Arc<Remote>>,
@@ -458,7 +459,7 @@ impl Inner {
             .map(|c| c.bytes())
             .sum();
         Inner {
-            wal_dir: cfg.data.join("_wal"),
+            lines: log.as_ref().map(|l| l.lines()),
             cfg,
             state: Mutex::new(State {
                 series,
@@ -468,7 +469,7 @@ impl Inner {
                 inflight: 0,
             }),
             settled: Condvar::new(),
-            wal: wal.map(Mutex::new),
+            log: log.map(Mutex::new),
             indexes,
             remote,
             remote_versions: Mutex::new(Default::default()),
@@ -697,7 +698,7 @@ impl Store {
         let inner = Arc::new(Inner::new(
             cfg,
             series,
-            Some(wal),
+            Some(Box::new(wal)),
             Some(lock_file),
             indexes,
             remote,

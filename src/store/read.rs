@@ -14,7 +14,8 @@ use std::sync::Arc;
 use super::chunk::OpenChunk;
 use super::{Generation, SeriesName, Store, StoreError, lock};
 use crate::archive::{Cold, HourIndex, SeriesArchive, member};
-use crate::ingest::wal::{LineReader, LineRef};
+use crate::ingest::log::Lines;
+use crate::ingest::wal::LineRef;
 use crate::time::{self, ChunkStart, ChunkWidth, Millis};
 
 /// Which page a request asks for.
@@ -322,7 +323,7 @@ impl Store {
                 &chunk,
                 at.part,
                 self.inner.cfg.max_member_entries,
-                &self.inner.wal_dir,
+                self.inner.lines.as_deref(),
             ) {
                 Ok(lines) => return Ok(lines),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -483,15 +484,18 @@ fn read_open(
     chunk: &OpenChunk,
     part: u32,
     max: usize,
-    wal_dir: &std::path::Path,
+    lines: Option<&dyn Lines>,
 ) -> io::Result<PageLines> {
     let order = chunk.time_order();
     let Some(slice) = order.chunks(max.max(1)).nth(part as usize) else {
         return Ok(PageLines::default());
     };
     let refs: Vec<LineRef> = slice.iter().map(|&i| chunk.get(i as usize).line).collect();
+    let Some(log) = lines else {
+        return Err(io::ErrorKind::NotFound.into());
+    };
     let mut lines = Vec::new();
-    LineReader::new(wal_dir).read_lines(&refs, &mut lines)?;
+    log.fresh().read_lines(&refs, &mut lines)?;
     Ok(PageLines {
         lines,
         count: refs.len(),

@@ -19,7 +19,8 @@ use std::time::Duration;
 use super::{Inner, OpenChunk, StoreError, lock};
 use crate::archive::SeriesArchive;
 use crate::archive::member::{self, Member, MemberMeta};
-use crate::ingest::wal::{LineReader, LineRef};
+use crate::ingest::log::Lines;
+use crate::ingest::wal::LineRef;
 use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
 
 const TICK: Duration = Duration::from_millis(100);
@@ -165,10 +166,10 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         panic!("told to (--panic-in seal)");
     }
     let cfg = &inner.cfg;
-    let Some(log) = &inner.wal else {
+    let Some(lines) = &inner.lines else {
         return Ok(());
     };
-    let mut lines = lock(log).reader();
+    let mut lines = lines.fresh();
     for (start, chunk) in chunks {
         if archive.contains(start)? {
             tracing::debug!(
@@ -181,7 +182,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 start,
                 width,
                 &chunk,
-                &mut lines,
+                &mut *lines,
                 cfg.max_member_entries,
                 cfg.gzip_level,
             )
@@ -205,11 +206,11 @@ fn collect_log(inner: &Inner) {
         .iter()
         .map(|(n, s)| (n.clone(), s.sealed))
         .collect();
-    let Some(log) = &inner.wal else {
+    let Some(log) = &inner.log else {
         return;
     };
     let removed =
-        lock(log).collect(|series, newest| sealed.get(series).is_some_and(|&s| newest < s));
+        lock(log).collect(&|series, newest| sealed.get(series).is_some_and(|&s| newest < s));
     if removed > 0 {
         tracing::debug!(segments = removed, "write-ahead log segments removed");
     }
@@ -222,7 +223,7 @@ fn encode_chunk(
     start: ChunkStart,
     width: ChunkWidth,
     chunk: &OpenChunk,
-    lines: &mut LineReader,
+    lines: &mut dyn Lines,
     max_entries: usize,
     level: u32,
 ) -> std::io::Result<Vec<Member>> {
@@ -230,7 +231,7 @@ fn encode_chunk(
     let order = chunk.time_order();
     let parts: Vec<&[u32]> = order.chunks(max_entries.max(1)).collect();
     let sealed_at = time::now();
-    let encode_part = |p: usize, lines: &mut LineReader, raw: &mut Vec<u8>| {
+    let encode_part = |p: usize, lines: &mut dyn Lines, raw: &mut Vec<u8>| {
         let part = parts[p];
         raw.clear();
         let refs: Vec<LineRef> = part.iter().map(|&i| chunk.get(i as usize).line).collect();
@@ -270,7 +271,7 @@ fn encode_chunk(
                     let mut raw = Vec::new();
                     (t..count)
                         .step_by(threads)
-                        .map(|p| encode_part(p, &mut lines, &mut raw).map(|m| (p, m)))
+                        .map(|p| encode_part(p, &mut *lines, &mut raw).map(|m| (p, m)))
                         .collect()
                 })
             })

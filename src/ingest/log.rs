@@ -1,0 +1,36 @@
+//! The write-ahead log behind an interface: what the store asks of wherever acknowledged batches are kept
+//! until their chunks are sealed. `wal::Wal` (segments in the data folder's `_wal/`) is the one implementation
+//! today; a replicated log, so that any node can take writes, goes behind the same calls. Records are
+//! `wal::encode`d batches; a line is found again by the `LineRef` the log's `Position` gave it
+//! (`wal::line_refs`), which only that log interprets.
+
+use std::io;
+use std::sync::Arc;
+
+use super::wal::{LineRef, Position, WalError};
+use crate::time::Millis;
+
+/// Where acknowledged batches live until sealed. Held by one writer at a time (the commit thread appends,
+/// the sealer collects); readers of lines go through `Lines`, without it.
+pub trait Log: Send {
+    /// Appends encoded records and makes them durable before it returns: where the first one begins. A
+    /// refused append leaves nothing that a replay could bring back.
+    fn append(&mut self, records: &[u8]) -> Result<Position, WalError>;
+    /// What was just appended holds events of `series` up to `newest` (what `collect` goes by).
+    fn note(&mut self, series: &Arc<str>, newest: Millis);
+    /// After an append: begins a new stretch of the log once the current one is full.
+    fn rotate_if_full(&mut self) -> Result<(), WalError>;
+    /// Lets go of what holds only events that `sealed(series, newest)` says are sealed; how many pieces went.
+    fn collect(&mut self, sealed: &dyn Fn(&str, Millis) -> bool) -> usize;
+    /// A reader of this log's lines by reference.
+    fn lines(&self) -> Box<dyn Lines>;
+}
+
+/// Reads lines back by reference. One per thread; `fresh` makes another.
+pub trait Lines: Send + Sync {
+    /// Another reader of the same log, with handles of its own.
+    fn fresh(&self) -> Box<dyn Lines>;
+    /// Appends the lines of `refs` to `out` in the order given, each followed by `\n`. A line no longer in
+    /// the log (collected meanwhile) is `NotFound`.
+    fn read_lines(&mut self, refs: &[LineRef], out: &mut Vec<u8>) -> io::Result<()>;
+}

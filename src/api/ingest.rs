@@ -1,21 +1,22 @@
 //! `POST /api/series/{series}/events` and `POST /api/data`: read the body (bounded, gunzipped when asked), parse
 //! it off the async threads, hand it to the store, answer 202 once it is durable.
 
+use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 use super::{AppState, DEFAULT_SERIES, SeriesPath};
-use crate::ingest::parse::{self, Format};
+use crate::ingest::parse::{self, Format, TimeSpec, TimeUnit};
 use crate::ingest::wal::BatchKey;
 use crate::store::SeriesName;
 use crate::time;
@@ -23,28 +24,59 @@ use crate::time;
 pub async fn events_post(
     State(state): State<AppState>,
     SeriesPath(name): SeriesPath,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    ingest(state, name, headers, body).await
+    ingest(state, name, &uri, headers, body).await
 }
 
 pub async fn data_post(
     State(state): State<AppState>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = SeriesName::parse(DEFAULT_SERIES).map_err(ApiError::bad_request)?;
-    ingest(state, name, headers, body).await
+    ingest(state, name, &uri, headers, body).await
+}
+
+/// Where events without `ts` have their time: `time_field=` and `time_unit=` (`auto`, `s`, `ms`, `us`, `ns`)
+/// in the query; other parameters are ignored.
+fn time_spec(uri: &Uri) -> Result<TimeSpec, ApiError> {
+    let mut spec = TimeSpec::default();
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    for (name, value) in pairs {
+        match name.as_str() {
+            "time_field" if value.is_empty() || value.len() > 256 => {
+                return Err(ApiError::bad_request(
+                    "time_field: expected the name of a field, 1 to 256 bytes",
+                ));
+            }
+            "time_field" => spec.field = Some(value),
+            "time_unit" => {
+                spec.unit = TimeUnit::parse(&value).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "time_unit {value:?}: expected auto, s, ms, us or ns"
+                    ))
+                })?
+            }
+            _ => {}
+        }
+    }
+    Ok(spec)
 }
 
 async fn ingest(
     state: AppState,
     name: SeriesName,
+    uri: &Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state.tokens.check_write(&headers)?;
+    let spec = time_spec(uri)?;
     let format = body_format(&headers)?;
     let gzip = gzip_encoded(&headers)?;
     let key = idempotency_key(&headers)?;
@@ -66,11 +98,19 @@ async fn ingest(
         } else {
             &bytes[..]
         };
+        // The same body read with another time field is another batch.
+        let read_as = if spec == TimeSpec::default() {
+            0
+        } else {
+            let mut h = super::StableHasher::default();
+            spec.hash(&mut h);
+            h.finish()
+        };
         let key = key.map(|key| BatchKey {
             key,
-            digest: digest(raw),
+            digest: digest(raw) ^ read_as,
         });
-        let parsed = parse::parse(raw, format, received).map_err(ApiError::from)?;
+        let parsed = parse::parse_with(raw, format, received, &spec).map_err(ApiError::from)?;
         Ok::<_, ApiError>((key, parsed, room))
     })
     .await

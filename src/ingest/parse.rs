@@ -127,16 +127,103 @@ pub enum Format {
     JsonArray,
 }
 
-/// Parses a body. `received` is written into events that carry no `ts`.
-pub fn parse(body: &[u8], format: Format, received: Millis) -> Result<Parsed, ParseError> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    match (format, first) {
-        (Format::JsonArray, Some(b'[')) => parse_array(body, received),
-        _ => parse_ndjson(body, received),
+/// The fields where shippers put an event's time, looked for in this order when an event has no `ts`: Vector's
+/// `timestamp`, Beats' and Logstash's `@timestamp`, Fluent Bit's `date`. (`time`, which many events hold as
+/// data, only when a request or series names it.)
+pub const SHIPPER_TIME_FIELDS: [&str; 3] = ["timestamp", "@timestamp", "date"];
+
+/// Where an event without `ts` has its time, and in what unit a number there is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TimeSpec {
+    /// The field; `None`: the first of `SHIPPER_TIME_FIELDS` an event has that holds a time (a field of those
+    /// names holding something else is taken for data).
+    pub field: Option<String>,
+    pub unit: TimeUnit,
+}
+
+/// The unit of a number in a time field other than `ts` (`ts` numbers are always milliseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum TimeUnit {
+    /// By its size: below 10^11 seconds, below 10^14 milliseconds, below 10^17 microseconds, else nanoseconds
+    /// (so every time from 1973 to 5138 is read right in each unit).
+    #[default]
+    Auto,
+    Seconds,
+    Millis,
+    Micros,
+    Nanos,
+}
+
+impl TimeUnit {
+    pub fn parse(s: &str) -> Option<TimeUnit> {
+        Some(match s {
+            "auto" => TimeUnit::Auto,
+            "s" => TimeUnit::Seconds,
+            "ms" => TimeUnit::Millis,
+            "us" => TimeUnit::Micros,
+            "ns" => TimeUnit::Nanos,
+            _ => return None,
+        })
+    }
+
+    /// Milliseconds in one of this unit, for `v` (a number as sent).
+    fn scale(self, v: f64) -> f64 {
+        let unit = match self {
+            TimeUnit::Auto if v.abs() < 1e11 => TimeUnit::Seconds,
+            TimeUnit::Auto if v.abs() < 1e14 => TimeUnit::Millis,
+            TimeUnit::Auto if v.abs() < 1e17 => TimeUnit::Micros,
+            TimeUnit::Auto => TimeUnit::Nanos,
+            unit => unit,
+        };
+        match unit {
+            TimeUnit::Seconds => 1e3,
+            TimeUnit::Micros => 1e-3,
+            TimeUnit::Nanos => 1e-6,
+            _ => 1.0,
+        }
     }
 }
 
-fn parse_ndjson(body: &[u8], received: Millis) -> Result<Parsed, ParseError> {
+/// Parses a body. `received` is written into events that carry no time.
+pub fn parse(body: &[u8], format: Format, received: Millis) -> Result<Parsed, ParseError> {
+    parse_with(body, format, received, &TimeSpec::default())
+}
+
+/// Parses a body, reading the time of events without `ts` as `time` says; that time (or `received`) is written
+/// into the stored line as `ts`, first, and nothing else of the line changes.
+pub fn parse_with(
+    body: &[u8],
+    format: Format,
+    received: Millis,
+    time: &TimeSpec,
+) -> Result<Parsed, ParseError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let fields: Vec<&str> = match &time.field {
+        Some(f) => vec!["ts", f.as_str()],
+        None => std::iter::once("ts").chain(SHIPPER_TIME_FIELDS).collect(),
+    };
+    let reading = Reading {
+        fields: &fields,
+        unit: time.unit,
+        strict: time.field.is_some(),
+        received,
+    };
+    match (format, first) {
+        (Format::JsonArray, Some(b'[')) => parse_array(body, &reading),
+        _ => parse_ndjson(body, &reading),
+    }
+}
+
+/// How a body's events are read: time fields in order of preference, `ts` first.
+struct Reading<'a> {
+    fields: &'a [&'a str],
+    unit: TimeUnit,
+    /// The field was named: a value there that is no time is refused, not taken for data.
+    strict: bool,
+    received: Millis,
+}
+
+fn parse_ndjson(body: &[u8], reading: &Reading) -> Result<Parsed, ParseError> {
     let mut parsed = Parsed {
         batch: Batch::with_capacity(body.len() / 128, body.len() + body.len() / 8),
         positions: Vec::with_capacity(body.len() / 128),
@@ -152,12 +239,12 @@ fn parse_ndjson(body: &[u8], received: Millis) -> Result<Parsed, ParseError> {
             unit: Unit::Line,
             number: i + 1,
         };
-        add_event(&mut parsed, line, position, received, &mut scratch)?;
+        add_event(&mut parsed, line, position, reading, &mut scratch)?;
     }
     Ok(parsed)
 }
 
-fn parse_array(body: &[u8], received: Millis) -> Result<Parsed, ParseError> {
+fn parse_array(body: &[u8], reading: &Reading) -> Result<Parsed, ParseError> {
     let elements: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| ParseError {
         position: None,
         reason: format!("not a JSON array of objects: {e}"),
@@ -181,9 +268,9 @@ fn parse_array(body: &[u8], received: Millis) -> Result<Parsed, ParseError> {
                 .copied()
                 .filter(|&b| b != b'\n' && b != b'\r')
                 .collect();
-            add_event(&mut parsed, &folded, position, received, &mut scratch)?;
+            add_event(&mut parsed, &folded, position, reading, &mut scratch)?;
         } else {
-            add_event(&mut parsed, text, position, received, &mut scratch)?;
+            add_event(&mut parsed, text, position, reading, &mut scratch)?;
         }
     }
     Ok(parsed)
@@ -193,7 +280,7 @@ fn add_event(
     parsed: &mut Parsed,
     line: &[u8],
     position: Position,
-    received: Millis,
+    reading: &Reading,
     scratch: &mut Vec<u8>,
 ) -> Result<(), ParseError> {
     let fail = |reason: String| ParseError {
@@ -208,13 +295,18 @@ fn add_event(
             e.valid_up_to() + 1
         )));
     }
-    let probe = probe(line, "ts").map_err(fail)?;
-    match probe.time {
-        Some(ts) => parsed.batch.push(ts, line),
-        None => {
-            // Write the receive time in, first, so that an export is self-describing.
-            with_ts(line, &probe, received, scratch);
-            parsed.batch.push(received, scratch);
+    // `ts` alone first: events that carry it (the native form) pay nothing for the shippers' fields.
+    let mut probe = probe(line, "ts").map_err(fail)?;
+    if probe.time.is_none() && reading.fields.len() > 1 {
+        probe = probe_fields(line, reading.fields, reading.unit, reading.strict).map_err(fail)?;
+    }
+    match (probe.time, probe.other) {
+        (Some(ts), _) => parsed.batch.push(ts, line),
+        (None, other) => {
+            // Write the time in as `ts`, first, so that every stored line and every export says its time.
+            let t = other.map_or(reading.received, |(_, t)| t);
+            with_ts(line, &probe, t, scratch);
+            parsed.batch.push(t, scratch);
         }
     }
     parsed.positions.push(position.number as u32);
@@ -276,8 +368,10 @@ pub fn event_time(line: &[u8]) -> Option<Millis> {
 
 /// What one event's JSON says about itself.
 struct Probe {
-    /// The value of the time field.
+    /// The value of the time field (the first one looked for).
     time: Option<Millis>,
+    /// The most preferred of the other time fields that holds a time: its rank and the time.
+    other: Option<(usize, Millis)>,
     /// Whether it has a `ts` besides a time field of another name.
     has_ts: bool,
     fields: usize,
@@ -285,9 +379,15 @@ struct Probe {
 
 /// Checks that `line` is exactly one JSON object and reads its time field `key`, skipping every other value.
 fn probe(line: &[u8], key: &str) -> Result<Probe, String> {
+    probe_fields(line, &[key], TimeUnit::Millis, true)
+}
+
+/// `probe` for a time field `keys[0]` (numbers in milliseconds) and others to fall back on, in order of
+/// preference (numbers in `unit`). `strict`: a fallback field that holds no time is an error, not data.
+fn probe_fields(line: &[u8], keys: &[&str], unit: TimeUnit, strict: bool) -> Result<Probe, String> {
     let mut de = serde_json::Deserializer::from_slice(line);
-    let probe =
-        de::Deserializer::deserialize_any(&mut de, ObjectVisitor { key }).map_err(describe)?;
+    let visitor = ObjectVisitor { keys, unit, strict };
+    let probe = de::Deserializer::deserialize_any(&mut de, visitor).map_err(describe)?;
     de.end().map_err(describe)?;
     Ok(probe)
 }
@@ -314,7 +414,9 @@ fn describe(e: serde_json::Error) -> String {
 }
 
 struct ObjectVisitor<'k> {
-    key: &'k str,
+    keys: &'k [&'k str],
+    unit: TimeUnit,
+    strict: bool,
 }
 
 impl<'de> Visitor<'de> for ObjectVisitor<'_> {
@@ -325,13 +427,15 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
-        let key = self.key;
+        let keys = self.keys;
+        let key = keys[0];
         let mut probe = Probe {
             time: None,
+            other: None,
             has_ts: false,
             fields: 0,
         };
-        while let Some(kind) = map.next_key_seed(KeyKind { key })? {
+        while let Some(kind) = map.next_key_seed(KeyKind { keys })? {
             probe.fields += 1;
             match kind {
                 Key::Time => {
@@ -339,7 +443,19 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                         return Err(de::Error::custom(format!("{key:?} appears twice")));
                     }
                     let raw: &RawValue = map.next_value()?;
-                    probe.time = Some(event_time_of(key, raw.get()).map_err(de::Error::custom)?);
+                    let t = event_time_in(key, raw.get(), TimeUnit::Millis);
+                    probe.time = Some(t.map_err(de::Error::custom)?);
+                }
+                Key::Fallback(rank) => {
+                    let raw: &RawValue = map.next_value()?;
+                    let better = probe.other.is_none_or(|(r, _)| rank < r);
+                    match event_time_in(keys[rank], raw.get(), self.unit) {
+                        Ok(t) if better => probe.other = Some((rank, t)),
+                        Ok(_) => {}
+                        Err(e) if self.strict => return Err(de::Error::custom(e)),
+                        // Not a time: data that happens to have a time field's name. Checked as data is.
+                        Err(_) => raw_checked(raw).map_err(de::Error::custom)?,
+                    }
                 }
                 Key::Ts => {
                     probe.has_ts = true;
@@ -357,6 +473,8 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
 enum Key {
     /// The time field.
     Time,
+    /// Another time field, by its rank in the keys looked for.
+    Fallback(usize),
     /// `ts`, when the time field has another name.
     Ts,
     Other,
@@ -364,7 +482,7 @@ enum Key {
 
 /// Reads an object key and tells what it is, without allocating it.
 struct KeyKind<'k> {
-    key: &'k str,
+    keys: &'k [&'k str],
 }
 
 impl<'de> DeserializeSeed<'de> for KeyKind<'_> {
@@ -383,8 +501,10 @@ impl Visitor<'_> for KeyKind<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
-        Ok(if key == self.key {
+        Ok(if key == self.keys[0] {
             Key::Time
+        } else if let Some(rank) = self.keys.iter().position(|k| *k == key) {
+            Key::Fallback(rank)
         } else if key == "ts" {
             Key::Ts
         } else {
@@ -393,16 +513,23 @@ impl Visitor<'_> for KeyKind<'_> {
     }
 }
 
-/// Reads a time field as sent (`raw`, its JSON text): an RFC 3339 string or a number of Unix milliseconds,
+/// Reads a time field as sent (`raw`, its JSON text): an RFC 3339 string or a number of Unix time in `unit`,
 /// within the range of times stored. Errors quote the value as it was sent.
-fn event_time_of(key: &str, raw: &str) -> Result<Millis, String> {
+fn event_time_in(key: &str, raw: &str, unit: TimeUnit) -> Result<Millis, String> {
     let outside = || {
         format!(
             "{key:?} {raw} is outside 1970-01-01T00:00:00Z..{}",
             time::format_rfc3339(time::MAX_TIME)
         )
     };
-    let expected = || format!("{key:?} is not an RFC 3339 string or a number of Unix milliseconds");
+    let numbers = match unit {
+        TimeUnit::Auto => "Unix seconds, milliseconds, microseconds or nanoseconds",
+        TimeUnit::Seconds => "Unix seconds",
+        TimeUnit::Millis => "Unix milliseconds",
+        TimeUnit::Micros => "Unix microseconds",
+        TimeUnit::Nanos => "Unix nanoseconds",
+    };
+    let expected = || format!("{key:?} is not an RFC 3339 string or a number of {numbers}");
     let t = match raw.as_bytes().first() {
         Some(b'"') => {
             // Borrowed when it has no escapes, which is every time field ever seen; checked either way.
@@ -421,9 +548,11 @@ fn event_time_of(key: &str, raw: &str) -> Result<Millis, String> {
             };
         }
         Some(b'-' | b'0'..=b'9') => match raw.parse::<i64>() {
-            Ok(t) => t,
-            Err(_) => {
+            Ok(t) if unit == TimeUnit::Millis => t,
+            _ => {
                 let v: f64 = raw.parse().map_err(|_| expected())?;
+                // To the microsecond first: 1411952350.2 seconds is not 1411952350199.99 ms.
+                let v = (v * unit.scale(v) * 1e3).round() / 1e3;
                 if !(v.is_finite() && v >= time::MIN_TIME as f64 && v <= time::MAX_TIME as f64) {
                     return Err(outside());
                 }
@@ -437,6 +566,12 @@ fn event_time_of(key: &str, raw: &str) -> Result<Millis, String> {
     } else {
         Err(outside())
     }
+}
+
+/// `Checked` for a value already taken apart as raw JSON text.
+fn raw_checked(raw: &RawValue) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    Checked.deserialize(&mut de).map_err(describe)
 }
 
 /// Checks a value the probe does not otherwise read, by serde_json's own rules for what it parses: numbers
@@ -489,7 +624,7 @@ impl<'de> Visitor<'de> for Checked {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key_seed(KeyKind { key: "" })?.is_some() {
+        while map.next_key_seed(KeyKind { keys: &[""] })?.is_some() {
             map.next_value_seed(Checked)?;
         }
         Ok(())
@@ -524,6 +659,97 @@ mod tests {
             ]
         );
         assert_eq!(p.position(1).to_string(), "line 3");
+    }
+
+    #[test]
+    fn shippers_time_fields_are_read_when_there_is_no_ts() {
+        let t = 1_411_952_350_123; // 2014-09-29T00:59:10.123Z
+        let spec = TimeSpec::default();
+        let cases: [(&str, Millis); 9] = [
+            // Vector's http sink, Beats and Logstash, Fluent Bit's float seconds.
+            (r#"{"timestamp":"2014-09-29T00:59:10.123Z","m":1}"#, t),
+            (r#"{"@timestamp":"2014-09-29T00:59:10.123Z"}"#, t),
+            (r#"{"date":1411952350.123}"#, t),
+            (r#"{"date":1411952350.2}"#, t - 123 + 200),
+            (r#"{"date":1411952350.7}"#, t - 123 + 700),
+            // Numbers by their size: seconds, milliseconds, microseconds, nanoseconds.
+            (r#"{"timestamp":1411952350}"#, t - 123),
+            (r#"{"timestamp":1411952350123}"#, t),
+            (r#"{"date":1411952350123456}"#, t),
+            (r#"{"@timestamp":1411952350123456789}"#, t),
+        ];
+        for (line, want) in cases {
+            let p = parse_with(line.as_bytes(), Format::Ndjson, NOW, &spec).unwrap();
+            let (got, stored) = &lines(&p)[0];
+            assert_eq!(*got, want, "{line}");
+            // The line as sent, with the time written in first as `ts`.
+            let expected = format!("{{\"ts\":\"{}\",{}", time::format_rfc3339(want), &line[1..]);
+            assert_eq!(stored, &expected, "{line}");
+        }
+        // `ts` wins and nothing is written; earlier fields in the list win over later ones, wherever they are.
+        let p = parse_with(
+            br#"{"timestamp":"2020-01-01T00:00:00Z","ts":5}"#,
+            Format::Ndjson,
+            NOW,
+            &spec,
+        );
+        assert_eq!(lines(&p.unwrap())[0].0, 5);
+        let p = parse_with(
+            br#"{"date":1,"timestamp":"2014-09-29T00:59:10.123Z"}"#,
+            Format::Ndjson,
+            NOW,
+            &spec,
+        );
+        assert_eq!(lines(&p.unwrap())[0].0, t);
+        // A field of those names that holds no time is data: the receive time is written in.
+        let p = parse_with(
+            br#"{"timestamp":"lunch","date":{"d":1},"time":7}"#,
+            Format::Ndjson,
+            NOW,
+            &spec,
+        )
+        .unwrap();
+        assert_eq!(lines(&p)[0].0, NOW);
+        assert!(
+            lines(&p)[0]
+                .1
+                .ends_with(r#""timestamp":"lunch","date":{"d":1},"time":7}"#)
+        );
+    }
+
+    #[test]
+    fn a_named_time_field_and_unit_are_read_strictly() {
+        let spec = TimeSpec {
+            field: Some("at".into()),
+            unit: TimeUnit::Seconds,
+        };
+        let p = parse_with(
+            b"{\"at\":1411952350}\n{\"at\":\"2014-09-29T00:59:10Z\"}\n{}\n",
+            Format::Ndjson,
+            NOW,
+            &spec,
+        )
+        .unwrap();
+        let got: Vec<Millis> = lines(&p).iter().map(|(t, _)| *t).collect();
+        assert_eq!(got, [1_411_952_350_000, 1_411_952_350_000, NOW]);
+        // The shippers' fields are not looked at then.
+        let p = parse_with(
+            br#"{"timestamp":"2020-01-01T00:00:00Z"}"#,
+            Format::Ndjson,
+            NOW,
+            &spec,
+        )
+        .unwrap();
+        assert_eq!(lines(&p)[0].0, NOW);
+        let e = parse_with(b"{}\n{\"at\":\"noon\"}\n", Format::Ndjson, NOW, &spec).unwrap_err();
+        assert_eq!(e.to_string(), "line 2: \"at\" \"noon\" is not RFC 3339");
+        let e = parse_with(br#"{"at":true}"#, Format::Ndjson, NOW, &spec).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 1: \"at\" is not an RFC 3339 string or a number of Unix seconds"
+        );
+        let e = parse_with(br#"{"at":1e300}"#, Format::Ndjson, NOW, &spec).unwrap_err();
+        assert!(e.to_string().contains("is outside"), "{e}");
     }
 
     #[test]

@@ -476,3 +476,112 @@ fn a_refused_or_empty_first_batch_creates_no_series() {
     let server = Server::start_fast(dir.path(), &[]);
     assert_eq!(server.get("/api/series/n0").json()["events"], 1);
 }
+
+#[test]
+fn shippers_event_times_are_read_where_they_put_them() {
+    let tmp = TempDir::new("shippers");
+    let server = Server::start(tmp.path(), FAST);
+    let t = now_ms() / 1000 * 1000 + 200;
+    let iso = |t: i64| {
+        chrono::DateTime::from_timestamp_millis(t)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    // Vector's http sink (a JSON array, `timestamp`), Fluent Bit's json (float seconds in `date`), Beats
+    // (`@timestamp`), each in its own chunk a second apart, sent newest first.
+    let vector = format!(r#"[{{"message":"v","timestamp":"{}"}}]"#, iso(t + 2_000));
+    let fluent = format!(r#"[{{"date":{}.{},"log":"f"}}]"#, (t + 1_000) / 1000, 200);
+    let beats = format!("{{\"@timestamp\":\"{}\",\"message\":\"b\"}}\n", iso(t));
+    for (body, kind) in [
+        (vector.as_str(), "application/json"),
+        (fluent.as_str(), "application/json"),
+        (beats.as_str(), "application/x-ndjson"),
+    ] {
+        let r = request(
+            server.addr,
+            "POST",
+            "/api/series/sh/events",
+            &[("Content-Type", kind)],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 202, "{body}: {}", r.text());
+    }
+    // A field and unit named by the request; a bad unit is refused and stores nothing.
+    let named = format!("{{\"at\":{},\"message\":\"n\"}}\n", (t + 3_000) * 1000);
+    let path = "/api/series/sh/events?time_field=at&time_unit=us";
+    let r = request(
+        server.addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/x-ndjson")],
+        named.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let bad = request(
+        server.addr,
+        "POST",
+        "/api/series/sh/events?time_unit=days",
+        &[("Content-Type", "application/x-ndjson")],
+        named.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "bad_request")
+    );
+    assert!(
+        bad.text().contains("time_unit \\\"days\\\""),
+        "{}",
+        bad.text()
+    );
+
+    let (from, to) = (t / 1000 - 5, t / 1000 + 10);
+    let export = server.get(&format!("/api/series/sh/export?from={from}&to={to}"));
+    assert_eq!(export.status, 200, "{}", export.text());
+    let lines: Vec<Value> = export
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(String, String)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["ts"].as_str().unwrap().to_string(),
+                v["message"]
+                    .as_str()
+                    .or(v["log"].as_str())
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        (t, "b"),
+        (t + 1_000, "f"),
+        (t + 2_000, "v"),
+        (t + 3_000, "n"),
+    ]
+    .iter()
+    .map(|(t, m)| (iso(*t), m.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    // The lines are as sent, with the time written in first.
+    assert_eq!(
+        export.text().lines().next().unwrap(),
+        format!("{{\"ts\":\"{}\",{}", iso(t), &beats.trim_end()[1..])
+    );
+    // Each is in the chunk of its time.
+    let page = server.get(&format!(
+        "/api/series/sh/data/before/{}",
+        chrono::DateTime::from_timestamp_millis(t / 1000 * 1000 + 1000)
+            .unwrap()
+            .format("%Y_%m_%d_%H_%M_%S")
+    ));
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(page.json()["count"], 1, "{}", page.text());
+    assert_eq!(page.json()["events"][0]["message"], "b");
+}

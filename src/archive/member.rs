@@ -4,16 +4,19 @@
 //! Layout of a member we write (all integers little-endian):
 //!
 //! ```text
-//! 1f 8b 08 FLG=FEXTRA|FHCRC  MTIME(seal time, s)  XFL  OS=255  XLEN=66
-//!   'H' 'g' LEN=62  version(u8) flags(u8) width_s(u32) part(u32) entries(u32)
+//! 1f 8b 08 FLG=FEXTRA  MTIME(seal time, s)  XFL  OS=255  XLEN=68
+//!   'H' 'g' LEN=64  version(u8) flags(u8) width_s(u32) part(u32) entries(u32)
 //!                   chunk_start(i64) sealed_at(i64) first_ts(i64) last_ts(i64) raw_len(u64) member_len(u64)
-//! CRC16 of the header
+//!                   check(u16): the low 16 bits of the CRC-32 of the 78 header bytes before it
 //! raw deflate data
 //! CRC32  ISIZE
 //! ```
 //!
-//! The header is 80 bytes. FHCRC guards the metadata: a flipped bit in a length is caught before it is believed.
-//! Standard tools (`zcat`, `gzip -t`) skip the subfield and print the lines.
+//! The header is 80 bytes. The check guards the metadata: a flipped bit in a length is caught before it is
+//! believed. It sits inside the subfield rather than in the FHCRC field, which some readers refuse (DuckDB's
+//! `read_json`); members written before (FLG=FEXTRA|FHCRC, XLEN=66, LEN=62, the same check as the FHCRC field,
+//! at the same place) are read as well. Standard tools (`zcat`, `gzip -t`, Python's `gzip`, DuckDB) skip the
+//! subfield and read the lines.
 
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -26,7 +29,12 @@ use crate::time::{ChunkStart, Millis};
 pub const HEADER_LEN: usize = 80;
 const SUBFIELD_ID: [u8; 2] = *b"Hg";
 const PAYLOAD_LEN: usize = 62;
-const XLEN: usize = 4 + PAYLOAD_LEN;
+/// The subfield: the payload and the check.
+const SUBFIELD_LEN: usize = PAYLOAD_LEN + 2;
+const XLEN: usize = 4 + SUBFIELD_LEN;
+const FEXTRA: u8 = 0x04;
+/// Members written before the check moved into the subfield.
+const FHCRC: u8 = 0x02;
 pub const FORMAT_VERSION: u8 = 1;
 const FLAG_LAST_PART: u8 = 1;
 const TRAILER_LEN: usize = 8;
@@ -179,16 +187,14 @@ pub fn encode(mut meta: MemberMeta, raw: &[u8], level: u32) -> Member {
 }
 
 fn write_header(h: &mut [u8], meta: &MemberMeta) {
-    const FHCRC: u8 = 0x02;
-    const FEXTRA: u8 = 0x04;
-    h[0..4].copy_from_slice(&[0x1f, 0x8b, 0x08, FEXTRA | FHCRC]);
+    h[0..4].copy_from_slice(&[0x1f, 0x8b, 0x08, FEXTRA]);
     let mtime = u32::try_from(meta.sealed_at.div_euclid(1000)).unwrap_or(0);
     h[4..8].copy_from_slice(&mtime.to_le_bytes());
     h[8] = 0; // XFL
     h[9] = 255; // OS: unknown
     h[10..12].copy_from_slice(&(XLEN as u16).to_le_bytes());
     h[12..14].copy_from_slice(&SUBFIELD_ID);
-    h[14..16].copy_from_slice(&(PAYLOAD_LEN as u16).to_le_bytes());
+    h[14..16].copy_from_slice(&(SUBFIELD_LEN as u16).to_le_bytes());
     h[16..16 + PAYLOAD_LEN].copy_from_slice(&meta.payload());
     let crc16 = crc32fast::hash(&h[..HEADER_LEN - 2]) as u16;
     h[HEADER_LEN - 2..].copy_from_slice(&crc16.to_le_bytes());
@@ -202,10 +208,14 @@ pub fn parse_header(h: &[u8]) -> Result<MemberMeta, MemberError> {
     if h[0..3] != [0x1f, 0x8b, 0x08] {
         return Err(MemberError::Foreign("bad magic"));
     }
-    if h[3] != 0x06 || usize::from(u16::from_le_bytes([h[10], h[11]])) != XLEN {
-        return Err(MemberError::Foreign("unexpected header fields"));
-    }
-    if h[12..14] != SUBFIELD_ID || usize::from(u16::from_le_bytes([h[14], h[15]])) != PAYLOAD_LEN {
+    let u16_at = |i: usize| usize::from(u16::from_le_bytes([h[i], h[i + 1]]));
+    // This layout, or the one before it (the check in the FHCRC field, two bytes fewer of subfield).
+    let subfield = match (h[3], u16_at(10)) {
+        (FEXTRA, XLEN) => SUBFIELD_LEN,
+        (f, x) if f == FEXTRA | FHCRC && x == XLEN - 2 => PAYLOAD_LEN,
+        _ => return Err(MemberError::Foreign("unexpected header fields")),
+    };
+    if h[12..14] != SUBFIELD_ID || u16_at(14) != subfield {
         return Err(MemberError::Foreign("no hourglass subfield"));
     }
     let crc16 = crc32fast::hash(&h[..HEADER_LEN - 2]) as u16;
@@ -316,6 +326,38 @@ mod tests {
             last_ts: 1_411_952_349_999,
             raw_len: 0,
             member_len: 0,
+        }
+    }
+
+    #[test]
+    fn members_written_with_the_check_in_fhcrc_are_read_as_before() {
+        let raw = b"{\"ts\":1,\"a\":1}\n";
+        let (_, new) = encode(meta(), raw, 6);
+        assert_eq!(new[3], FEXTRA, "no FHCRC in what is written now");
+        // The layout written before: FHCRC set, the subfield two bytes shorter, the check in the FHCRC field
+        // (the same bytes at the same place).
+        let mut old = new.clone();
+        old[3] = FEXTRA | FHCRC;
+        old[10..12].copy_from_slice(&((XLEN - 2) as u16).to_le_bytes());
+        old[14..16].copy_from_slice(&(PAYLOAD_LEN as u16).to_le_bytes());
+        let check = crc32fast::hash(&old[..HEADER_LEN - 2]) as u16;
+        old[HEADER_LEN - 2..HEADER_LEN].copy_from_slice(&check.to_le_bytes());
+        let mut text = Vec::new();
+        flate2::read::MultiGzDecoder::new(&old[..])
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(
+            text, raw,
+            "the old layout is valid gzip (its FHCRC checks out)"
+        );
+        let (m_old, lines) = decode(&old).unwrap();
+        assert_eq!(lines, raw);
+        assert_eq!(m_old, decode(&new).unwrap().0);
+        // Either way a flipped bit of the metadata is caught.
+        for bytes in [&old, &new] {
+            let mut bad = bytes.clone();
+            bad[40] ^= 1;
+            assert!(parse_header(&bad).is_err());
         }
     }
 

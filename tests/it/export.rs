@@ -248,3 +248,61 @@ fn events_not_sealed_yet_export_from_the_log() {
     assert_eq!(r.text(), body);
     assert_eq!(r.header("cache-control"), Some("no-cache"));
 }
+
+/// Counts the events of each file with Python's `gzip` and with DuckDB's `read_json`, one line per file:
+/// `gzip_count duckdb_count`.
+const READERS: &str = r#"
+import gzip, sys
+import duckdb
+for path in sys.argv[1:]:
+    with gzip.open(path, "rt") as f:
+        by_gzip = sum(1 for _ in f)
+    by_duckdb = duckdb.sql(f"select count(*) from read_json('{path}', format='newline_delimited')").fetchall()[0][0]
+    print(by_gzip, by_duckdb)
+"#;
+
+#[test]
+fn hour_archives_are_read_as_they_are_by_python_gzip_and_duckdb() {
+    let has_duckdb = std::process::Command::new("python3")
+        .args(["-c", "import duckdb"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_duckdb {
+        crate::support::missing(
+            "hour_archives_are_read_as_they_are_by_python_gzip_and_duckdb",
+            "DuckDB for Python is not installed (pip install duckdb)",
+        );
+        return;
+    }
+    let tmp = TempDir::new("readers");
+    let server = Server::start_fast(tmp.path(), &["--max-page-entries", "7"]);
+    let t = now_ms();
+    // Chunks of one member and of several (parts of at most 7 events).
+    let body: String = (0..40)
+        .map(|i| format!("{{\"ts\":{},\"i\":{i}}}\n", t - 400 + (i / 20) * 1000 + i))
+        .collect();
+    let r = server.post_ndjson("/api/series/rd/events", &body);
+    assert_eq!(r.status, 202, "{}", r.text());
+    server.wait_sealed("rd", t + 1_000);
+    let files = crate::support::archive_files(&tmp.path().join("rd"));
+    assert!(!files.is_empty());
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(READERS)
+        .args(&files)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut total = 0;
+    for line in text.lines() {
+        let (a, b) = line.split_once(' ').unwrap();
+        assert_eq!(a, b, "Python's gzip and DuckDB disagree");
+        total += a.parse::<usize>().unwrap();
+    }
+    assert_eq!(total, 40);
+}

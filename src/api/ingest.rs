@@ -78,7 +78,7 @@ async fn ingest(
     state.tokens.check_write(&headers)?;
     let spec = time_spec(uri)?;
     let format = body_format(&headers)?;
-    let gzip = gzip_encoded(&headers)?;
+    let encoding = body_encoding(&headers)?;
     let key = idempotency_key(&headers)?;
     let limit = state.max_body_bytes;
     // Room for the body before its first byte is read (all of `limit` when its length is not declared), and
@@ -91,8 +91,8 @@ async fn ingest(
     let (key, parsed, _inflated_room) = tokio::task::spawn_blocking(move || {
         let inflated;
         let mut room = None;
-        let raw = if gzip {
-            inflated = inflate(&bytes, limit)?;
+        let raw = if encoding != BodyEncoding::Identity {
+            inflated = inflate(&bytes, limit, encoding)?;
             room = Some(intake.reserve(inflated.len() as u64)?);
             &inflated[..]
         } else {
@@ -228,9 +228,17 @@ fn body_format(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
-fn gzip_encoded(headers: &HeaderMap) -> Result<bool, ApiError> {
+/// How a request body is compressed (`Content-Encoding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyEncoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+fn body_encoding(headers: &HeaderMap) -> Result<BodyEncoding, ApiError> {
     let Some(value) = headers.get(header::CONTENT_ENCODING) else {
-        return Ok(false);
+        return Ok(BodyEncoding::Identity);
     };
     match value
         .to_str()
@@ -239,12 +247,13 @@ fn gzip_encoded(headers: &HeaderMap) -> Result<bool, ApiError> {
         .to_ascii_lowercase()
         .as_str()
     {
-        "gzip" | "x-gzip" => Ok(true),
-        "identity" | "" => Ok(false),
+        "gzip" | "x-gzip" => Ok(BodyEncoding::Gzip),
+        "zstd" => Ok(BodyEncoding::Zstd),
+        "identity" | "" => Ok(BodyEncoding::Identity),
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("content encoding {other:?} is not accepted: send gzip or none"),
+            format!("content encoding {other:?} is not accepted: send gzip, zstd or none"),
         )),
     }
 }
@@ -313,12 +322,34 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Inflates a gzip body (one member or several), refusing it once the output passes `limit` bytes, so a small
 /// body that inflates to gigabytes costs no more than `limit`.
-fn inflate(bytes: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+/// The most memory a zstd frame may ask for its window (`2^24`, 16 MiB): every level up to 19 stays below it;
+/// a frame that wants more is refused rather than given it.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
+fn inflate(bytes: &[u8], limit: usize, encoding: BodyEncoding) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit));
-    flate2::read::MultiGzDecoder::new(bytes)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| ApiError::bad_request(format!("body is not valid gzip: {e}")))?;
+    let bad = |what: &str, e: std::io::Error| {
+        ApiError::bad_request(format!("body is not valid {what}: {e}"))
+    };
+    match encoding {
+        BodyEncoding::Zstd => {
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(bytes).map_err(|e| bad("zstd", e))?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| bad("zstd", e))?;
+            decoder
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| bad("zstd", e))?;
+        }
+        _ => {
+            flate2::read::MultiGzDecoder::new(bytes)
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| bad("gzip", e))?;
+        }
+    }
     if out.len() > limit {
         return Err(too_large(limit, "inflated request body"));
     }

@@ -585,3 +585,68 @@ fn shippers_event_times_are_read_where_they_put_them() {
     assert_eq!(page.json()["count"], 1, "{}", page.text());
     assert_eq!(page.json()["events"][0]["message"], "b");
 }
+
+#[test]
+fn zstd_bodies_are_taken_and_bad_ones_refused_storing_nothing() {
+    let dir = TempDir::new("zstd");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--chunk-seconds",
+            "1",
+            "--lateness",
+            "1",
+            "--max-body-bytes",
+            "100000",
+        ],
+    );
+    let post = |body: &[u8]| {
+        let headers = [
+            ("Content-Type", "application/x-ndjson"),
+            ("Content-Encoding", "zstd"),
+        ];
+        request(server.addr, "POST", "/api/series/z/events", &headers, body).unwrap()
+    };
+    let t = now_ms();
+    let lines = format!("{{\"ts\":{t},\"z\":1}}\n{{\"ts\":{t},\"z\":2}}\n");
+    let r = post(&zstd::encode_all(lines.as_bytes(), 3).unwrap());
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["accepted"], 2);
+
+    // Not zstd; more than --max-body-bytes once inflated; a frame asking for a 128 MiB window.
+    let r = post(b"certainly not zstd");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("not valid zstd"), "{}", r.text());
+    let big: String = (0..20_000)
+        .map(|i| format!("{{\"ts\":{t},\"i\":{i}}}\n"))
+        .collect();
+    let r = post(&zstd::encode_all(big.as_bytes(), 3).unwrap());
+    assert_eq!(r.status, 413, "{}", r.text());
+    let mut wide = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    wide.set_parameter(zstd::zstd_safe::CParameter::WindowLog(27))
+        .unwrap();
+    wide.set_pledged_src_size(None).unwrap();
+    wide.write_all(lines.as_bytes()).unwrap();
+    let r = post(&wide.finish().unwrap());
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = request(
+        server.addr,
+        "POST",
+        "/api/series/z/events",
+        &[("Content-Encoding", "br")],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (415, "unsupported_media_type")
+    );
+    assert!(r.text().contains("gzip, zstd or none"), "{}", r.text());
+
+    server.wait_sealed("z", t);
+    assert_eq!(
+        zcat_series(&dir.path().join("z")).len(),
+        2,
+        "only the good batch is stored"
+    );
+}

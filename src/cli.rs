@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
-use crate::bulk::export::{self, Export, Format, Sink};
+use crate::bulk::export::{self, Encoding, Export, Format, Sink};
 use crate::bulk::import::{self, Report};
 use crate::config::{ExportArgs, ImportArgs, StoreArgs};
 use crate::server;
@@ -82,7 +82,11 @@ async fn export_to_output(args: ExportArgs) -> CliResult<()> {
                 to,
                 format,
                 fields,
-                gzip: args.gzip,
+                encoding: if args.gzip {
+                    Encoding::Gzip
+                } else {
+                    Encoding::Identity
+                },
                 level: store_args.gzip_level,
             };
             export_from_folder(&store_args, job, &mut out).await?;

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::conditional::Validators;
 use super::error::ApiError;
 use super::{AppState, SeriesPath, pages};
-use crate::bulk::export::{self, Export, ExportError, Format, Sink};
+use crate::bulk::export::{self, Encoding, Export, ExportError, Format, Sink};
 use crate::store::{SeriesName, StoreError};
 use crate::time::{self, Millis};
 
@@ -105,14 +105,14 @@ fn not_modified(h: HeaderMap) -> Response {
 }
 
 /// A request for a range of a series: read-token checked, `from`/`to` parsed, the rest of its query kept,
-/// its validators and whether it takes gzip.
+/// its validators and the encoding it prefers.
 pub struct Ranged {
     name: SeriesName,
     from: Millis,
     to: Millis,
     q: HashMap<String, String>,
     validators: Validators,
-    gzip: bool,
+    encoding: Encoding,
 }
 
 impl FromRequestParts<AppState> for Ranged {
@@ -132,10 +132,10 @@ impl FromRequestParts<AppState> for Ranged {
             to,
             q,
             validators: Validators::from_headers(headers),
-            gzip: headers
+            encoding: headers
                 .get(header::ACCEPT_ENCODING)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(pages::accepts_gzip),
+                .map_or(Encoding::Identity, pages::preferred_encoding),
         })
     }
 }
@@ -147,22 +147,21 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         to,
         q,
         validators,
-        gzip,
+        encoding,
     } = r;
     let format = Format::parse(q.get("format").map_or("ndjson", String::as_str))
         .map_err(ApiError::bad_request)?;
     let fields = export::csv_fields(format, q.get("fields").map(String::as_str))
         .map_err(ApiError::bad_request)?;
     state.store.check_kept(&name, from)?;
-    let mut h = match caching(
-        &state,
-        &name,
-        to,
-        (from, to, format, &fields, gzip),
-        &validators,
-    )
-    .await?
-    {
+    // The identity the ETag names: gzip and none as ever, zstd apart.
+    let gzip = encoding == Encoding::Gzip;
+    let identity = (from, to, format, &fields, gzip);
+    let cached = match encoding {
+        Encoding::Zstd => caching(&state, &name, to, (identity, "zstd"), &validators).await?,
+        _ => caching(&state, &name, to, identity, &validators).await?,
+    };
+    let mut h = match cached {
         Caching::NotModified(h) => return Ok(not_modified(h)),
         Caching::Send(h) => h,
     };
@@ -170,8 +169,14 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
     );
-    if gzip {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    match encoding {
+        Encoding::Gzip => {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        Encoding::Zstd => {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        }
+        Encoding::Identity => {}
     }
 
     let (tx, mut rx) = mpsc::channel(4);
@@ -181,7 +186,7 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         to,
         format,
         fields,
-        gzip,
+        encoding,
         level: state.gzip_level,
     };
     let store = state.store.clone();

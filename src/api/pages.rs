@@ -97,6 +97,20 @@ impl Repr {
 
 /// Whether an `Accept-Encoding` value accepts gzip (RFC 9110 §12.5.3): by the quality it gives `gzip` when it
 /// names it, even `q=0`, otherwise by the quality of `*`.
+/// What an export is sent in: zstd when the client prefers it to gzip (a higher `q`; browsers that list both
+/// get gzip, which pages and exports send from stored members as they are), else gzip when taken, else none.
+pub fn preferred_encoding(accept_encoding: &str) -> crate::bulk::export::Encoding {
+    use crate::bulk::export::Encoding;
+    let gzip = quality(accept_encoding, &["gzip", "x-gzip"])
+        .or_else(|| quality(accept_encoding, &["*"]))
+        .unwrap_or(0.0);
+    match quality(accept_encoding, &["zstd"]) {
+        Some(z) if z > 0.0 && z > gzip => Encoding::Zstd,
+        _ if gzip > 0.0 => Encoding::Gzip,
+        _ => Encoding::Identity,
+    }
+}
+
 pub fn accepts_gzip(accept_encoding: &str) -> bool {
     quality(accept_encoding, &["gzip", "x-gzip"])
         .or_else(|| quality(accept_encoding, &["*"]))

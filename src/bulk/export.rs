@@ -7,7 +7,7 @@
 //! a sync flush and continue one deflate stream, and for NDJSON a stored member wholly inside the range
 //! contributes its deflate data as it is (no inflate, no deflate; see `member::joinable`).
 
-use std::io;
+use std::io::{self, Write};
 
 use axum::body::Bytes;
 use serde_json::value::RawValue;
@@ -123,19 +123,36 @@ pub struct Export {
     pub format: Format,
     /// CSV columns.
     pub fields: Vec<String>,
-    pub gzip: bool,
+    pub encoding: Encoding,
+    /// gzip level of what is compressed here (not stored members sent as they are).
     pub level: u32,
+}
+
+/// How an export's output is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Identity,
+    /// One gzip member: stored members' deflate data joined as it is, the rest deflated here.
+    Gzip,
+    /// One zstd frame, each piece compressed and flushed as it comes (level 3).
+    Zstd,
 }
 
 impl Export {
     pub fn run(&self, store: &Store, sink: &mut impl Sink) -> Result<(), ExportError> {
         let mut out = Out {
             sink,
-            gzip: self.gzip.then(|| Gzip {
+            gzip: (self.encoding == Encoding::Gzip).then(|| Gzip {
                 crc: crc32fast::Hasher::new(),
                 len: 0,
                 level: self.level,
             }),
+            zstd: match self.encoding {
+                Encoding::Zstd => Some(
+                    zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(ExportError::Write)?,
+                ),
+                _ => None,
+            },
         };
         store.check_kept(&self.name, self.from)?;
         out.start()?;
@@ -148,7 +165,7 @@ impl Export {
             Format::Csv => out.text(csv_header(&self.fields))?,
             Format::Ndjson => {}
         }
-        let pass_through = self.gzip && self.format == Format::Ndjson;
+        let pass_through = self.encoding == Encoding::Gzip && self.format == Format::Ndjson;
         let mut cursor = width.align_down(self.from);
         while cursor < self.to {
             let at = store.locate(&self.name, PageRef::After { start: cursor })?;
@@ -221,6 +238,7 @@ impl Export {
 struct Out<'a, S> {
     sink: &'a mut S,
     gzip: Option<Gzip>,
+    zstd: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
 }
 
 /// The state of the one gzip member an export writes: the CRC-32 and length of everything so far.
@@ -242,13 +260,20 @@ impl<S: Sink> Out<'_, S> {
     }
 
     fn text(&mut self, text: Vec<u8>) -> Result<(), ExportError> {
-        let bytes = match &mut self.gzip {
-            Some(gz) => {
+        let bytes = match (&mut self.gzip, &mut self.zstd) {
+            (Some(gz), _) => {
                 gz.crc.update(&text);
                 gz.len += text.len() as u64;
                 member::deflate_flushed(&text, gz.level)
             }
-            None => text,
+            (None, Some(z)) => {
+                // Flushed, so that what is exported so far reaches the client now.
+                z.write_all(&text)
+                    .and_then(|()| z.flush())
+                    .map_err(ExportError::Write)?;
+                std::mem::take(z.get_mut())
+            }
+            (None, None) => text,
         };
         self.write(Bytes::from(bytes))
     }
@@ -264,6 +289,10 @@ impl<S: Sink> Out<'_, S> {
     }
 
     fn finish(&mut self) -> Result<(), ExportError> {
+        if let Some(z) = self.zstd.take() {
+            let end = z.finish().map_err(ExportError::Write)?;
+            return self.write(Bytes::from(end));
+        }
         let Some(gz) = self.gzip.take() else {
             return Ok(());
         };

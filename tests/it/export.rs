@@ -306,3 +306,56 @@ fn hour_archives_are_read_as_they_are_by_python_gzip_and_duckdb() {
     }
     assert_eq!(total, 40);
 }
+
+#[test]
+fn exports_come_in_zstd_when_the_client_prefers_it() {
+    let dir = TempDir::new("export-zstd");
+    seed(dir.path(), "x", SPARSE, 5);
+    let server = Server::start(dir.path(), &["--max-page-entries", "5"]);
+    let url = "/api/series/x/export?from=1388534400&to=1412035200";
+    let get = |accept: &str| {
+        request(server.addr, "GET", url, &[("Accept-Encoding", accept)], b"").unwrap()
+    };
+    let plain = get("identity");
+    assert_eq!(plain.status, 200);
+    assert!(plain.header("cache-control").unwrap().contains("immutable"));
+    for format in ["", "&format=csv&fields=ts,n", "&format=json"] {
+        let u = format!("{url}{format}");
+        let plain = request(server.addr, "GET", &u, &[], b"").unwrap();
+        let z = request(
+            server.addr,
+            "GET",
+            &u,
+            &[("Accept-Encoding", "gzip;q=0.5, zstd")],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(
+            (z.status, z.header("content-encoding")),
+            (200, Some("zstd")),
+            "{u}"
+        );
+        assert_eq!(zstd::decode_all(&z.body[..]).unwrap(), plain.body, "{u}");
+    }
+    let zstd_answer = get("zstd");
+    let gzip_answer = get("gzip, zstd");
+    assert_eq!(zstd_answer.header("content-encoding"), Some("zstd"));
+    // Equal preference: gzip, which sends stored members as they are.
+    assert_eq!(gzip_answer.header("content-encoding"), Some("gzip"));
+    // Three representations, three ETags; each revalidates to 304.
+    let etags = [&plain, &zstd_answer, &gzip_answer].map(|r| r.header("etag").unwrap().to_string());
+    assert!(
+        etags[0] != etags[1] && etags[1] != etags[2] && etags[0] != etags[2],
+        "{etags:?}"
+    );
+    let again = request(
+        server.addr,
+        "GET",
+        url,
+        &[("Accept-Encoding", "zstd"), ("If-None-Match", &etags[1])],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(again.status, 304);
+    assert_eq!(get("zstd;q=0").header("content-encoding"), None);
+}

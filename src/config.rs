@@ -128,7 +128,7 @@ pub struct ServeArgs {
     /// With --replica: the writer (`http://host:port`) that answers what the object store does not hold yet:
     /// writes, the head, `after` pages, series info, and pages and ranges that are not final on the store.
     /// Without one, those are answered from the store, never as final, and writes are refused.
-    #[arg(long, env = "HOURGLASS_UPSTREAM", requires = "replica")]
+    #[arg(long, env = "HOURGLASS_UPSTREAM", requires = "replica", value_parser = parse_upstream)]
     pub upstream: Option<axum::http::Uri>,
     /// With --replica: milliseconds between looks at the object store's series and their settings.
     #[arg(long, env = "HOURGLASS_REFRESH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
@@ -218,6 +218,15 @@ fn parse_width(s: &str) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     ChunkWidth::from_secs(secs).map(ChunkWidth::secs)
+}
+
+/// `http://host:port`: checked before anything starts.
+fn parse_upstream(s: &str) -> Result<axum::http::Uri, String> {
+    let uri: axum::http::Uri = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(uri),
+        _ => Err(format!("{s:?}: expected http://host:port")),
+    }
 }
 
 impl ServeArgs {

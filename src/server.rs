@@ -34,13 +34,12 @@ pub async fn run(
         // Release held requests first: graceful shutdown waits for every request in flight.
         let _ = stop.send(true);
     };
-    let replica = match args.replica {
-        true => {
-            let upstream = args.upstream.as_ref().map(api::replica::Upstream::new);
-            let upstream = upstream.transpose().map_err(std::io::Error::other)?;
-            Some(api::replica::Replica { upstream })
-        }
-        false => None,
+    let replica = if args.replica {
+        let upstream = args.upstream.as_ref().map(api::replica::Upstream::new);
+        let upstream = upstream.transpose().map_err(std::io::Error::other)?;
+        Some(api::replica::Replica { upstream })
+    } else {
+        None
     };
     let state = AppState::new(Shared {
         store: store.clone(),

@@ -96,12 +96,12 @@ fn refresh_loop(inner: &Inner, source: &Source, mut known: Known) {
 fn refresh(inner: &Inner, source: &Source, known: &mut Known) -> Result<(), StoreError> {
     let remote = &source.remote;
     let listed = remote.series().map_err(ArchiveError::from)?;
-    let mut seen = Vec::with_capacity(listed.len());
+    let mut seen = std::collections::HashSet::with_capacity(listed.len());
     for name in listed {
         if SeriesName::parse(&name).is_err() {
             continue;
         }
-        seen.push(name.clone());
+        seen.insert(name.clone());
         let etag = known.get(&name).cloned().flatten();
         let changed = remote
             .get_changed(&remote.settings(&name), etag.as_deref())
@@ -115,7 +115,9 @@ fn refresh(inner: &Inner, source: &Source, known: &mut Known) -> Result<(), Stor
         let settings: Settings = match serde_json::from_slice(&bytes) {
             Ok(s) => s,
             Err(e) => {
+                // Said once per version of the object: it is looked at again when it changes.
                 tracing::error!(series = %name, error = %e, "the series settings object is not settings: skipped");
+                known.insert(name, etag);
                 continue;
             }
         };

@@ -52,9 +52,13 @@ def wait_port(port, deadline=60):
     sys.exit(f"nothing listens on {port}")
 
 
+STARTED = []
+
+
 def start(args, env=None):
     p = subprocess.Popen([HG, "serve", "--listen", "127.0.0.1:0", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    STARTED.append(p)
     line = p.stdout.readline().decode()
     host, port = line.strip().removeprefix("listening on ").rsplit(":", 1)
     return p, http.client.HTTPConnection(host, int(port), timeout=60)
@@ -162,6 +166,10 @@ def main():
                   f"{results['copy'][-1]:.0f} MB/s, cold page p99 {pct(results['cold_page'][-1], 0.99):.2f} ms",
                   flush=True)
     finally:
+        for p in STARTED:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         weed_p.terminate()
         weed_p.wait()
         shutil.rmtree(work, ignore_errors=True)

@@ -818,16 +818,16 @@ impl SeriesArchive {
             }
             *hours = kept;
             *lock_write(&self.totals) = Summary::of(&hours);
-            let newest = hours.keys().next_back().copied();
-            hours
-                .iter()
-                .filter(|(h, _)| Some(**h) != newest)
-                .map(|(h, s)| (*h, *s))
-                .collect::<BTreeMap<_, _>>()
+            complete_hours(&hours)
         };
-        let manifest = self.dir.join(HOURS_FILE);
-        hours::write(&manifest, &complete).map_err(io_at(&manifest))?;
+        self.write_summaries(&complete)?;
         remove_files_before(&self.dir, keep_from)
+    }
+
+    /// Writes `hours.idx` again, whole.
+    fn write_summaries(&self, complete: &BTreeMap<Hour, HourSummary>) -> Result<(), ArchiveError> {
+        let manifest = self.dir.join(HOURS_FILE);
+        hours::write(&manifest, complete).map_err(io_at(&manifest))
     }
 
     /// Puts whole chunks (each its members in part order) into one hour archive where they belong in time
@@ -875,17 +875,8 @@ impl SeriesArchive {
         }
         self.put_hour(merged, false);
         // The hour's summary changed: the file of summaries follows, whole.
-        let complete = {
-            let hours = lock_read(&self.hours);
-            let newest = hours.keys().next_back().copied();
-            hours
-                .iter()
-                .filter(|(h, _)| Some(**h) != newest)
-                .map(|(h, s)| (*h, *s))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let manifest = self.dir.join(HOURS_FILE);
-        hours::write(&manifest, &complete).map_err(io_at(&manifest))?;
+        let complete = complete_hours(&lock_read(&self.hours));
+        self.write_summaries(&complete)?;
         drop(writing);
         Ok(())
     }
@@ -1268,6 +1259,16 @@ fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// The series a folder holds: its name.
+/// The hours `hours.idx` holds: all but the newest, the one a crash can leave mid-append.
+fn complete_hours(hours: &BTreeMap<Hour, HourSummary>) -> BTreeMap<Hour, HourSummary> {
+    let newest = hours.keys().next_back().copied();
+    hours
+        .iter()
+        .filter(|(h, _)| Some(**h) != newest)
+        .map(|(h, s)| (*h, *s))
+        .collect()
+}
+
 fn series_of(dir: &Path) -> String {
     dir.file_name()
         .map(|n| n.to_string_lossy().into_owned())

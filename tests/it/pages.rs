@@ -81,13 +81,17 @@ pub const SPARSE: &[(&str, usize)] = &[
 fn sparse_server(tag: &str, name: &str, extra: &[&str]) -> (TempDir, Server) {
     let dir = TempDir::new(tag);
     seed(dir.path(), name, SPARSE, 5);
-    let args: Vec<&str> = ["--max-page-entries", "5"]
+    let server = Server::start(dir.path(), &pages_of_5(extra));
+    (dir, server)
+}
+
+/// `--max-page-entries 5`, as the seeds' parts, and `extra`.
+fn pages_of_5<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    ["--max-page-entries", "5"]
         .iter()
         .chain(extra)
         .copied()
-        .collect();
-    let server = Server::start(dir.path(), &args);
-    (dir, server)
+        .collect()
 }
 
 fn numbers(page: &Value) -> Vec<u64> {
@@ -586,12 +590,7 @@ fn a_series_reads_the_same_whatever_memory_holds_of_its_history() {
     let refs: Vec<(&str, usize)> = chunks.iter().map(|(t, n)| (t.as_str(), *n)).collect();
     seed(dir.path(), "h", &refs, 5);
     let run = |extra: &[&str]| {
-        let args: Vec<&str> = ["--max-page-entries", "5"]
-            .iter()
-            .chain(extra)
-            .copied()
-            .collect();
-        let server = Server::start(dir.path(), &args);
+        let server = Server::start(dir.path(), &pages_of_5(extra));
         let seen = everything(&server, "h");
         server.stop();
         seen

@@ -45,15 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let end = start + args.hours * HOUR;
     let dir = args.data.join(&args.series);
     std::fs::create_dir_all(&dir)?;
-    Settings {
-        chunk_seconds: width.secs(),
-        sealed: end,
-        created: start,
-        revision: 0,
-        retained_from: 0,
-        uploaded_through: 0,
-    }
-    .store(&dir)?;
+    Settings::new(width, end, start).store(&dir)?;
     let (archive, _) = SeriesArchive::open_alone(&dir)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut events, mut bytes) = (0u64, 0u64);

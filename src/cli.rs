@@ -245,7 +245,7 @@ pub async fn import(args: ImportArgs) -> CliResult<bool> {
         "stop the server first: imports need the folder alone",
     )
     .await?;
-    store.ensure_series(&series, None).await?;
+    store.ensure_series(&series, None, None).await?;
     // What the sealer seals once it has caught up with the clock may be imported into.
     tokio::task::block_in_place(|| store.wait_for_sealer());
     let options = import::Options {

@@ -41,31 +41,38 @@ pub async fn data_post(
     ingest(state, name, &uri, headers, body).await
 }
 
-/// Where events without `ts` have their time: `time_field=` and `time_unit=` (`auto`, `s`, `ms`, `us`, `ns`)
-/// in the query; other parameters are ignored.
-fn time_spec(uri: &Uri) -> Result<TimeSpec, ApiError> {
-    let mut spec = TimeSpec::default();
+/// Where events without `ts` have their time, when the query says: `time_field=` and `time_unit=` (`auto`, `s`,
+/// `ms`, `us`, `ns`), set together (one left out is its default); other parameters are ignored.
+fn time_spec(uri: &Uri) -> Result<Option<TimeSpec>, ApiError> {
+    let mut spec = None::<TimeSpec>;
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
     for (name, value) in pairs {
         match name.as_str() {
-            "time_field" if value.is_empty() || value.len() > 256 => {
-                return Err(ApiError::bad_request(
-                    "time_field: expected the name of a field, 1 to 256 bytes",
-                ));
-            }
-            "time_field" => spec.field = Some(value),
-            "time_unit" => {
-                spec.unit = TimeUnit::parse(&value).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "time_unit {value:?}: expected auto, s, ms, us or ns"
-                    ))
-                })?
-            }
+            "time_field" => spec.get_or_insert_default().field = Some(time_field(value)?),
+            "time_unit" => spec.get_or_insert_default().unit = time_unit(&value)?,
             _ => {}
         }
     }
     Ok(spec)
+}
+
+/// A time field as a request or series names it: a key, or a dotted path into nested objects.
+pub fn time_field(name: String) -> Result<String, ApiError> {
+    if name.is_empty() || name.len() > 256 {
+        return Err(ApiError::bad_request(
+            "time_field: expected the name of a field, 1 to 256 bytes",
+        ));
+    }
+    Ok(name)
+}
+
+pub fn time_unit(unit: &str) -> Result<TimeUnit, ApiError> {
+    TimeUnit::parse(unit).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "time_unit {unit:?}: expected auto, s, ms, us or ns"
+        ))
+    })
 }
 
 async fn ingest(
@@ -76,7 +83,10 @@ async fn ingest(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state.tokens.check_write(&headers)?;
-    let spec = time_spec(uri)?;
+    let spec = match time_spec(uri)? {
+        Some(spec) => spec,
+        None => state.store.time_spec(&name),
+    };
     let format = body_format(&headers)?;
     let encoding = body_encoding(&headers)?;
     let key = idempotency_key(&headers)?;

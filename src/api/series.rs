@@ -9,8 +9,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::ingest::read_body;
+use super::ingest::{read_body, time_field, time_unit};
 use super::{AppState, SeriesPath};
+use crate::ingest::parse::{TimeSpec, TimeUnit};
 use crate::store::SeriesInfo;
 use crate::time::{self, ChunkWidth};
 
@@ -29,6 +30,12 @@ fn info_json(i: &SeriesInfo) -> Value {
         "retained_from": at(i.retained_from),
         "created": time::format_rfc3339(i.created),
     });
+    if let Some(field) = &i.time.field {
+        v["time_field"] = json!(field);
+    }
+    if i.time.unit != TimeUnit::Auto {
+        v["time_unit"] = json!(i.time.unit);
+    }
     if let Some(t) = i.uploaded_through {
         v["uploaded_through"] = json!(time::format_rfc3339(t));
     }
@@ -84,14 +91,26 @@ pub async fn series_show(
     Ok(current(&state, info_json(&info)))
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SeriesSettings {
     chunk_seconds: Option<u32>,
+    /// Present (a name or `null`, the default) or absent (unchanged); set with `time_unit`.
+    #[serde(default, deserialize_with = "present")]
+    time_field: Option<Option<String>>,
+    time_unit: Option<String>,
+}
+
+/// A field that is present, even as `null`, as `Some`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Creates a series with the given chunk width: 201 when created, 200 when it exists with that width, 409 when
-/// it exists with another.
+/// it exists with another. `time_field` and `time_unit` say where later batches' events without `ts` have their
+/// time; they may change at any time (stored lines never do) and are set together.
 pub async fn series_put(
     State(state): State<AppState>,
     SeriesPath(name): SeriesPath,
@@ -101,12 +120,12 @@ pub async fn series_put(
     state.tokens.check_write(&headers)?;
     let bytes = read_body(body, &headers, 64 << 10, state.request_timeout).await?;
     let settings: SeriesSettings = if bytes.iter().all(u8::is_ascii_whitespace) {
-        SeriesSettings {
-            chunk_seconds: None,
-        }
+        SeriesSettings::default()
     } else {
         serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(format!("body: expected {{\"chunk_seconds\": N}}: {e}"))
+            ApiError::bad_request(format!(
+                "body: expected {{\"chunk_seconds\": N, \"time_field\": F, \"time_unit\": U}}: {e}"
+            ))
         })?
     };
     let width = settings
@@ -114,7 +133,18 @@ pub async fn series_put(
         .map(ChunkWidth::from_secs)
         .transpose()
         .map_err(ApiError::bad_request)?;
-    let created = state.store.ensure_series(&name, width).await?;
+    let time = match (settings.time_field, settings.time_unit) {
+        (None, None) => None,
+        (field, unit) => Some(TimeSpec {
+            field: field.flatten().map(time_field).transpose()?,
+            unit: unit
+                .as_deref()
+                .map(time_unit)
+                .transpose()?
+                .unwrap_or_default(),
+        }),
+    };
+    let created = state.store.ensure_series(&name, width, time).await?;
     let info = state
         .store
         .info(&name)

@@ -5,6 +5,7 @@
 //! elements), so an export gives back exactly what was ingested. Nothing here allocates per event beyond the
 //! batch's own buffers, and nothing panics on input.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
@@ -141,16 +142,24 @@ pub struct TimeSpec {
     pub unit: TimeUnit,
 }
 
-/// The unit of a number in a time field other than `ts` (`ts` numbers are always milliseconds).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+/// The unit of a number in a time field other than `ts` (`ts` numbers are always milliseconds); spelt `auto`,
+/// `s`, `ms`, `us`, `ns` in URLs and series settings.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum TimeUnit {
     /// By its size: below 10^11 seconds, below 10^14 milliseconds, below 10^17 microseconds, else nanoseconds
     /// (so every time from 1973 to 5138 is read right in each unit).
     #[default]
+    #[serde(rename = "auto")]
     Auto,
+    #[serde(rename = "s")]
     Seconds,
+    #[serde(rename = "ms")]
     Millis,
+    #[serde(rename = "us")]
     Micros,
+    #[serde(rename = "ns")]
     Nanos,
 }
 
@@ -204,6 +213,7 @@ pub fn parse_with(
     };
     let reading = Reading {
         fields: &fields,
+        path: time.field.as_deref().filter(|f| f.contains('.')),
         unit: time.unit,
         strict: time.field.is_some(),
         received,
@@ -217,6 +227,8 @@ pub fn parse_with(
 /// How a body's events are read: time fields in order of preference, `ts` first.
 struct Reading<'a> {
     fields: &'a [&'a str],
+    /// The named field, when it is a dotted path into nested objects.
+    path: Option<&'a str>,
     unit: TimeUnit,
     /// The field was named: a value there that is no time is refused, not taken for data.
     strict: bool,
@@ -300,6 +312,13 @@ fn add_event(
     if probe.time.is_none() && reading.fields.len() > 1 {
         probe = probe_fields(line, reading.fields, reading.unit, reading.strict).map_err(fail)?;
     }
+    if let (None, None, Some(path)) = (probe.time, probe.other, reading.path) {
+        let found =
+            json_at_path(line, path).map(|raw| event_time_in(path, raw.get(), reading.unit));
+        if let Some(t) = found.transpose().map_err(fail)? {
+            probe.other = Some((1, t));
+        }
+    }
     match (probe.time, probe.other) {
         (Some(ts), _) => parsed.batch.push(ts, line),
         (None, other) => {
@@ -311,6 +330,20 @@ fn add_event(
     }
     parsed.positions.push(position.number as u32);
     Ok(())
+}
+
+/// The value at a dotted path into nested objects (`http.request.time`): at each level, a key equal to the rest
+/// of the path, or to its next segments (`http`, then `request.time`; or `http.request`, then `time`), leads on.
+/// Only for named paths not found as a key of their own: it parses each level it passes into a map.
+fn json_at_path<'a>(json: &'a [u8], path: &str) -> Option<&'a RawValue> {
+    let map: HashMap<String, &'a RawValue> = serde_json::from_slice(json).ok()?;
+    if let Some(value) = map.get(path) {
+        return Some(value);
+    }
+    map.iter().find_map(|(key, value)| {
+        let rest = path.strip_prefix(key.as_str())?.strip_prefix('.')?;
+        json_at_path(value.get().as_bytes(), rest)
+    })
 }
 
 /// `line` with `"ts":"<t>"` written in as its first field.
@@ -750,6 +783,41 @@ mod tests {
         );
         let e = parse_with(br#"{"at":1e300}"#, Format::Ndjson, NOW, &spec).unwrap_err();
         assert!(e.to_string().contains("is outside"), "{e}");
+    }
+
+    #[test]
+    fn a_dotted_time_field_is_a_path_into_nested_objects() {
+        let spec = TimeSpec {
+            field: Some("http.request.at".into()),
+            unit: TimeUnit::Millis,
+        };
+        let t = 1_411_952_350_123;
+        let body = concat!(
+            r#"{"http":{"request":{"at":1411952350123}},"m":1}"#,
+            "\n",
+            r#"{"http.request":{"at":"2014-09-29T00:59:10.123Z"}}"#,
+            "\n",
+            r#"{"http.request.at":1411952350123,"http":{"request":{"at":5}}}"#,
+            "\n",
+            r#"{"http":{"request":[1]}}"#,
+            "\n",
+            r#"{"http":{"request":{"at":"noon"}}}"#,
+        );
+        let e = parse_with(body.as_bytes(), Format::Ndjson, NOW, &spec).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 5: \"http.request.at\" \"noon\" is not RFC 3339"
+        );
+        let (ok, _) = body.rsplit_once('\n').unwrap();
+        let p = parse_with(ok.as_bytes(), Format::Ndjson, NOW, &spec).unwrap();
+        let got: Vec<Millis> = lines(&p).iter().map(|(t, _)| *t).collect();
+        // A key of the whole name wins over the nested path; where the path leads nowhere, the receive time.
+        assert_eq!(got, [t, t, t, NOW]);
+        assert!(
+            lines(&p)[0]
+                .1
+                .ends_with(r#""http":{"request":{"at":1411952350123}},"m":1}"#)
+        );
     }
 
     #[test]

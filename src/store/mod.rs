@@ -32,7 +32,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::archive::{self, IndexCache, Remote, SeriesArchive};
 use crate::ingest::log::{Lines, Log};
-use crate::ingest::parse::{Parsed, Position};
+use crate::ingest::parse::{Parsed, Position, TimeSpec};
 use crate::ingest::wal::{self, BatchKey, Logged, Wal};
 use crate::metrics::{self, Histogram};
 use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
@@ -232,6 +232,8 @@ pub struct SeriesInfo {
     pub watermark_ahead: Option<Millis>,
     /// With an object store: every hour before this one is on it.
     pub uploaded_through: Option<Millis>,
+    /// Where its events without `ts` have their time.
+    pub time: TimeSpec,
 }
 
 /// One series in memory.
@@ -260,6 +262,8 @@ struct Series {
     uploaded_through: Millis,
     /// The boundary below which events are refused: S, or above it while the sealer works up to it.
     closing: Millis,
+    /// Where its events without `ts` have their time (`Settings::time_field`).
+    time: TimeSpec,
     /// Chunks still taking events.
     open: BTreeMap<ChunkStart, OpenChunk>,
     /// Chunks below `closing` that the sealer has taken but not yet appended to their archive.
@@ -347,6 +351,7 @@ impl Series {
             retained_from: 0,
             uploaded_through: 0,
             closing: sealed,
+            time: TimeSpec::default(),
             open: BTreeMap::new(),
             sealing: BTreeMap::new(),
             changes: watch::channel(0).0,
@@ -362,6 +367,10 @@ impl Series {
         self.retained_from = self.retained_from.max(settings.retained_from);
         self.uploaded_through = self.uploaded_through.max(settings.uploaded_through);
         self.revision = settings.revision;
+        self.time = TimeSpec {
+            field: settings.time_field.clone(),
+            unit: settings.time_unit,
+        };
         self.changed();
     }
 
@@ -379,6 +388,8 @@ impl Series {
             revision: self.revision,
             retained_from: self.retained_from,
             uploaded_through: self.uploaded_through,
+            time_field: self.time.field.clone(),
+            time_unit: self.time.unit,
         }
     }
 
@@ -797,14 +808,22 @@ impl Store {
 
     /// Creates a series if it does not exist, folder and settings file, durably. With `width`, an existing
     /// series must have that width. Returns whether it was created.
+    /// Makes a series unless it exists (`true` when made here), checking its width, and sets where its events
+    /// without `ts` have their time when `time` says.
     pub async fn ensure_series(
         &self,
         name: &SeriesName,
         width: Option<ChunkWidth>,
+        time: Option<TimeSpec>,
     ) -> Result<bool, StoreError> {
         let known = {
             let st = lock(&self.inner.state);
-            st.series.get(name.as_str()).map(|s| (s.width, s.persisted))
+            st.series.get(name.as_str()).map(|s| {
+                (
+                    s.width,
+                    s.persisted && time.as_ref().is_none_or(|t| *t == s.time),
+                )
+            })
         };
         if let Some((existing, true)) = known {
             return check_width(name, existing, width).map(|()| false);
@@ -828,8 +847,14 @@ impl Store {
                         }
                     }
                 };
+                let set_time = |settings: &mut Settings| {
+                    if let Some(t) = &time {
+                        settings.time_field = t.field.clone();
+                        settings.time_unit = t.unit;
+                    }
+                };
                 // Made here, or by a first batch still on its way to the log: either way it exists from now on.
-                match inner.persist_settings(name.as_str(), |_| {}) {
+                match inner.persist_settings(name.as_str(), set_time) {
                     Ok(Some(_)) => {
                         if created {
                             tracing::info!(series = %name, "series created");
@@ -849,6 +874,15 @@ impl Store {
         })
         .await
         .unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
+    /// Where the series' events without `ts` have their time (the default for a series not made yet).
+    pub fn time_spec(&self, name: &SeriesName) -> TimeSpec {
+        lock(&self.inner.state)
+            .series
+            .get(name.as_str())
+            .map(|s| s.time.clone())
+            .unwrap_or_default()
     }
 
     pub fn width_of(&self, name: &SeriesName) -> Option<ChunkWidth> {
@@ -894,6 +928,7 @@ impl Store {
                 created: s.created,
                 watermark_ahead: Some(s.closing - time::now()).filter(|&d| d > 0),
                 uploaded_through: (s.uploaded_through > 0).then_some(s.uploaded_through),
+                time: s.time.clone(),
             };
             let sealing = s.sealing.values().map(|c| &**c);
             for chunk in sealing.chain(s.open.values()) {
@@ -1119,6 +1154,10 @@ fn load_series(
         retained_from: settings.retained_from,
         uploaded_through: settings.uploaded_through,
         closing,
+        time: TimeSpec {
+            field: settings.time_field,
+            unit: settings.time_unit,
+        },
         open: BTreeMap::new(),
         sealing: BTreeMap::new(),
         changes: watch::channel(0).0,
@@ -1138,14 +1177,7 @@ fn create_series(
 ) -> Result<Series, StoreError> {
     let io_err = |e: io::Error| StoreError::settings(name.as_str(), e);
     crate::durable::create_dir_all(dir).map_err(io_err)?;
-    let settings = Settings {
-        chunk_seconds: width.secs(),
-        sealed,
-        created: now,
-        revision: 0,
-        retained_from: 0,
-        uploaded_through: 0,
-    };
+    let settings = Settings::new(width, sealed, now);
     settings.store(dir).map_err(io_err)?;
     load_series(name, dir, cache, remote)
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::durable::sync_dir;
+use crate::ingest::parse::TimeUnit;
 use crate::time::{ChunkWidth, Millis};
 
 pub const SETTINGS_FILE: &str = "series.json";
@@ -49,7 +50,7 @@ impl fmt::Display for SeriesName {
 }
 
 /// What `series.json` holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     pub chunk_seconds: u32,
     /// The sealed watermark S, Unix milliseconds: every chunk below it is final.
@@ -65,6 +66,12 @@ pub struct Settings {
     /// storage, whole, and may be gone from the local folder.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub uploaded_through: Millis,
+    /// Where events without `ts` have their time, unless a request says (`PUT /api/series/{s}`; it changes
+    /// what later batches are read as, never a stored line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_field: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub time_unit: TimeUnit,
 }
 
 fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
@@ -89,6 +96,20 @@ impl fmt::Display for Generation {
 }
 
 impl Settings {
+    /// The settings of a new series: nothing imported, removed, uploaded, default time fields.
+    pub fn new(width: ChunkWidth, sealed: Millis, created: Millis) -> Settings {
+        Settings {
+            chunk_seconds: width.secs(),
+            sealed,
+            created,
+            revision: 0,
+            retained_from: 0,
+            uploaded_through: 0,
+            time_field: None,
+            time_unit: TimeUnit::Auto,
+        }
+    }
+
     pub fn generation(&self) -> Generation {
         Generation {
             created: self.created,

@@ -587,6 +587,84 @@ fn shippers_event_times_are_read_where_they_put_them() {
 }
 
 #[test]
+fn a_series_keeps_where_its_events_have_their_time_across_restarts() {
+    let tmp = TempDir::new("series-time");
+    let t = now_ms() / 1000 * 1000 + 300;
+    let put = |server: &Server, body: &str| {
+        request(server.addr, "PUT", "/api/series/app", &[], body.as_bytes()).unwrap()
+    };
+    let server = Server::start(tmp.path(), FAST);
+    let r = put(&server, r#"{"time_field": "http.at", "time_unit": "s"}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        (
+            r.json()["time_field"].as_str(),
+            r.json()["time_unit"].as_str()
+        ),
+        (Some("http.at"), Some("s"))
+    );
+    // Refused settings change nothing.
+    for bad in [
+        r#"{"time_field": ""}"#,
+        r#"{"time_unit": "days"}"#,
+        r#"{"time_field": 5}"#,
+    ] {
+        let r = put(&server, bad);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "bad_request"),
+            "{bad}"
+        );
+        assert!(r.text().contains("time_"), "{bad}: {}", r.text());
+    }
+    server.kill9();
+
+    let server = Server::start(tmp.path(), FAST);
+    let info = server.get("/api/series/app").json();
+    assert_eq!(
+        (info["time_field"].as_str(), info["time_unit"].as_str()),
+        (Some("http.at"), Some("s"))
+    );
+    let secs = |t: i64| format!("{}.{:03}", t / 1000, t % 1000);
+    let nested = format!("{{\"http\":{{\"at\":{}}},\"m\":\"nested\"}}\n", secs(t));
+    assert_eq!(
+        server.post_ndjson("/api/series/app/events", &nested).status,
+        202
+    );
+    // The request's own setting wins over the series'.
+    let own = format!("{{\"at\":{},\"m\":\"own\"}}\n", t + 1_000);
+    let r = server.post_ndjson("/api/series/app/events?time_field=at&time_unit=ms", &own);
+    assert_eq!(r.status, 202, "{}", r.text());
+    // Back to the default: the shippers' fields.
+    let r = put(&server, r#"{"time_field": null}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json().get("time_field").is_none(), "{}", r.text());
+    let vector = format!("{{\"timestamp\":{},\"m\":\"default\"}}\n", t + 2_000);
+    assert_eq!(
+        server.post_ndjson("/api/series/app/events", &vector).status,
+        202
+    );
+
+    let (from, to) = (t / 1000 - 5, t / 1000 + 10);
+    let export = server.get(&format!("/api/series/app/export?from={from}&to={to}"));
+    assert_eq!(export.status, 200, "{}", export.text());
+    let got: Vec<(i64, String)> = export
+        .text()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let ts = chrono::DateTime::parse_from_rfc3339(v["ts"].as_str().unwrap()).unwrap();
+            (ts.timestamp_millis(), v["m"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let want: Vec<(i64, String)> = [(t, "nested"), (t + 1_000, "own"), (t + 2_000, "default")]
+        .iter()
+        .map(|(t, m)| (*t, m.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn zstd_bodies_are_taken_and_bad_ones_refused_storing_nothing() {
     let dir = TempDir::new("zstd");
     let server = Server::start(

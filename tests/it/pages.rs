@@ -6,7 +6,7 @@ use std::path::Path;
 use hourglass::archive::SeriesArchive;
 use hourglass::archive::member::{self, MemberMeta};
 use hourglass::store::Settings;
-use hourglass::time::{ChunkStart, parse_rfc3339};
+use hourglass::time::{ChunkStart, ChunkWidth, parse_rfc3339};
 use serde_json::Value;
 
 use crate::support::{FAST, Response, Server, TempDir, gunzip, now_ms, request};
@@ -17,14 +17,11 @@ pub fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) 
     let dir = data.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let now = now_ms();
-    Settings {
-        chunk_seconds: 10,
-        sealed: now - now % 10_000,
-        created: 1_400_000_000_000,
-        revision: 0,
-        retained_from: 0,
-        uploaded_through: 0,
-    }
+    Settings::new(
+        ChunkWidth::from_secs(10).unwrap(),
+        now - now % 10_000,
+        1_400_000_000_000,
+    )
     .store(&dir)
     .unwrap();
     let (archive, _) = SeriesArchive::open_alone(&dir).unwrap();

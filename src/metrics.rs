@@ -1,15 +1,18 @@
-//! Lock-free counters and histograms for `GET /metrics`, and their Prometheus text format.
+//! Lock-free counters and histograms for `GET /metrics`; the Prometheus client library encodes them.
 
-use std::fmt::Write;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
 /// Upper bounds, in seconds, of latency buckets: 0.5 ms to 10 s.
 pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Histogram {
     /// Observations per bucket (not cumulative); the last counts those above every bound.
     counts: [AtomicU64; BUCKETS.len() + 1],
@@ -28,34 +31,36 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
+}
 
-    /// The series of one histogram: `{name}_bucket`, `_sum`, `_count`. `labels` is empty or `a="b",` pairs
-    /// each ending in a comma.
-    pub fn write(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+/// The client library encodes it as any histogram of its own; observing it takes no lock.
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let mut buckets = [(0.0, 0); BUCKETS.len() + 1];
+        for (i, (bucket, c)) in buckets.iter_mut().zip(&self.counts).enumerate() {
+            *bucket = (
+                BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                c.load(Ordering::Relaxed),
+            );
         }
+        let count = buckets.iter().map(|(_, c)| c).sum();
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        sample(out, &format!("{name}_sum"), labels, sum);
-        sample(out, &format!("{name}_count"), labels, cumulative);
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
-/// `# HELP` and `# TYPE` lines.
-pub fn describe(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
+/// For families of histograms kept elsewhere.
+impl EncodeMetric for &Histogram {
+    fn encode(&self, encoder: MetricEncoder) -> fmt::Result {
+        (**self).encode(encoder)
+    }
 
-/// One sample line.
-pub fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
-    if labels.is_empty() {
-        let _ = writeln!(out, "{name} {value}");
-    } else {
-        let _ = writeln!(out, "{name}{{{}}} {value}", labels.trim_end_matches(','));
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -77,25 +82,38 @@ mod tests {
         h.observe(Duration::from_micros(300));
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(20));
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_with_unit(
+            "x",
+            "help",
+            prometheus_client::registry::Unit::Seconds,
+            Shared(std::sync::Arc::new(h)),
+        );
         let mut out = String::new();
-        h.write(&mut out, "x_seconds", "route=\"/a\",");
-        assert!(
-            out.contains("x_seconds_bucket{route=\"/a\",le=\"0.0005\"} 1\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_seconds_bucket{route=\"/a\",le=\"0.005\"} 2\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_seconds_bucket{route=\"/a\",le=\"10\"} 2\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_seconds_bucket{route=\"/a\",le=\"+Inf\"} 3\n"),
-            "{out}"
-        );
-        assert!(out.contains("x_seconds_count{route=\"/a\"} 3\n"), "{out}");
-        assert_eq!(h.count(), 3);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        for line in [
+            "x_seconds_bucket{le=\"0.0005\"} 1\n",
+            "x_seconds_bucket{le=\"0.005\"} 2\n",
+            "x_seconds_bucket{le=\"10\"} 2\n",
+            "x_seconds_bucket{le=\"+Inf\"} 3\n",
+            "x_seconds_count 3\n",
+            "x_seconds_sum 20.0033\n",
+        ] {
+            assert!(out.contains(line), "{line} in {out}");
+        }
+    }
+
+    /// The registry takes metrics it may share with the code that counts.
+    #[derive(Debug)]
+    struct Shared(std::sync::Arc<Histogram>);
+
+    impl EncodeMetric for Shared {
+        fn encode(&self, encoder: MetricEncoder) -> fmt::Result {
+            self.0.encode(encoder)
+        }
+
+        fn metric_type(&self) -> MetricType {
+            MetricType::Histogram
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
@@ -12,11 +13,19 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text, text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::AppState;
-use crate::metrics::{self, Histogram, describe, get, sample};
+use crate::metrics::{self, Histogram, get};
 
 /// The error code of an error answer, put in its extensions for the counts here.
 #[derive(Clone, Copy, Debug)]
@@ -32,8 +41,14 @@ const METHODS: &[Method] = &[
 
 /// The statuses counted one by one; any other counts in a last slot, labelled `other`.
 const STATUSES: &[u16] = &[
-    200, 201, 202, 204, 304, 308, 400, 401, 403, 404, 405, 408, 409, 410, 413, 415, 422, 500, 503,
-    507,
+    200, 201, 202, 204, 304, 308, 400, 401, 403, 404, 405, 408, 409, 410, 413, 415, 422, 500, 502,
+    503, 507,
+];
+
+/// `STATUSES` as labels, then `other`.
+const STATUS_NAMES: [&str; STATUSES.len() + 1] = [
+    "200", "201", "202", "204", "304", "308", "400", "401", "403", "404", "405", "408", "409",
+    "410", "413", "415", "422", "500", "502", "503", "507", "other",
 ];
 
 /// Error codes of refused ingest batches, as `ApiError` names them; any other counts as `other`.
@@ -228,9 +243,11 @@ impl ApiMetrics {
     }
 }
 
-/// What kind of page a route serves, if it serves pages.
-fn page_kind(route: &str) -> Option<&'static str> {
-    if route.contains("/data/before/") {
+/// What kind of page a request for a route was, if it was one.
+fn page_kind(method: &str, route: &str) -> Option<&'static str> {
+    if !matches!(method, "GET" | "HEAD") {
+        None
+    } else if route.contains("/data/before/") {
         Some("before")
     } else if route.contains("/data/after/") {
         Some("after")
@@ -242,287 +259,331 @@ fn page_kind(route: &str) -> Option<&'static str> {
 }
 
 /// `/metrics` holds no events, but it tells how much traffic a deployment has and what is failing: where reads
-/// need a token, so does it (Prometheus sends one with `authorization: {credentials: ...}`).
+/// need a token, so does it (Prometheus sends one with `authorization: {credentials: ...}`). OpenMetrics when
+/// the scraper asks for it (Prometheus does), the Prometheus text format otherwise; both written by the
+/// Prometheus client library from the counters where they are kept.
 pub async fn metrics_get(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, super::error::ApiError> {
     state.tokens.check_read(&headers)?;
-    let mut out = String::with_capacity(16 << 10);
-    let store = state.store.metrics();
-    let api = &state.metrics;
-
-    describe(
-        &mut out,
-        "hourglass_events_accepted_total",
-        "counter",
-        "Events acknowledged (durable in the log).",
-    );
-    sample(
-        &mut out,
-        "hourglass_events_accepted_total",
-        "",
-        get(&store.events_accepted),
-    );
-    describe(
-        &mut out,
-        "hourglass_batches_accepted_total",
-        "counter",
-        "Ingest batches acknowledged.",
-    );
-    sample(
-        &mut out,
-        "hourglass_batches_accepted_total",
-        "",
-        get(&store.batches_accepted),
-    );
-    describe(
-        &mut out,
-        "hourglass_batches_refused_total",
-        "counter",
-        "Ingest batches refused, by reason (the error code); a refused batch stores none of its events.",
-    );
-    for (code, n) in REFUSALS
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
         .iter()
-        .zip(&api.refused)
-        .filter(|(_, n)| get(n) > 0)
-    {
-        let labels = format!("reason=\"{code}\",");
-        sample(&mut out, "hourglass_batches_refused_total", &labels, get(n));
-    }
-    describe(
-        &mut out,
-        "hourglass_fsyncs_total",
-        "counter",
-        "Appends to the write-ahead log, each ending in one fdatasync (group commit).",
-    );
-    sample(&mut out, "hourglass_fsyncs_total", "", get(&store.fsyncs));
-    describe(
-        &mut out,
-        "hourglass_fsync_seconds",
-        "histogram",
-        "Time of a log append and its fdatasync.",
-    );
-    store
-        .fsync_seconds
-        .write(&mut out, "hourglass_fsync_seconds", "");
-    describe(
-        &mut out,
-        "hourglass_chunks_sealed_total",
-        "counter",
-        "Chunks sealed into hour archives.",
-    );
-    sample(
-        &mut out,
-        "hourglass_chunks_sealed_total",
-        "",
-        get(&store.chunks_sealed),
-    );
-    describe(
-        &mut out,
-        "hourglass_seal_failures_total",
-        "counter",
-        "Sealer ticks that failed, sealing or removing expired hours (retried).",
-    );
-    sample(
-        &mut out,
-        "hourglass_seal_failures_total",
-        "",
-        get(&store.seal_failures),
-    );
-    for (name, kind, help, value) in [
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(state)));
+    let mut out = String::with_capacity(16 << 10);
+    let (written, content_type) = if openmetrics {
+        (text::encode(&mut out, &registry), OPENMETRICS)
+    } else {
         (
-            "hourglass_hours_uploaded_total",
-            "counter",
-            "With --archive: complete hours uploaded to the object store.",
-            &store.hours_uploaded,
-        ),
-        (
-            "hourglass_upload_failures_total",
-            "counter",
-            "With --archive: upload passes that failed (the hours wait in the data folder and are tried again).",
-            &store.upload_failures,
-        ),
-        (
-            "hourglass_upload_backlog_hours",
-            "gauge",
-            "With --archive: complete hours waiting for upload, over every series.",
-            &store.upload_backlog_hours,
-        ),
-    ] {
-        describe(&mut out, name, kind, help);
-        sample(&mut out, name, "", get(value));
-    }
-    describe(
-        &mut out,
-        "hourglass_log_repairs_total",
-        "counter",
-        "Stretches of the write-ahead log set aside at start (kept as files beside their segment), by kind: damaged (whole records failing their checksum; the records after them were replayed), torn_tail (an unfinished append), refused (an append that failed).",
-    );
-    let kinds = || crate::ingest::wal::RepairKind::ALL.iter().enumerate();
-    for (i, kind) in kinds() {
-        let labels = format!("kind=\"{}\",", kind.name());
-        sample(
-            &mut out,
-            "hourglass_log_repairs_total",
-            &labels,
-            get(&store.log_repairs[i]),
-        );
-    }
-    describe(
-        &mut out,
-        "hourglass_log_repaired_bytes_total",
-        "counter",
-        "Bytes of those stretches, by kind.",
-    );
-    for (i, kind) in kinds() {
-        let labels = format!("kind=\"{}\",", kind.name());
-        sample(
-            &mut out,
-            "hourglass_log_repaired_bytes_total",
-            &labels,
-            get(&store.log_repaired_bytes[i]),
-        );
-    }
-    let (lag, backlog) = state.store.lag_and_backlog();
-    describe(
-        &mut out,
-        "hourglass_seal_lag_seconds",
-        "gauge",
-        "The clock minus the oldest sealed watermark of any series.",
-    );
-    sample(
-        &mut out,
-        "hourglass_seal_lag_seconds",
-        "",
-        lag as f64 / 1000.0,
-    );
-    describe(
-        &mut out,
-        "hourglass_damaged_members",
-        "gauge",
-        "Stored gzip members found damaged (at start or when read); each is refused to readers and logged once.",
-    );
-    sample(
-        &mut out,
-        "hourglass_damaged_members",
-        "",
-        state.store.damaged_members(),
-    );
-    describe(
-        &mut out,
-        "hourglass_backlog_bytes",
-        "gauge",
-        "Bytes of events not sealed yet.",
-    );
-    sample(&mut out, "hourglass_backlog_bytes", "", backlog);
-
-    let slots = || {
-        METHODS
-            .iter()
-            .flat_map(|m| api.names.iter().map(move |r| (m, *r)))
-            .zip(&api.routes)
+            prometheus_text::encode(&mut out, &registry),
+            prometheus_text::CONTENT_TYPE,
+        )
     };
-    let mut pages: BTreeMap<(&str, String), u64> = BTreeMap::new();
-    describe(
-        &mut out,
-        "hourglass_http_requests_total",
-        "counter",
-        "Requests answered, by method, route and status.",
-    );
-    for ((method, route), stats) in slots() {
-        for (i, n) in stats
-            .statuses
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| get(n) > 0)
-        {
-            let status = STATUSES.get(i).map_or("other".to_string(), u16::to_string);
-            let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\",");
-            sample(&mut out, "hourglass_http_requests_total", &labels, get(n));
-            if let Some(kind) = page_kind(route) {
-                *pages.entry((kind, status)).or_default() += get(n);
-            }
-        }
-    }
-    describe(
-        &mut out,
-        "hourglass_http_request_seconds",
-        "histogram",
-        "Time to answer, by method and route (to the end of the headers for streamed answers).",
-    );
-    for ((method, route), stats) in slots().filter(|(_, s)| s.latency.count() > 0) {
-        let labels = format!("method=\"{method}\",route=\"{route}\",");
-        stats
-            .latency
-            .write(&mut out, "hourglass_http_request_seconds", &labels);
-    }
-    describe(
-        &mut out,
-        "hourglass_pages_total",
-        "counter",
-        "Pages answered, by kind (head, before, after) and status; 304s are status 304.",
-    );
-    for ((kind, status), n) in &pages {
-        sample(
-            &mut out,
-            "hourglass_pages_total",
-            &format!("kind=\"{kind}\",status=\"{status}\","),
-            n,
-        );
-    }
-    describe(
-        &mut out,
-        "hourglass_page_cache_hits_total",
-        "counter",
-        "Final pages answered from the in-memory page cache.",
-    );
-    sample(
-        &mut out,
-        "hourglass_page_cache_hits_total",
-        "",
-        get(&api.cache_hits),
-    );
-    describe(
-        &mut out,
-        "hourglass_page_cache_misses_total",
-        "counter",
-        "Final pages read from the archive and rendered.",
-    );
-    sample(
-        &mut out,
-        "hourglass_page_cache_misses_total",
-        "",
-        get(&api.cache_misses),
-    );
-    describe(
-        &mut out,
-        "hourglass_held_requests",
-        "gauge",
-        "Requests held by Prefer: wait.",
-    );
-    sample(
-        &mut out,
-        "hourglass_held_requests",
-        "",
-        state.held_limit - state.held.available_permits(),
-    );
-    describe(
-        &mut out,
-        "hourglass_open_files",
-        "gauge",
-        "File descriptors open in the process.",
-    );
-    sample(&mut out, "hourglass_open_files", "", open_files());
-
+    written.map_err(|_| {
+        super::error::ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the metrics could not be written",
+        )
+    })?;
     let mut res = out.into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One scrape: every metric read where it is counted (lock-free atomics), described and encoded through the
+/// client library's collector interface.
+struct Scrape(AppState);
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+/// A metric's name (without its unit and `_total`), help, and unit.
+type Describe = (&'static str, &'static str, Option<Unit>);
+
+fn one(
+    enc: &mut DescriptorEncoder,
+    (name, help, unit): Describe,
+    metric: &impl EncodeMetric,
+) -> fmt::Result {
+    let m = enc.encode_descriptor(name, help, unit.as_ref(), metric.metric_type())?;
+    metric.encode(m)
+}
+
+/// A family: one descriptor, then each label set and its value.
+fn family<'a, L: EncodeLabelSet + 'a, M: EncodeMetric + 'a>(
+    enc: &mut DescriptorEncoder,
+    (name, help, unit): Describe,
+    kind: MetricType,
+    members: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit.as_ref(), kind)?;
+    for (labels, metric) in members {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(v: &AtomicU64) -> ConstCounter<u64> {
+    ConstCounter::new(get(v))
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let state = &self.0;
+        let store = state.store.metrics();
+        let api = &state.metrics;
+        let e = &mut enc;
+        let counters: [(Describe, &AtomicU64); 9] = [
+            (
+                (
+                    "hourglass_events_accepted",
+                    "Events acknowledged (durable in the log).",
+                    None,
+                ),
+                &store.events_accepted,
+            ),
+            (
+                (
+                    "hourglass_batches_accepted",
+                    "Ingest batches acknowledged.",
+                    None,
+                ),
+                &store.batches_accepted,
+            ),
+            (
+                (
+                    "hourglass_fsyncs",
+                    "Appends to the write-ahead log, each ending in one fdatasync (group commit).",
+                    None,
+                ),
+                &store.fsyncs,
+            ),
+            (
+                (
+                    "hourglass_chunks_sealed",
+                    "Chunks sealed into hour archives.",
+                    None,
+                ),
+                &store.chunks_sealed,
+            ),
+            (
+                (
+                    "hourglass_seal_failures",
+                    "Sealer ticks that failed, sealing or removing expired hours (retried).",
+                    None,
+                ),
+                &store.seal_failures,
+            ),
+            (
+                (
+                    "hourglass_archives_uploaded",
+                    "With --archive: complete hour archives uploaded to the object store.",
+                    None,
+                ),
+                &store.hours_uploaded,
+            ),
+            (
+                (
+                    "hourglass_upload_failures",
+                    "With --archive: upload passes that failed (the hours wait in the data folder and are tried again).",
+                    None,
+                ),
+                &store.upload_failures,
+            ),
+            (
+                (
+                    "hourglass_page_cache_hits",
+                    "Final pages answered from the in-memory page cache.",
+                    None,
+                ),
+                &api.cache_hits,
+            ),
+            (
+                (
+                    "hourglass_page_cache_misses",
+                    "Final pages read from the archive and rendered.",
+                    None,
+                ),
+                &api.cache_misses,
+            ),
+        ];
+        for (describe, value) in counters {
+            one(e, describe, &counter(value))?;
+        }
+        family(
+            e,
+            (
+                "hourglass_batches_refused",
+                "Ingest batches refused, by reason (the error code); a refused batch stores none of its events.",
+                None,
+            ),
+            MetricType::Counter,
+            REFUSALS
+                .iter()
+                .zip(&api.refused)
+                .filter(|(_, n)| get(n) > 0)
+                .map(|(code, n)| ([("reason", *code)], counter(n))),
+        )?;
+        let kinds = || crate::ingest::wal::RepairKind::ALL.iter().enumerate();
+        family(
+            e,
+            (
+                "hourglass_log_repairs",
+                "Stretches of the write-ahead log set aside at start (kept as files beside their segment), by kind: damaged (whole records failing their checksum; the records after them were replayed), torn_tail (an unfinished append), refused (an append that failed).",
+                None,
+            ),
+            MetricType::Counter,
+            kinds().map(|(i, k)| ([("kind", k.name())], counter(&store.log_repairs[i]))),
+        )?;
+        family(
+            e,
+            (
+                "hourglass_log_repaired",
+                "Bytes of those stretches, by kind.",
+                Some(Unit::Bytes),
+            ),
+            MetricType::Counter,
+            kinds().map(|(i, k)| ([("kind", k.name())], counter(&store.log_repaired_bytes[i]))),
+        )?;
+        one(
+            e,
+            (
+                "hourglass_fsync_duration",
+                "Time of a log append and its fdatasync.",
+                Some(Unit::Seconds),
+            ),
+            &store.fsync_seconds,
+        )?;
+
+        let (lag, backlog) = state.store.lag_and_backlog();
+        let held = state.held_limit - state.held.available_permits();
+        let gauges: [(Describe, ConstGauge<f64>); 6] = [
+            (
+                (
+                    "hourglass_seal_lag",
+                    "The clock minus the oldest sealed watermark of any series.",
+                    Some(Unit::Seconds),
+                ),
+                ConstGauge::new(lag as f64 / 1000.0),
+            ),
+            (
+                (
+                    "hourglass_upload_backlog_archives",
+                    "With --archive: complete hour archives waiting for upload, over every series.",
+                    None,
+                ),
+                ConstGauge::new(get(&store.upload_backlog_hours) as f64),
+            ),
+            (
+                (
+                    "hourglass_damaged_members",
+                    "Stored gzip members found damaged (at start or when read); each is refused to readers and logged once.",
+                    None,
+                ),
+                ConstGauge::new(state.store.damaged_members() as f64),
+            ),
+            (
+                (
+                    "hourglass_backlog",
+                    "Bytes of events not sealed yet.",
+                    Some(Unit::Bytes),
+                ),
+                ConstGauge::new(backlog as f64),
+            ),
+            (
+                (
+                    "hourglass_held_requests",
+                    "Requests held by Prefer: wait.",
+                    None,
+                ),
+                ConstGauge::new(held as f64),
+            ),
+            (
+                (
+                    "hourglass_open_files",
+                    "File descriptors open in the process.",
+                    None,
+                ),
+                ConstGauge::new(open_files() as f64),
+            ),
+        ];
+        for (describe, value) in &gauges {
+            one(e, describe.clone(), value)?;
+        }
+
+        let slots = || {
+            METHODS
+                .iter()
+                .flat_map(|m| api.names.iter().map(move |r| (m.as_str(), *r)))
+                .zip(&api.routes)
+        };
+        let mut pages: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut requests = Vec::new();
+        for ((method, route), stats) in slots() {
+            for (i, n) in stats
+                .statuses
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| get(n) > 0)
+            {
+                let status = STATUS_NAMES[i];
+                requests.push((
+                    [("method", method), ("route", route), ("status", status)],
+                    counter(n),
+                ));
+                if let Some(kind) = page_kind(method, route) {
+                    *pages.entry((kind, status)).or_default() += get(n);
+                }
+            }
+        }
+        family(
+            e,
+            (
+                "hourglass_http_requests",
+                "Requests answered, by method, route and status.",
+                None,
+            ),
+            MetricType::Counter,
+            requests,
+        )?;
+        family(
+            e,
+            (
+                "hourglass_http_request_duration",
+                "Time to answer, by method and route (to the end of the headers for streamed answers).",
+                Some(Unit::Seconds),
+            ),
+            MetricType::Histogram,
+            slots()
+                .filter(|(_, s)| s.latency.count() > 0)
+                .map(|((method, route), s)| ([("method", method), ("route", route)], &s.latency)),
+        )?;
+        family(
+            e,
+            (
+                "hourglass_pages",
+                "Pages answered, by kind (head, before, after) and status; 304s are status 304.",
+                None,
+            ),
+            MetricType::Counter,
+            pages.into_iter().map(|((kind, status), n)| {
+                ([("kind", kind), ("status", status)], ConstCounter::new(n))
+            }),
+        )
+    }
 }
 
 fn open_files() -> usize {

@@ -2,7 +2,13 @@
 
 use std::collections::HashMap;
 
-use crate::support::{Server, TempDir, now_ms, request};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Server, TempDir, free_port, missing, now_ms, request};
 
 /// Parses the text format: `# HELP`/`# TYPE` lines, then `name{labels} value` samples; panics on anything else.
 fn parse(text: &str) -> HashMap<String, f64> {
@@ -115,7 +121,7 @@ fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     );
     assert!(m["hourglass_fsyncs_total"] >= 2.0);
     assert_eq!(
-        m["hourglass_fsync_seconds_count"],
+        m["hourglass_fsync_duration_seconds_count"],
         m["hourglass_fsyncs_total"]
     );
     assert!(m["hourglass_chunks_sealed_total"] >= 2.0);
@@ -146,14 +152,139 @@ fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     );
     let buckets: Vec<f64> = ["0.0005", "0.005", "0.05", "0.5", "5", "+Inf"]
         .iter()
-        .map(|le| m[&format!("hourglass_http_request_seconds_bucket{{{route},le=\"{le}\"}}")])
+        .map(|le| {
+            m[&format!("hourglass_http_request_duration_seconds_bucket{{{route},le=\"{le}\"}}")]
+        })
         .collect();
     assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
     assert_eq!(buckets[5], 3.0);
     assert_eq!(
-        m[&format!("hourglass_http_request_seconds_count{{{route}}}")],
+        m[&format!("hourglass_http_request_duration_seconds_count{{{route}}}")],
         3.0
     );
 
     assert_eq!(server.get("/readyz").status, 200);
+}
+
+/// `promtool check metrics` (the Prometheus project's linter) finds nothing to say about `/metrics` in the text
+/// format, and Prometheus itself scrapes a running server (in OpenMetrics, which it asks for) and answers
+/// queries with the counts the server has.
+#[test]
+fn prometheus_scrapes_the_server_and_promtool_finds_nothing_to_lint() {
+    const TEST: &str = "prometheus_scrapes_the_server_and_promtool_finds_nothing_to_lint";
+    let found = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !found("promtool") || !found("prometheus") {
+        missing(
+            TEST,
+            "Prometheus is not installed (apt-get install prometheus)",
+        );
+        return;
+    }
+    let dir = TempDir::new("prometheus");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let body = "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n";
+    assert_eq!(server.post_ndjson("/api/series/p/events", body).status, 202);
+    assert_eq!(server.post_ndjson("/api/series/p/events", "{").status, 400);
+    assert_eq!(server.get("/api/series/p/data").status, 200);
+
+    let text = server.get("/metrics");
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lint.stdin.take().unwrap().write_all(&text.body).unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    assert!(
+        lint.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+
+    let port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n  - job_name: hourglass\n    \
+             static_configs: [{{targets: ['{}']}}]\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stop = scopeguard(|| {
+        let _ = prometheus.kill();
+        let _ = prometheus.wait();
+    });
+    let query = |q: &str| -> Option<Value> {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let path = format!("/api/v1/query?query={q}");
+        let r = request(addr, "GET", &path, &[], b"").ok()?;
+        let v: Value = serde_json::from_slice(&r.body).ok()?;
+        v["data"]["result"].get(0).cloned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let accepted = loop {
+        if let Some(sample) = query("hourglass_events_accepted_total") {
+            break sample;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus scraped nothing in 30 s: {}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(accepted["value"][1], "3", "{accepted}");
+    assert_eq!(accepted["metric"]["job"], "hourglass", "{accepted}");
+    let refused = query("hourglass_batches_refused_total").unwrap();
+    assert_eq!(refused["metric"]["reason"], "malformed_event", "{refused}");
+    assert_eq!(refused["value"][1], "1", "{refused}");
+    let up = query("up").unwrap();
+    assert_eq!(up["value"][1], "1", "{up}");
+    // A histogram Prometheus can take quantiles of.
+    let q =
+        query("histogram_quantile(0.5,sum(hourglass_http_request_duration_seconds_bucket)by(le))");
+    assert!(q.is_some_and(|v| {
+        v["value"][1]
+            .as_str()
+            .is_some_and(|x| x.parse::<f64>().is_ok())
+    }));
+    drop(stop);
+}
+
+/// Runs `f` when dropped, so a failing assertion still stops what the test started.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    Guard(Some(f))
 }

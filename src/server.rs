@@ -57,6 +57,11 @@ pub async fn run(
         metrics: api::metrics::ApiMetrics::new(api::route_paths()),
         stopping,
         replica,
+        shippers: api::shippers::SeriesFrom {
+            otlp: args.otlp_series_attribute.clone(),
+            loki: args.loki_series_label.clone(),
+            elastic: args.elastic_series_field.clone(),
+        },
     });
     let limits = Limits {
         header_timeout: args.request_timeout(),

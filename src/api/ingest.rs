@@ -88,26 +88,10 @@ async fn ingest(
         None => state.store.time_spec(&name),
     };
     let format = body_format(&headers)?;
-    let encoding = body_encoding(&headers)?;
     let key = idempotency_key(&headers)?;
-    let limit = state.max_body_bytes;
-    // Room for the body before its first byte is read (all of `limit` when its length is not declared), and
-    // for the inflated body once it is known: kept until the answer.
-    let declared = declared_length(&headers).map_or(limit as u64, |n| n.min(limit as u64));
-    let _body_room = state.intake.reserve(declared)?;
-    let bytes = read_body(body, &headers, limit, state.request_timeout).await?;
-    let received = time::now();
-    let intake = state.intake.clone();
-    let (key, parsed, _inflated_room) = tokio::task::spawn_blocking(move || {
-        let inflated;
-        let mut room = None;
-        let raw = if encoding != BodyEncoding::Identity {
-            inflated = inflate(&bytes, limit, encoding)?;
-            room = Some(intake.reserve(inflated.len() as u64)?);
-            &inflated[..]
-        } else {
-            &bytes[..]
-        };
+    let received = receive(&state, &headers, body).await?;
+    let t = time::now();
+    let (key, parsed, _received) = blocking(move || {
         // The same body read with another time field is another batch.
         let read_as = if spec == TimeSpec::default() {
             0
@@ -118,19 +102,68 @@ async fn ingest(
         };
         let key = key.map(|key| BatchKey {
             key,
-            digest: digest(raw) ^ read_as,
+            digest: digest(&received.bytes) ^ read_as,
         });
-        let parsed = parse::parse_with(raw, format, received, &spec).map_err(ApiError::from)?;
-        Ok::<_, ApiError>((key, parsed, room))
+        let parsed = parse::parse_with(&received.bytes, format, t, &spec)?;
+        Ok((key, parsed, received))
     })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    .await?;
     let ack = state.store.ingest(&name, key, parsed).await?;
     let mut answer = json!({"accepted": ack.accepted, "series": name.as_str()});
     if ack.replayed {
         answer["replayed"] = json!(true);
     }
     Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// Runs CPU work (inflating, parsing) off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+/// A request body, read within `--max-body-bytes` and `--request-timeout` and inflated when it came compressed
+/// (`Content-Encoding`: gzip or zstd), with its room in `--max-inflight-bytes` held until it is dropped.
+pub struct Received {
+    pub bytes: Vec<u8>,
+    _room: OwnedSemaphorePermit,
+    _inflated_room: Option<OwnedSemaphorePermit>,
+}
+
+pub async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Received, ApiError> {
+    let encoding = body_encoding(headers)?;
+    let limit = state.max_body_bytes;
+    // Room for the body before its first byte is read (all of `limit` when its length is not declared), and
+    // for the inflated body once it is known.
+    let declared = declared_length(headers).map_or(limit as u64, |n| n.min(limit as u64));
+    let room = state.intake.reserve(declared)?;
+    let bytes = read_body(body, headers, limit, state.request_timeout).await?;
+    if encoding == BodyEncoding::Identity {
+        return Ok(Received {
+            bytes,
+            _room: room,
+            _inflated_room: None,
+        });
+    }
+    let intake = state.intake.clone();
+    let (bytes, inflated_room) = blocking(move || {
+        let inflated = inflate(&bytes, limit, encoding)?;
+        let room = intake.reserve(inflated.len() as u64)?;
+        Ok((inflated, room))
+    })
+    .await?;
+    Ok(Received {
+        bytes,
+        _room: room,
+        _inflated_room: Some(inflated_room),
+    })
 }
 
 /// Memory for request bodies, from the first byte read to the answer: one permit per KiB of
@@ -276,7 +309,6 @@ fn too_large(limit: usize, what: &str) -> ApiError {
     )
 }
 
-/// Reads a request body, refusing it as soon as it passes `limit` bytes.
 /// Reads a whole request body of at most `limit` bytes, within `timeout` (408 after it: a client that trickles
 /// its body cannot hold a request open).
 pub async fn read_body(
@@ -330,12 +362,12 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Inflates a gzip body (one member or several), refusing it once the output passes `limit` bytes, so a small
-/// body that inflates to gigabytes costs no more than `limit`.
 /// The most memory a zstd frame may ask for its window (`2^24`, 16 MiB): every level up to 19 stays below it;
 /// a frame that wants more is refused rather than given it.
 const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
+/// Inflates a gzip (one member or several) or zstd body, refusing it once the output passes `limit` bytes, so a
+/// small body that inflates to gigabytes costs no more than `limit`.
 fn inflate(bytes: &[u8], limit: usize, encoding: BodyEncoding) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit));
     let bad = |what: &str, e: std::io::Error| {

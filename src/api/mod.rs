@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pages;
 pub mod replica;
 mod series;
+pub mod shippers;
 mod ui;
 
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// With `--replica`: what it answers itself and where the rest goes.
     pub replica: Option<replica::Replica>,
+    /// Where the shippers' protocols find each event's series.
+    pub shippers: shippers::SeriesFrom,
 }
 
 /// The series `default`, which also answers on the short URLs.
@@ -94,6 +97,16 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/healthz", get(healthz)),
         ("/readyz", get(metrics::readyz)),
         ("/metrics", get(metrics::metrics_get)),
+        ("/loki/api/v1/push", post(shippers::loki::push_post)),
+        ("/v1/logs", post(shippers::otlp::logs_post)),
+        (
+            "/_bulk",
+            post(shippers::elastic::bulk_post).put(shippers::elastic::bulk_post),
+        ),
+        (
+            "/{index}/_bulk",
+            post(shippers::elastic::index_bulk_post).put(shippers::elastic::index_bulk_post),
+        ),
     ];
     routes.extend(ui::paths().map(|path| (path, get(ui::asset))));
     routes

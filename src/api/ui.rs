@@ -56,6 +56,10 @@ pub fn paths() -> impl Iterator<Item = &'static str> {
 }
 
 pub async fn asset(uri: Uri, headers: HeaderMap) -> Response {
+    if uri.path() == "/" && wants_json(&headers) {
+        // An Elasticsearch client checking the version before it writes to `_bulk`.
+        return super::shippers::elastic::info();
+    }
     let Some(i) = ASSETS.iter().position(|a| a.path == uri.path()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -73,4 +77,12 @@ pub async fn asset(uri: Uri, headers: HeaderMap) -> Response {
         HeaderValue::from_static(asset.content_type),
     );
     (h, asset.body).into_response()
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json") || v.contains("application/vnd.elasticsearch"))
 }

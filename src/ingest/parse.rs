@@ -85,6 +85,8 @@ impl Parsed {
 pub enum Unit {
     Line,
     Element,
+    /// What a shipper's protocol calls one event (`item`, `entry`, `log record`).
+    Named(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,7 @@ impl fmt::Display for Position {
         let unit = match self.unit {
             Unit::Line => "line",
             Unit::Element => "element",
+            Unit::Named(name) => name,
         };
         write!(f, "{unit} {}", self.number)
     }
@@ -335,7 +338,7 @@ fn add_event(
 /// The value at a dotted path into nested objects (`http.request.time`): at each level, a key equal to the rest
 /// of the path, or to its next segments (`http`, then `request.time`; or `http.request`, then `time`), leads on.
 /// Only for named paths not found as a key of their own: it parses each level it passes into a map.
-fn json_at_path<'a>(json: &'a [u8], path: &str) -> Option<&'a RawValue> {
+pub fn json_at_path<'a>(json: &'a [u8], path: &str) -> Option<&'a RawValue> {
     let map: HashMap<String, &'a RawValue> = serde_json::from_slice(json).ok()?;
     if let Some(value) = map.get(path) {
         return Some(value);

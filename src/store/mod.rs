@@ -546,6 +546,19 @@ impl Inner {
     /// Persists a series' settings as memory holds them with `change` applied (making its folder first if it
     /// has none yet), then lets memory take them. The one way settings files are written. `None`: no such
     /// series.
+    /// Refuses a batch with an event further ahead of the clock than `--max-future`.
+    fn check_future(&self, parsed: &Parsed, now: Millis) -> Result<(), StoreError> {
+        let limit = now + self.cfg.max_future;
+        match parsed.batch.ts().iter().position(|&t| t > limit) {
+            Some(i) => Err(StoreError::Future {
+                position: parsed.position(i),
+                ts: parsed.batch.ts()[i],
+                max_future: self.cfg.max_future,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn persist_settings(
         &self,
         name: &str,
@@ -736,6 +749,24 @@ impl Store {
     /// Makes a batch durable and adds it to its series, which a first batch creates with default settings
     /// (once it is durable: a refused batch leaves nothing behind, and an empty one stores and creates nothing).
     /// A batch with a `key` already stored under it is answered as before and stored no second time.
+    /// Whether `ingest` would take `parsed` now as far as event times go (none too far ahead, none late): for a
+    /// request that stores several batches, checked for all before any is stored. Only `ingest` is exact.
+    pub fn check(&self, name: &SeriesName, parsed: &Parsed) -> Result<(), StoreError> {
+        let now = time::now();
+        self.inner.check_future(parsed, now)?;
+        let st = lock(&self.inner.state);
+        let late = match st.series.get(name.as_str()) {
+            Some(s) => s.late(parsed, now),
+            None => late(
+                self.inner
+                    .first_watermark(self.inner.cfg.default_width, now),
+                parsed,
+                now,
+            ),
+        };
+        late.map_or(Ok(()), Err)
+    }
+
     pub async fn ingest(
         &self,
         name: &SeriesName,
@@ -750,14 +781,7 @@ impl Store {
         }
         let cfg = &self.inner.cfg;
         let now = time::now();
-        let limit = now + cfg.max_future;
-        if let Some(i) = parsed.batch.ts().iter().position(|&t| t > limit) {
-            return Err(StoreError::Future {
-                position: parsed.position(i),
-                ts: parsed.batch.ts()[i],
-                max_future: cfg.max_future,
-            });
-        }
+        self.inner.check_future(&parsed, now)?;
         let bytes = parsed.batch.bytes() as u64;
         {
             let mut st = lock(&self.inner.state);

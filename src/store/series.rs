@@ -41,6 +41,11 @@ impl SeriesName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `default`: the series of the short URLs, and of events that name none.
+    pub fn default_series() -> SeriesName {
+        SeriesName("default".to_string())
+    }
 }
 
 impl fmt::Display for SeriesName {

@@ -18,6 +18,7 @@ mod pages;
 mod recovery;
 mod replica;
 mod retention;
+mod shippers;
 mod stores;
 mod supervision;
 mod support;

@@ -399,6 +399,14 @@ pub fn iso(t: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// `b` as one gzip member.
+pub fn gzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(b).unwrap();
+    enc.finish().unwrap()
+}
+
 /// Inflates a gzip body (any number of members).
 pub fn gunzip(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -73,7 +73,10 @@ async fn export_to_output(args: ExportArgs) -> CliResult<()> {
     };
     let mut out = io::BufWriter::with_capacity(1 << 20, out);
     match &args.url {
-        Some(url) => export_from_server(url, &args, &mut out).await?,
+        Some(url) => match args.parallel {
+            Some(n) if n > 1 => export_in_parallel(url, &args, n.into(), &mut out).await?,
+            _ => export_from_server(url, &args, &mut out).await?,
+        },
         None => {
             let store_args = StoreArgs::for_data(args.data.clone())?;
             let job = Export {
@@ -147,61 +150,10 @@ async fn export_from_folder(
 
 /// `GET {url}/api/series/{series}/export?...`, its body written as it comes.
 async fn export_from_server(url: &str, args: &ExportArgs, out: &mut dyn Write) -> CliResult<()> {
-    let base: Uri = url.parse().map_err(|e| format!("--url {url:?}: {e}"))?;
-    if base.scheme_str() != Some("http") {
-        return Err(format!(
-            "--url {url:?}: only http:// is spoken here (put a TLS proxy in front, or use curl)"
-        )
-        .into());
-    }
-    let authority = base
-        .authority()
-        .ok_or_else(|| format!("--url {url:?} has no host"))?
-        .clone();
-    let mut query = format!(
-        "from={}&to={}&format={}",
-        encode(&args.from),
-        encode(&args.to),
-        encode(&args.format)
-    );
-    if let Some(fields) = &args.fields {
-        query.push_str(&format!("&fields={}", encode(fields)));
-    }
-    let path = format!(
-        "{}/api/series/{}/export?{query}",
-        base.path().trim_end_matches('/'),
-        encode(&args.series)
-    );
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let stream = tokio::net::TcpStream::connect((host, authority.port_u16().unwrap_or(80)))
-        .await
-        .map_err(|e| format!("{authority}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut req = Request::get(path)
-        .header(header::HOST, authority.as_str())
-        .header(
-            header::ACCEPT_ENCODING,
-            if args.gzip { "gzip" } else { "identity" },
-        );
-    if let Some(token) = &args.token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let mut res = sender
-        .send_request(req.body(Empty::<Bytes>::new())?)
+    let server = Upstream::parse(url)?;
+    let mut res = server
+        .get(&server.path(&export_path(args, "export")), args)
         .await?;
-    let status = res.status();
-    if !status.is_success() {
-        let body = res.into_body().collect().await?.to_bytes();
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(format!("the server answered {status}: {message}").into());
-    }
     let bar = progress(0, "{spinner} {elapsed_precise} {bytes} {bytes_per_sec}");
     let body = res.body_mut();
     while let Some(frame) = body.frame().await {
@@ -215,17 +167,151 @@ async fn export_from_server(url: &str, args: &ExportArgs, out: &mut dyn Write) -
     Ok(())
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// `--parallel N`: the range's manifest, then its hours fetched `n` at a time and written in order, so the
+/// output is the serial export's, byte for byte. At most `n` hours are held in memory.
+async fn export_in_parallel(
+    url: &str,
+    args: &ExportArgs,
+    n: usize,
+    out: &mut dyn Write,
+) -> CliResult<()> {
+    if Format::parse(&args.format)? != Format::Ndjson {
+        return Err(format!(
+            "--parallel writes ndjson only: hours are joined as they come, and {} exports do not join",
+            args.format
+        )
+        .into());
     }
-    out
+    let server = std::sync::Arc::new(Upstream::parse(url)?);
+    let manifest = server
+        .get(&server.path(&export_path(args, "export/manifest")), args)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest)
+        .map_err(|e| format!("the server's manifest is not JSON: {e}"))?;
+    let urls: Vec<String> = manifest["hours"]
+        .as_array()
+        .ok_or("the server's manifest has no hours")?
+        .iter()
+        .filter_map(|h| h["url"].as_str().map(str::to_string))
+        .collect();
+    let bar = progress(
+        urls.len() as u64,
+        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} hours",
+    );
+    let mut running = std::collections::VecDeque::new();
+    let mut next = urls.into_iter();
+    loop {
+        while running.len() < n {
+            let Some(url) = next.next() else { break };
+            let (server, args) = (server.clone(), args.clone());
+            running.push_back(tokio::spawn(async move {
+                let res = server.get(&server.path(&url), &args).await?;
+                let body = res.into_body().collect().await;
+                let body = body.map_err(|e| format!("{url}: the export broke off: {e}"))?;
+                Ok::<_, Box<dyn Error + Send + Sync>>(body.to_bytes())
+            }));
+        }
+        let Some(first) = running.pop_front() else {
+            break;
+        };
+        let hour = first
+            .await
+            .map_err(|e| format!("a download stopped: {e}"))?;
+        out.write_all(&hour.map_err(|e| e.to_string())?)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// `api/series/{series}/{what}?from&to&format[&fields]` as `args` asks.
+fn export_path(args: &ExportArgs, what: &str) -> String {
+    let mut query = format!(
+        "from={}&to={}&format={}",
+        export::encode_query(&args.from),
+        export::encode_query(&args.to),
+        export::encode_query(&args.format)
+    );
+    if let Some(fields) = &args.fields {
+        query.push_str(&format!("&fields={}", export::encode_query(fields)));
+    }
+    format!(
+        "/api/series/{}/{what}?{query}",
+        export::encode_query(&args.series)
+    )
+}
+
+/// The server of `--url`: plain HTTP, a connection per request.
+struct Upstream {
+    base: Uri,
+    authority: axum::http::uri::Authority,
+}
+
+impl Upstream {
+    fn parse(url: &str) -> CliResult<Upstream> {
+        let base: Uri = url.parse().map_err(|e| format!("--url {url:?}: {e}"))?;
+        if base.scheme_str() != Some("http") {
+            return Err(format!(
+                "--url {url:?}: only http:// is spoken here (put a TLS proxy in front, or use curl)"
+            )
+            .into());
+        }
+        let authority = base
+            .authority()
+            .ok_or_else(|| format!("--url {url:?} has no host"))?
+            .clone();
+        Ok(Upstream { base, authority })
+    }
+
+    /// A path of the API under the URL's own path.
+    fn path(&self, api_path: &str) -> String {
+        format!("{}{api_path}", self.base.path().trim_end_matches('/'))
+    }
+
+    /// GETs `path`; an answer that is not a success is an error saying what the server said.
+    async fn get(
+        &self,
+        path: &str,
+        args: &ExportArgs,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Box<dyn Error + Send + Sync>> {
+        let authority = &self.authority;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let stream = tokio::net::TcpStream::connect((host, authority.port_u16().unwrap_or(80)))
+            .await
+            .map_err(|e| format!("{authority}: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = Request::get(path)
+            .header(header::HOST, authority.as_str())
+            .header(
+                header::ACCEPT_ENCODING,
+                if args.gzip { "gzip" } else { "identity" },
+            );
+        if let Some(token) = &args.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let res = sender
+            .send_request(req.body(Empty::<Bytes>::new())?)
+            .await?;
+        let status = res.status();
+        if !status.is_success() {
+            let body = res.into_body().collect().await?.to_bytes();
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(format!("the server answered {status}: {message}").into());
+        }
+        Ok(res)
+    }
 }
 
 /// Returns whether everything offered was imported (or was there already).

@@ -193,6 +193,10 @@ pub struct ExportArgs {
     /// Read from a running server (`http://host:port`) instead of a data folder (`--data` is then not used).
     #[arg(long)]
     pub url: Option<String>,
+    /// With --url: fetch the range's hours N at a time (from its export manifest) and write them in order,
+    /// holding at most N hours in memory; ndjson only.
+    #[arg(long, requires = "url", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: Option<u16>,
     /// Read a data folder directly (the server must be stopped: the folder is locked while in use).
     #[arg(long, env = "HOURGLASS_DATA", default_value = "./data")]
     pub data: PathBuf,

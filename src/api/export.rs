@@ -229,6 +229,78 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
     Ok(res)
 }
 
+/// `GET /api/series/{series}/export/manifest?from&to[&format&fields]`: the range as one export URL per hour
+/// that holds events (cut to the range), each with its events and, for a whole sealed hour, its archive's bytes
+/// (the size of its gzip export), and whether it is final. Scripts fetch the hours in parallel and resume
+/// where they stopped; a cache keeps each final hour. The manifest is final when the whole range is.
+pub async fn manifest_get(State(state): State<AppState>, r: Ranged) -> Result<Response, ApiError> {
+    let Ranged {
+        name,
+        from,
+        to,
+        q,
+        validators,
+        ..
+    } = r;
+    let format = Format::parse(q.get("format").map_or("ndjson", String::as_str))
+        .map_err(ApiError::bad_request)?;
+    let fields = export::csv_fields(format, q.get("fields").map(String::as_str))
+        .map_err(ApiError::bad_request)?;
+    state.store.check_kept(&name, from)?;
+    let h = match caching(
+        &state,
+        &name,
+        to,
+        ("manifest", from, to, format, &fields),
+        &validators,
+    )
+    .await?
+    {
+        Caching::NotModified(h) => return Ok(not_modified(h)),
+        Caching::Send(h) => h,
+    };
+    let (sealed, _, _) = state.store.watermark(&name).ok_or_else(|| unknown(&name))?;
+    let store = state.store.clone();
+    let series = name.clone();
+    let hours = tokio::task::spawn_blocking(move || store.hours_of(&series, from, to, sealed))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    // Each hour's URL asks for what this request asked for.
+    let mut extra = String::new();
+    for key in ["format", "fields"] {
+        if let Some(v) = q.get(key) {
+            extra.push_str(&format!("&{key}={}", export::encode_query(v)));
+        }
+    }
+    let entries: Vec<Value> = hours
+        .iter()
+        .map(|p| {
+            let (a, b) = (time::format_rfc3339(p.from), time::format_rfc3339(p.to));
+            json!({
+                "from": a,
+                "to": b,
+                "url": format!("/api/series/{}/export?from={a}&to={b}{extra}", name.as_str()),
+                "events": p.events,
+                "archive_bytes": p.archive_bytes,
+                "final": p.to <= sealed,
+            })
+        })
+        .collect();
+    let body = json!({
+        "series": name.as_str(),
+        "from": time::format_rfc3339(from),
+        "to": time::format_rfc3339(to),
+        "events": hours.iter().map(|p| p.events).sum::<u64>(),
+        "final": to <= sealed,
+        "hours": entries,
+    });
+    let mut res = Json(body).into_response();
+    res.headers_mut().extend(h);
+    Ok(res)
+}
+
 /// What the export thread hands the response body.
 enum Piece {
     Data(Bytes),

@@ -85,6 +85,10 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ),
         ("/api/series/{series}/events", post(ingest::events_post)),
         ("/api/series/{series}/export", get(export::export_get)),
+        (
+            "/api/series/{series}/export/manifest",
+            get(export::manifest_get),
+        ),
         ("/api/series/{series}/histogram", get(export::histogram_get)),
         ("/api/series/{series}/data", get(pages::head)),
         (pages::BEFORE, get(pages::before)),

@@ -933,6 +933,11 @@ impl SeriesArchive {
         hours::encode(lock_read(&self.hours).range(..through))
     }
 
+    /// The summary of an hour that holds events.
+    pub fn hour_summary(&self, hour: Hour) -> Option<HourSummary> {
+        lock_read(&self.hours).get(&hour).copied()
+    }
+
     /// The hours that hold events in `[from, to)`.
     pub fn hours_in(&self, from: Hour, to: Hour) -> Vec<Hour> {
         lock_read(&self.hours)

@@ -38,7 +38,7 @@ use crate::metrics::{self, Histogram};
 use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
 use chunk::OpenChunk;
 pub use import::{ImportChunk, Imported};
-pub use read::{Located, PageLines, PageRef};
+pub use read::{HourPiece, Located, PageLines, PageRef};
 pub use series::{Generation, SeriesName, Settings};
 
 /// What the store needs from the configuration.

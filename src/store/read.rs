@@ -402,6 +402,58 @@ impl Store {
     /// Event counts in `[from, to)` per bucket of `step`, from the hour summaries, indexes and open chunks
     /// alone (no line is read). `from` and `step` must be multiples of the series' width, so chunks never
     /// straddle buckets. Blocking: an hour that a bucket does not hold whole has its index read.
+    /// The hours of `[from, to)` that hold events, each cut to the range, with their events (sealed or not) and,
+    /// for a whole hour below `sealed`, the bytes of its archive (what a gzip export of it is): an export
+    /// manifest's entries. Blocking (hour indexes may be read).
+    pub fn hours_of(
+        &self,
+        name: &SeriesName,
+        from: Millis,
+        to: Millis,
+        sealed: Millis,
+    ) -> Result<Vec<HourPiece>, StoreError> {
+        let aligned = time::Hour::of(from).start();
+        let end = time::Hour::of(to - 1).start() + time::HOUR;
+        let counts = self.histogram(name, aligned, end, time::HOUR)?;
+        let archive = {
+            let st = lock(&self.inner.state);
+            let s = st
+                .series
+                .get(name.as_str())
+                .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+            s.archive.clone()
+        };
+        let mut pieces = Vec::new();
+        for (i, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let start = aligned + i as Millis * time::HOUR;
+            let (lo, hi) = (start.max(from), (start + time::HOUR).min(to));
+            let whole = lo == start && hi == start + time::HOUR;
+            let events = if whole {
+                n
+            } else {
+                self.histogram(name, lo, hi, hi - lo)?
+                    .first()
+                    .copied()
+                    .unwrap_or(0)
+            };
+            if events == 0 {
+                continue;
+            }
+            let archive_bytes = (whole && hi <= sealed)
+                .then(|| archive.hour_summary(time::Hour::of(start)))
+                .flatten()
+                .filter(|h| h.events == events)
+                .map(|h| h.bytes);
+            pieces.push(HourPiece {
+                from: lo,
+                to: hi,
+                events,
+                archive_bytes,
+            });
+        }
+        Ok(pieces)
+    }
+
     pub fn histogram(
         &self,
         name: &SeriesName,
@@ -501,4 +553,13 @@ fn read_open(
         count: refs.len(),
         member: None,
     })
+}
+
+/// One hour of an export manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HourPiece {
+    pub from: Millis,
+    pub to: Millis,
+    pub events: u64,
+    pub archive_bytes: Option<u64>,
 }

@@ -359,3 +359,121 @@ fn exports_come_in_zstd_when_the_client_prefers_it() {
     assert_eq!(again.status, 304);
     assert_eq!(get("zstd;q=0").header("content-encoding"), None);
 }
+
+/// Hours with events, some whole, the first and last cut by the range.
+const HOURS: &[(&str, usize)] = &[
+    ("2014-03-01T10:10:00Z", 40),
+    ("2014-03-01T10:59:50Z", 7),
+    ("2014-03-01T11:00:00Z", 30),
+    ("2014-03-01T13:20:00Z", 12),
+    ("2014-03-01T16:00:00Z", 25),
+    ("2014-03-01T16:30:00Z", 5),
+];
+
+#[test]
+fn a_manifest_lists_the_hours_and_a_parallel_export_equals_the_serial_one() {
+    let dir = TempDir::new("manifest");
+    let ts = seed(dir.path(), "m", HOURS, 8);
+    let server = Server::start(dir.path(), &["--max-page-entries", "8"]);
+    let (from, to) = ("2014-03-01T10:30:00Z", "2014-03-01T16:15:00Z");
+    let path = format!("/api/series/m/export/manifest?from={from}&to={to}");
+    let r = server.get(&path);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    let etag = r.header("etag").unwrap().to_string();
+    let again = request(server.addr, "GET", &path, &[("If-None-Match", &etag)], b"").unwrap();
+    assert_eq!(again.status, 304);
+    let m = r.json();
+    assert_eq!(m["final"], true, "{m}");
+    let hours = m["hours"].as_array().unwrap();
+    let spans: Vec<(&str, &str)> = hours
+        .iter()
+        .map(|h| (h["from"].as_str().unwrap(), h["to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            ("2014-03-01T10:30:00.000Z", "2014-03-01T11:00:00.000Z"),
+            ("2014-03-01T11:00:00.000Z", "2014-03-01T12:00:00.000Z"),
+            ("2014-03-01T13:00:00.000Z", "2014-03-01T14:00:00.000Z"),
+            ("2014-03-01T16:00:00.000Z", "2014-03-01T16:15:00.000Z"),
+        ],
+        "hours without events are left out: {m}"
+    );
+    // Each hour's count is its export's; whole sealed hours have their archive's size (its file here), cut
+    // ones none.
+    let mut total = 0;
+    for h in hours {
+        let url = h["url"].as_str().unwrap();
+        let export = server.get(url);
+        assert_eq!(export.status, 200, "{url}");
+        assert_eq!(
+            export.header("cache-control"),
+            Some("public, max-age=31536000, immutable")
+        );
+        let n = export.text().lines().count() as u64;
+        assert_eq!(h["events"], n, "{h}");
+        assert_eq!(h["final"], true, "{h}");
+        total += n;
+        let start = h["from"].as_str().unwrap();
+        let whole =
+            start.ends_with(":00:00.000Z") && !h["to"].as_str().unwrap().ends_with(":15:00.000Z");
+        let stem: String = start[..13].chars().filter(char::is_ascii_digit).collect();
+        let file = dir.path().join("m").join(format!("{stem}.json.gz"));
+        let stored = std::fs::metadata(file).unwrap().len();
+        assert_eq!(h["archive_bytes"].as_u64(), whole.then_some(stored), "{h}");
+    }
+    let (f, t) = (ms(from), ms(to));
+    assert_eq!(total, lines(&ts, f, t).len() as u64);
+    assert_eq!(m["events"], total);
+
+    // `hourglass export --parallel 4` writes exactly what the serial export writes, gzip or not.
+    let url = format!("http://{}", server.addr);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "export", "--url", &url, "--series", "m", "--from", from, "--to", to,
+        ];
+        args.extend(extra);
+        let out = crate::support::hourglass(&args);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let serial = run(&[]);
+    assert_eq!(
+        String::from_utf8(serial.clone()).unwrap().lines().count() as u64,
+        total
+    );
+    assert_eq!(run(&["--parallel", "4"]), serial);
+    assert_eq!(run(&["--parallel", "2"]), serial);
+    let serial_gz = run(&["--gzip"]);
+    let parallel_gz = run(&["--gzip", "--parallel", "4"]);
+    assert_eq!(crate::support::gunzip(&parallel_gz), serial);
+    assert_eq!(crate::support::gunzip(&serial_gz), serial);
+    // Formats whose exports do not join are refused.
+    let out = crate::support::hourglass(&[
+        "export",
+        "--url",
+        &url,
+        "--series",
+        "m",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--parallel",
+        "4",
+        "--format",
+        "csv",
+        "--fields",
+        "ts",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ndjson only"));
+}

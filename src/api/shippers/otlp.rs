@@ -341,6 +341,9 @@ fn hex(bytes: &[u8]) -> String {
 /// OTLP's JSON encoding as the protobuf messages: lowerCamelCase names (snake_case taken too), 64-bit integers
 /// as strings or numbers, trace and span ids in hex, bytes in base64.
 fn from_json(v: &Value) -> Result<wire::ExportLogsServiceRequest, String> {
+    if !v.is_object() {
+        return Err("not an ExportLogsServiceRequest object {\"resourceLogs\": [...]}".into());
+    }
     let mut request = wire::ExportLogsServiceRequest::default();
     for rl in list(v, "resourceLogs")? {
         let resource = match field(rl, "resource") {
@@ -395,10 +398,14 @@ fn field<'a>(v: &'a Value, camel: &str) -> Option<&'a Value> {
     })
 }
 
+/// An array of objects (messages), empty when absent.
 fn list<'a>(v: &'a Value, name: &str) -> Result<&'a [Value], String> {
     match field(v, name) {
         None | Some(Value::Null) => Ok(&[]),
-        Some(Value::Array(a)) => Ok(a),
+        Some(Value::Array(a)) => match a.iter().position(|m| !m.is_object()) {
+            None => Ok(a),
+            Some(i) => Err(format!("{name:?} item {} is not an object", i + 1)),
+        },
         Some(_) => Err(format!("{name:?} is not an array")),
     }
 }

@@ -605,3 +605,56 @@ fn a_series_reads_the_same_whatever_memory_holds_of_its_history() {
     assert_eq!(run(&[]), plenty);
     assert!(summaries.is_file(), "the summaries are written again");
 }
+
+#[test]
+fn pages_come_in_zstd_when_the_client_prefers_it_under_their_own_etag() {
+    let (_dir, server) = sparse_server("pages-zstd", "z", &[]);
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        request(server.addr, "GET", path, headers, b"").unwrap()
+    };
+    let final_page = "/api/series/z/data/before/2014_05_17_13_20_10";
+    for (path, accept) in [
+        (final_page, "application/json"),
+        (final_page, "application/x-ndjson"),
+        ("/api/series/z/data", "application/json"),
+    ] {
+        let plain = get(path, &[("Accept", accept)]);
+        let gz = get(path, &[("Accept", accept), ("Accept-Encoding", "gzip")]);
+        let z = get(
+            path,
+            &[("Accept", accept), ("Accept-Encoding", "zstd, gzip;q=0.5")],
+        );
+        assert_eq!(plain.status, 200, "{path}: {}", plain.text());
+        assert_eq!(
+            (z.status, z.header("content-encoding")),
+            (200, Some("zstd")),
+            "{path} {accept}"
+        );
+        assert_eq!(
+            zstd::decode_all(&z.body[..]).unwrap(),
+            plain.body,
+            "{path} {accept}"
+        );
+        assert_eq!(z.header("link"), plain.header("link"));
+        assert_eq!(z.header("cache-control"), plain.header("cache-control"));
+        // Another representation, another ETag; its own revalidates.
+        let etags = [plain.header("etag"), gz.header("etag"), z.header("etag")];
+        assert!(etags[0] != etags[2] && etags[1] != etags[2], "{etags:?}");
+        let etag = z.header("etag").unwrap();
+        let again = get(
+            path,
+            &[
+                ("Accept", accept),
+                ("Accept-Encoding", "zstd, gzip;q=0.5"),
+                ("If-None-Match", etag),
+            ],
+        );
+        assert_eq!(again.status, 304, "{path} {accept}");
+    }
+    // Browsers list zstd with gzip at the same quality: they get gzip.
+    let browser = get(
+        final_page,
+        &[("Accept-Encoding", "gzip, deflate, br, zstd")],
+    );
+    assert_eq!(browser.header("content-encoding"), Some("gzip"));
+}

@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example load -- --url 127.0.0.1:8080 --clients 8 --seconds 20
 //! cargo run --release --example load -- --target influx --url 127.0.0.1:8086 --clients 8 --seconds 20
+//! cargo run --release --example load -- --target otlp-protobuf --url 127.0.0.1:8080 --seconds 20
 //! ```
 //!
 //! Bodies are built once; each request only rewrites the timestamps in place, so the generator spends its CPU
@@ -48,8 +49,47 @@ struct Args {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum Target {
+    /// NDJSON to `/api/series/{series}/events`.
     Hourglass,
+    /// Line protocol to InfluxDB's `/write`.
     Influx,
+    /// Elasticsearch `_bulk` to hourglass (`/{series}/_bulk`, documents with `@timestamp` in ms).
+    Elastic,
+    /// Loki push in JSON (one stream, `job` = the series).
+    LokiJson,
+    /// Loki push in snappy-compressed protobuf, compressed again for every request as Promtail does.
+    LokiProtobuf,
+    /// OTLP/HTTP logs in JSON (`service.name` = the series).
+    OtlpJson,
+    /// OTLP/HTTP logs in protobuf.
+    OtlpProtobuf,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Hourglass => "hourglass",
+            Target::Influx => "influxdb",
+            Target::Elastic => "elastic-bulk",
+            Target::LokiJson => "loki-json",
+            Target::LokiProtobuf => "loki-protobuf",
+            Target::OtlpJson => "otlp-json",
+            Target::OtlpProtobuf => "otlp-protobuf",
+        }
+    }
+}
+
+/// How a body's times are written: where each sits, and in which form.
+#[derive(Clone, Copy, PartialEq)]
+enum Stamp {
+    /// 13 ASCII digits of Unix milliseconds (followed, for nanoseconds, by digits left as they are).
+    MillisDigits,
+    /// InfluxDB: 13 digits of milliseconds then 6 of a counter that makes each point's time unique.
+    UniqueNanos,
+    /// Protobuf `fixed64` nanoseconds, little-endian.
+    Fixed64Nanos,
+    /// Protobuf varint seconds, 5 bytes (every time from 2038 back to 1978 takes five).
+    VarintSeconds,
 }
 
 fn now_ms() -> u64 {
@@ -58,80 +98,326 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A request whose timestamp digits sit at known offsets, so they can be rewritten in place.
+/// A request whose times sit at known offsets, so they can be rewritten in place.
 struct Body {
-    head: Vec<u8>,
+    /// Everything of the head but `Content-Length`, which snappy makes vary.
+    head: String,
     body: Vec<u8>,
     ts_at: Vec<usize>,
     /// InfluxDB overwrites points with the same series and time, so its times are nanoseconds made unique
     /// with a counter; hourglass keeps every event, so its times are plain milliseconds.
-    unique_ns: bool,
+    stamp: Stamp,
+    /// Sent snappy-compressed (Loki's protobuf).
+    snappy: bool,
     sent: u64,
 }
 
+/// Protobuf messages of the two protocols, as little as the generator sends.
+mod wire {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PushRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub streams: Vec<Stream>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Stream {
+        #[prost(string, tag = "1")]
+        pub labels: String,
+        #[prost(message, repeated, tag = "2")]
+        pub entries: Vec<Entry>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Entry {
+        #[prost(message, optional, tag = "1")]
+        pub timestamp: Option<Timestamp>,
+        #[prost(string, tag = "2")]
+        pub line: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Timestamp {
+        #[prost(int64, tag = "1")]
+        pub seconds: i64,
+        #[prost(int32, tag = "2")]
+        pub nanos: i32,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportLogsServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_logs: Vec<ResourceLogs>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceLogs {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_logs: Vec<ScopeLogs>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<KeyValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeLogs {
+        #[prost(message, repeated, tag = "2")]
+        pub log_records: Vec<LogRecord>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LogRecord {
+        #[prost(fixed64, tag = "1")]
+        pub time_unix_nano: u64,
+        #[prost(string, tag = "3")]
+        pub severity_text: String,
+        #[prost(message, optional, tag = "5")]
+        pub body: Option<AnyValue>,
+        #[prost(message, repeated, tag = "6")]
+        pub attributes: Vec<KeyValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<AnyValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AnyValue {
+        #[prost(string, tag = "1")]
+        pub string_value: String,
+    }
+}
+
+/// Where the i-th occurrence of `needle` starts in `hay`, for every one.
+fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    (0..hay.len().saturating_sub(needle.len() - 1))
+        .filter(|&i| &hay[i..i + needle.len()] == needle)
+        .collect()
+}
+
+/// The events one client sends in every batch: padded log-like text, `host` and `seq` as fields or labels.
 fn build(args: &Args, client: usize) -> Body {
     let ts = format!("{:013}", now_ms());
-    let mut body = Vec::with_capacity(args.batch * args.event_bytes);
-    let mut ts_at = Vec::with_capacity(args.batch);
     let mut rng = rand::rngs::StdRng::seed_from_u64(client as u64);
-    for i in 0..args.batch {
-        let start = body.len();
-        let line = match args.target {
-            Target::Hourglass => format!(
-                "{{\"ts\":{ts},\"host\":\"web-{:03}\",\"metric\":\"cpu\",\"value\":0.{:04},\"seq\":{i},\"msg\":\"",
-                client % 1000,
-                i % 10_000
-            ),
-            Target::Influx => format!(
-                "{},host=web-{:03},metric=cpu value=0.{:04},seq={i}i,msg=\"",
-                args.series,
-                client % 1000,
-                i % 10_000
-            ),
-        };
-        let ts_offset = match args.target {
-            Target::Hourglass => start + 6,
-            Target::Influx => 0, // set below: the timestamp ends the line
-        };
-        body.extend_from_slice(line.as_bytes());
-        let tail = match args.target {
-            Target::Hourglass => "\"}\n".to_string(),
-            Target::Influx => format!("\" {ts}000000\n"),
-        };
-        let pad = args.event_bytes.saturating_sub(line.len() + tail.len());
-        body.extend_from_slice(&message(&mut rng, pad));
-        body.extend_from_slice(tail.as_bytes());
-        ts_at.push(match args.target {
-            Target::Hourglass => ts_offset,
-            Target::Influx => body.len() - 20,
-        });
-    }
-    let path = match args.target {
-        Target::Hourglass => format!("/api/series/{}/events", args.series),
-        Target::Influx => "/write?db=bench&precision=ns".to_string(),
+    let host = format!("web-{:03}", client % 1000);
+    // The message of event i, sized so that a native event is `event_bytes` long.
+    let mut text = |i: usize, overhead: usize| {
+        String::from_utf8_lossy(&message(
+            &mut rng,
+            args.event_bytes.saturating_sub(overhead),
+        ))
+        .into_owned()
+            + &format!(" seq={i}")
     };
+    let (path, content_type, body, ts_at, stamp, snappy) = match args.target {
+        Target::Hourglass
+        | Target::Influx
+        | Target::Elastic
+        | Target::LokiJson
+        | Target::OtlpJson => {
+            let mut body = Vec::with_capacity(args.batch * args.event_bytes * 2);
+            let mut ts_at = Vec::with_capacity(args.batch);
+            match args.target {
+                Target::LokiJson => body.extend_from_slice(
+                    format!("{{\"streams\":[{{\"stream\":{{\"job\":\"{}\",\"host\":\"{host}\"}},\"values\":[", args.series).as_bytes(),
+                ),
+                Target::OtlpJson => body.extend_from_slice(
+                    format!("{{\"resourceLogs\":[{{\"resource\":{{\"attributes\":[{{\"key\":\"service.name\",\"value\":{{\"stringValue\":\"{}\"}}}}]}},\"scopeLogs\":[{{\"logRecords\":[", args.series).as_bytes(),
+                ),
+                _ => {}
+            }
+            for i in 0..args.batch {
+                let sep = if i > 0 { "," } else { "" };
+                let (before, after) = match args.target {
+                    Target::Hourglass => (
+                        "{\"ts\":".to_string(),
+                        format!(
+                            ",\"host\":\"{host}\",\"metric\":\"cpu\",\"value\":0.{:04},\"seq\":{i},\"msg\":\"{}\"}}\n",
+                            i % 10_000,
+                            text(i, 100)
+                        ),
+                    ),
+                    Target::Influx => (
+                        format!(
+                            "{},host={host},metric=cpu value=0.{:04},seq={i}i,msg=\"{}\" ",
+                            args.series,
+                            i % 10_000,
+                            text(i, 100)
+                        ),
+                        "000000\n".to_string(),
+                    ),
+                    Target::Elastic => (
+                        "{\"create\":{}}\n{\"@timestamp\":".to_string(),
+                        format!(
+                            ",\"host\":\"{host}\",\"metric\":\"cpu\",\"value\":0.{:04},\"seq\":{i},\"msg\":\"{}\"}}\n",
+                            i % 10_000,
+                            text(i, 100)
+                        ),
+                    ),
+                    Target::LokiJson => (
+                        format!("{sep}[\""),
+                        format!("000000\",\"{}\"]", text(i, 60)),
+                    ),
+                    _ => (
+                        format!("{sep}{{\"timeUnixNano\":\""),
+                        format!(
+                            "000000\",\"severityText\":\"INFO\",\"body\":{{\"stringValue\":\"{}\"}},\"attributes\":[{{\"key\":\"host\",\"value\":{{\"stringValue\":\"{host}\"}}}}]}}",
+                            text(i, 100)
+                        ),
+                    ),
+                };
+                body.extend_from_slice(before.as_bytes());
+                ts_at.push(body.len());
+                body.extend_from_slice(ts.as_bytes());
+                body.extend_from_slice(after.as_bytes());
+            }
+            match args.target {
+                Target::LokiJson => body.extend_from_slice(b"]}]}"),
+                Target::OtlpJson => body.extend_from_slice(b"]}]}]}"),
+                _ => {}
+            }
+            let (path, content_type, stamp) = match args.target {
+                Target::Hourglass => (
+                    format!("/api/series/{}/events", args.series),
+                    "application/x-ndjson",
+                    Stamp::MillisDigits,
+                ),
+                Target::Influx => (
+                    "/write?db=bench&precision=ns".to_string(),
+                    "text/plain",
+                    Stamp::UniqueNanos,
+                ),
+                Target::Elastic => (
+                    format!("/{}/_bulk", args.series),
+                    "application/x-ndjson",
+                    Stamp::MillisDigits,
+                ),
+                Target::LokiJson => (
+                    "/loki/api/v1/push".to_string(),
+                    "application/json",
+                    Stamp::MillisDigits,
+                ),
+                _ => (
+                    "/v1/logs".to_string(),
+                    "application/json",
+                    Stamp::MillisDigits,
+                ),
+            };
+            (path, content_type, body, ts_at, stamp, false)
+        }
+        Target::LokiProtobuf => {
+            use prost::Message;
+            // A sentinel second count, five varint bytes like every current time, found again after encoding.
+            const MARK: i64 = 0x7_1234_5678;
+            let entries = (0..args.batch)
+                .map(|i| wire::Entry {
+                    timestamp: Some(wire::Timestamp {
+                        seconds: MARK,
+                        nanos: 0,
+                    }),
+                    line: text(i, 60),
+                })
+                .collect();
+            let request = wire::PushRequest {
+                streams: vec![wire::Stream {
+                    labels: format!("{{job=\"{}\", host=\"{host}\"}}", args.series),
+                    entries,
+                }],
+            };
+            let body = request.encode_to_vec();
+            let mark = wire::Timestamp {
+                seconds: MARK,
+                nanos: 0,
+            }
+            .encode_to_vec();
+            let ts_at = find_all(&body, &mark[1..]);
+            (
+                "/loki/api/v1/push".to_string(),
+                "application/x-protobuf",
+                body,
+                ts_at,
+                Stamp::VarintSeconds,
+                true,
+            )
+        }
+        Target::OtlpProtobuf => {
+            use prost::Message;
+            const MARK: u64 = 0x1122_3344_5566_7788;
+            let string = |s: &str| {
+                Some(wire::AnyValue {
+                    string_value: s.to_string(),
+                })
+            };
+            let log_records = (0..args.batch)
+                .map(|i| wire::LogRecord {
+                    time_unix_nano: MARK,
+                    severity_text: "INFO".into(),
+                    body: string(&text(i, 100)),
+                    attributes: vec![wire::KeyValue {
+                        key: "host".into(),
+                        value: string(&host),
+                    }],
+                })
+                .collect();
+            let request = wire::ExportLogsServiceRequest {
+                resource_logs: vec![wire::ResourceLogs {
+                    resource: Some(wire::Resource {
+                        attributes: vec![wire::KeyValue {
+                            key: "service.name".into(),
+                            value: string(&args.series),
+                        }],
+                    }),
+                    scope_logs: vec![wire::ScopeLogs { log_records }],
+                }],
+            };
+            let body = request.encode_to_vec();
+            let ts_at = find_all(&body, &MARK.to_le_bytes());
+            (
+                "/v1/logs".to_string(),
+                "application/x-protobuf",
+                body,
+                ts_at,
+                Stamp::Fixed64Nanos,
+                false,
+            )
+        }
+    };
+    assert_eq!(ts_at.len(), args.batch, "every event's time found");
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
-        args.url,
-        body.len()
-    )
-    .into_bytes();
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n",
+        args.url
+    );
     Body {
         head,
         body,
         ts_at,
-        unique_ns: args.target == Target::Influx,
+        stamp,
+        snappy,
         sent: 0,
     }
 }
 
 fn stamp(b: &mut Body) {
-    let ts = format!("{:013}", now_ms());
+    let ms = now_ms();
+    let ts = format!("{ms:013}");
     for (i, &at) in b.ts_at.iter().enumerate() {
-        b.body[at..at + 13].copy_from_slice(ts.as_bytes());
-        if b.unique_ns {
-            let n = (b.sent * b.ts_at.len() as u64 + i as u64) % 1_000_000;
-            b.body[at + 13..at + 19].copy_from_slice(format!("{n:06}").as_bytes());
+        match b.stamp {
+            Stamp::MillisDigits => b.body[at..at + 13].copy_from_slice(ts.as_bytes()),
+            Stamp::UniqueNanos => {
+                b.body[at..at + 13].copy_from_slice(ts.as_bytes());
+                let n = (b.sent * b.ts_at.len() as u64 + i as u64) % 1_000_000;
+                b.body[at + 13..at + 19].copy_from_slice(format!("{n:06}").as_bytes());
+            }
+            Stamp::Fixed64Nanos => {
+                b.body[at..at + 8].copy_from_slice(&(ms * 1_000_000).to_le_bytes())
+            }
+            Stamp::VarintSeconds => {
+                let mut v = ms / 1000;
+                for byte in &mut b.body[at..at + 5] {
+                    *byte = (v & 0x7f) as u8 | 0x80;
+                    v >>= 7;
+                }
+                b.body[at + 4] &= 0x7f;
+            }
         }
     }
     b.sent += 1;
@@ -200,8 +486,18 @@ fn main() -> std::io::Result<()> {
                     }
                     stamp(&mut body);
                     let t = Instant::now();
-                    writer.write_all(&body.head)?;
-                    writer.write_all(&body.body)?;
+                    let compressed;
+                    let payload = if body.snappy {
+                        compressed = snap::raw::Encoder::new()
+                            .compress_vec(&body.body)
+                            .map_err(std::io::Error::other)?;
+                        &compressed
+                    } else {
+                        &body.body
+                    };
+                    let head = format!("{}Content-Length: {}\r\n\r\n", body.head, payload.len());
+                    writer.write_all(head.as_bytes())?;
+                    writer.write_all(payload)?;
                     let status = read_response(&mut reader)?;
                     latencies.push(t.elapsed());
                     if (200..300).contains(&status) {
@@ -241,10 +537,7 @@ fn main() -> std::io::Result<()> {
     let total = events.load(Ordering::Relaxed);
     println!(
         "target={} clients={} batch={} event_bytes={} rate={} seconds={:.1} events={} events_per_s={:.0} MB_per_s={:.1} batch_ms_p50={:.2} batch_ms_p99={:.2} refused_batches={}",
-        match args.target {
-            Target::Hourglass => "hourglass",
-            Target::Influx => "influxdb",
-        },
+        args.target.name(),
         args.clients,
         args.batch,
         args.event_bytes,

@@ -4,7 +4,8 @@
 //! index, or a field of the document (`--elastic-series-field`). `delete` and `update` are refused: events are
 //! appended, never changed. Answers carry `X-Elastic-Product: Elasticsearch`, which official clients check.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::io::Write;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -12,9 +13,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{Parts, Stored, Times};
+use super::{Parts, Stored};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::ingest::parse::json_at_path;
@@ -51,19 +52,39 @@ pub fn info() -> Response {
     )
 }
 
-/// One action line: `{"create": {...}}` or `{"index": {...}}`.
+/// One action line: `{"create": {...}}` or `{"index": {...}}`; `delete` and `update` are named to refuse them.
 #[derive(Deserialize)]
-struct Meta {
-    #[serde(rename = "_index")]
-    index: Option<String>,
-    #[serde(rename = "_id")]
-    id: Option<String>,
+struct ActionLine<'a> {
+    #[serde(borrow, default)]
+    create: Option<Meta<'a>>,
+    #[serde(borrow, default)]
+    index: Option<Meta<'a>>,
+    #[serde(default)]
+    delete: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    update: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, rename = "_index")]
+    index: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "_id")]
+    id: Option<Cow<'a, str>>,
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Create,
+    Index,
 }
 
 struct Item {
-    action: String,
-    index: String,
-    id: String,
+    action: Action,
+    /// Of the request's index names.
+    index: usize,
+    /// As sent; `None`: one is made up for the answer.
+    id: Option<String>,
 }
 
 async fn bulk(
@@ -76,20 +97,28 @@ async fn bulk(
     state.tokens.check_write(headers)?;
     let received = crate::api::ingest::receive(state, headers, body).await?;
     let fields = state.shippers.elastic.clone();
-    let (parts, items) =
+    let (parts, request) =
         crate::api::ingest::blocking(move || read(&received.bytes, path_index.as_deref(), &fields))
             .await?;
-    if items.is_empty() {
+    if request.items.is_empty() {
         return Err(ApiError::bad_request("the body holds no actions"));
     }
-    let stored = super::store(state, parts, Times::AsSeriesSays).await?;
+    let stored = super::store(state, parts).await?;
     if stored.iter().all(|s| s.outcome.is_err()) {
         return Err(super::first_refusal(stored)
             .unwrap_or_else(|| ApiError::bad_request("the body holds no actions")));
     }
-    Ok(product(
-        axum::Json(results(began, &items, stored)).into_response(),
-    ))
+    let answer =
+        crate::api::ingest::blocking(move || Ok(results(began, &request, &stored))).await?;
+    let mut res = Body::from(answer).into_response();
+    *res.status_mut() = StatusCode::OK;
+    Ok(product(res))
+}
+
+/// A bulk request's items and the index names they use.
+struct Request {
+    items: Vec<Item>,
+    indexes: Vec<String>,
 }
 
 /// The documents of a bulk body by series, and each item's action, index and id.
@@ -97,98 +126,167 @@ fn read(
     body: &[u8],
     path_index: Option<&str>,
     fields: &[String],
-) -> Result<(Parts, Vec<Item>), ApiError> {
+) -> Result<(Parts, Request), ApiError> {
     let mut parts = Parts::new("item");
-    let mut items = Vec::new();
+    let mut request = Request {
+        items: Vec::new(),
+        indexes: Vec::new(),
+    };
+    // The series of each index name, worked out once.
+    let mut series_of: Vec<crate::store::SeriesName> = Vec::new();
     let mut lines = body
         .split(|&b| b == b'\n')
         .map(<[u8]>::trim_ascii)
         .enumerate()
         .filter(|(_, l)| !l.is_empty());
     while let Some((at, line)) = lines.next() {
-        let number = items.len() + 1;
+        let number = request.items.len() + 1;
         let fail =
             |why: String| ApiError::bad_request(format!("item {number} (line {}): {why}", at + 1));
-        let action: HashMap<String, Meta> = serde_json::from_slice(line)
+        let action: ActionLine = serde_json::from_slice(line)
             .map_err(|e| fail(format!("not an action line {{\"create\": {{...}}}}: {e}")))?;
-        let (kind, meta) = match action.into_iter().next() {
-            Some(pair) if line.starts_with(b"{") => pair,
-            _ => return Err(fail("not an action line {\"create\": {...}}".into())),
+        let (kind, meta) = match action {
+            ActionLine {
+                create: Some(meta),
+                index: None,
+                delete: None,
+                update: None,
+            } => (Action::Create, meta),
+            ActionLine {
+                create: None,
+                index: Some(meta),
+                delete: None,
+                update: None,
+            } => (Action::Index, meta),
+            ActionLine {
+                delete: Some(_), ..
+            } => return Err(fail(refused("delete"))),
+            ActionLine {
+                update: Some(_), ..
+            } => return Err(fail(refused("update"))),
+            _ => {
+                return Err(fail(
+                    "not an action line: expected one of create or index, as {\"create\": {...}}"
+                        .into(),
+                ));
+            }
         };
-        if !matches!(kind.as_str(), "create" | "index") {
-            return Err(fail(format!(
-                "the {kind:?} action is not taken: events are appended, never changed or removed; send create or index"
-            )));
-        }
         let Some((_, document)) = lines.next() else {
-            return Err(fail(format!("the {kind} action has no document after it")));
+            return Err(fail(format!(
+                "the {} action has no document after it",
+                kind.name()
+            )));
         };
-        let index = match meta.index.as_deref().or(path_index) {
-            Some(index) => index.to_string(),
-            None => return Err(fail("no index: name one in the action or the URL".into())),
+        let Some(index_name) = meta.index.as_deref().or(path_index) else {
+            return Err(fail("no index: name one in the action or the URL".into()));
+        };
+        let index = match request.indexes.iter().position(|i| i == index_name) {
+            Some(i) => i,
+            None => {
+                request.indexes.push(index_name.to_string());
+                series_of.push(super::series_name(index_name));
+                request.indexes.len() - 1
+            }
         };
         let from_field = fields
             .iter()
             .find_map(|f| json_at_path(document, f))
             .map(|raw| serde_json::from_str::<String>(raw.get()).unwrap_or(raw.get().to_string()));
-        let series = super::series_name(from_field.as_deref().unwrap_or(&index));
+        let series = match from_field {
+            Some(name) => super::series_name(&name),
+            None => series_of[index].clone(),
+        };
         parts.push(series, number, document);
-        let id = meta.id.unwrap_or_else(|| generated_id(number));
-        items.push(Item {
+        request.items.push(Item {
             action: kind,
             index,
-            id,
+            id: meta.id.map(Cow::into_owned),
         });
     }
-    Ok((parts, items))
+    Ok((parts, request))
 }
 
-/// An id for a document sent without one: the time received and the item, unique within this server.
-fn generated_id(number: usize) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{nanos:x}-{number}")
+fn refused(action: &str) -> String {
+    format!(
+        "the {action:?} action is not taken: events are appended, never changed or removed; send create or index"
+    )
 }
 
-/// The answer Elasticsearch gives: per item its status, `errors` when any failed.
-fn results(began: Instant, items: &[Item], stored: Vec<Stored>) -> Value {
-    let mut status = vec![None::<&ApiError>; items.len()];
-    let mut errors = false;
-    for part in &stored {
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Index => "index",
+        }
+    }
+}
+
+/// The answer Elasticsearch gives, written out: per item its status, `errors` when any failed. Items sent
+/// without an `_id` get one made of the time received and their number.
+fn results(began: Instant, request: &Request, stored: &[Stored]) -> Vec<u8> {
+    let mut failed = vec![None::<&ApiError>; request.items.len()];
+    for part in stored {
         if let Err(e) = &part.outcome {
-            errors = true;
             for &n in &part.numbers {
-                if let Some(s) = status.get_mut(n as usize - 1) {
+                if let Some(s) = failed.get_mut(n as usize - 1) {
                     *s = Some(e);
                 }
             }
         }
     }
-    let answers: Vec<Value> = items
+    let indexes: Vec<Vec<u8>> = request
+        .indexes
         .iter()
-        .zip(&status)
-        .enumerate()
-        .map(|(i, (item, failed))| {
-            let body = match failed {
-                None => json!({
-                    "_index": item.index, "_id": item.id, "_version": 1, "result": "created",
-                    "_shards": {"total": 1, "successful": 1, "failed": 0},
-                    "_seq_no": i, "_primary_term": 1, "status": 201,
-                }),
-                Some(e) => json!({
-                    "_index": item.index, "_id": item.id, "status": e.status.as_u16(),
-                    "error": {"type": error_type(e.status), "reason": e.message},
-                }),
-            };
-            json!({ item.action.as_str(): body })
+        .map(|i| {
+            let mut out = Vec::new();
+            super::json_string(&mut out, i);
+            out
         })
         .collect();
-    json!({
-        "took": began.elapsed().as_millis() as u64,
-        "errors": errors,
-        "items": answers,
-    })
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut out = Vec::with_capacity(request.items.len() * 200 + 64);
+    let errors = failed.iter().any(Option::is_some);
+    let _ = write!(
+        out,
+        "{{\"took\":{},\"errors\":{errors},\"items\":[",
+        began.elapsed().as_millis()
+    );
+    for (i, (item, failed)) in request.items.iter().zip(&failed).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = write!(out, "{{\"{}\":{{\"_index\":", item.action.name());
+        out.extend_from_slice(&indexes[item.index]);
+        out.extend_from_slice(b",\"_id\":");
+        match &item.id {
+            Some(id) => super::json_string(&mut out, id),
+            None => {
+                let _ = write!(out, "\"{base:x}-{}\"", i + 1);
+            }
+        }
+        match failed {
+            None => {
+                let _ = write!(
+                    out,
+                    ",\"_version\":1,\"result\":\"created\",\"_shards\":{{\"total\":1,\"successful\":1,\"failed\":0}},\"_seq_no\":{i},\"_primary_term\":1,\"status\":201}}}}"
+                );
+            }
+            Some(e) => {
+                let _ = write!(
+                    out,
+                    ",\"status\":{},\"error\":{{\"type\":\"{}\",\"reason\":",
+                    e.status.as_u16(),
+                    error_type(e.status)
+                );
+                super::json_string(&mut out, &e.message);
+                out.extend_from_slice(b"}}}");
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 fn error_type(status: StatusCode) -> &'static str {

@@ -11,9 +11,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prost::Message;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use super::{Parts, Times};
+use super::Parts;
 use crate::api::AppState;
 use crate::api::error::ApiError;
 
@@ -94,7 +94,7 @@ async fn push(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(), A
         lines(streams, &labels)
     })
     .await?;
-    let stored = super::store(state, parts, Times::Written).await?;
+    let stored = super::store(state, parts).await?;
     match super::first_refusal(stored) {
         Some(refusal) => Err(refusal),
         None => Ok(()),
@@ -103,10 +103,11 @@ async fn push(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(), A
 
 type Streams = Vec<(BTreeMap<String, String>, Vec<Entry>)>;
 
-/// Each entry as a stored line, in the series of its stream.
+/// Each entry as a stored line, `{"ts","line","labels","metadata"}`, in the series of its stream.
 fn lines(streams: Streams, series_labels: &[String]) -> Result<Parts, ApiError> {
     let mut parts = Parts::new("entry");
     let mut number = 0;
+    let mut line = Vec::new();
     for (labels, entries) in streams {
         let series = series_labels
             .iter()
@@ -114,25 +115,29 @@ fn lines(streams: Streams, series_labels: &[String]) -> Result<Parts, ApiError> 
             .map_or_else(crate::store::SeriesName::default_series, |v| {
                 super::series_name(v)
             });
-        let labels_json = json!(labels);
+        // A map of strings always serialises.
+        let labels_json = serde_json::to_vec(&labels).unwrap_or_default();
         for entry in entries {
             number += 1;
-            let ts = super::rfc3339_nanos(entry.nanos).ok_or_else(|| {
+            let (ts, millis) = super::rfc3339_nanos(entry.nanos).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "entry {number}: timestamp {} ns is outside the times events may have",
                     entry.nanos
                 ))
             })?;
-            let mut line = Map::new();
-            line.insert("ts".into(), Value::String(ts));
-            line.insert("line".into(), Value::String(entry.line));
-            line.insert("labels".into(), labels_json.clone());
+            line.clear();
+            line.extend_from_slice(b"{\"ts\":\"");
+            line.extend_from_slice(ts.as_bytes());
+            line.extend_from_slice(b"\",\"line\":");
+            super::json_string(&mut line, &entry.line);
+            line.extend_from_slice(b",\"labels\":");
+            line.extend_from_slice(&labels_json);
             if !entry.metadata.is_empty() {
-                line.insert("metadata".into(), json!(entry.metadata));
+                line.extend_from_slice(b",\"metadata\":");
+                let _ = serde_json::to_writer(&mut line, &entry.metadata);
             }
-            let text = serde_json::to_vec(&Value::Object(line))
-                .map_err(|e| ApiError::bad_request(format!("entry {number}: {e}")))?;
-            parts.push(series.clone(), number, &text);
+            line.push(b'}');
+            parts.push_written(series.clone(), number, millis, &line);
         }
     }
     Ok(parts)

@@ -14,7 +14,7 @@ pub mod otlp;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::ingest::parse::{self, Format, ParseError, TimeSpec, Unit};
+use crate::ingest::parse::{self, Batch, Format, ParseError, TimeSpec, Unit};
 use crate::store::SeriesName;
 use crate::time::{self, Millis};
 
@@ -46,11 +46,18 @@ pub fn series_name(raw: &str) -> SeriesName {
     SeriesName::parse(&mapped).unwrap_or_else(|_| SeriesName::default_series())
 }
 
-/// The events of one request for one series: their JSON lines, and which event of the request each is.
+/// The events of one request for one series, and which event of the request each is.
 pub struct Part {
     pub series: SeriesName,
-    lines: Vec<u8>,
+    events: Events,
     numbers: Vec<u32>,
+}
+
+/// Documents as sent, to be read by the native parser (their time as their series says); or lines this
+/// module wrote itself, with their time (valid JSON by construction, `ts` in them).
+enum Events {
+    Documents(Vec<u8>),
+    Written(Batch),
 }
 
 /// A request's events by series, in the order each series first appears.
@@ -68,27 +75,43 @@ impl Parts {
         }
     }
 
-    /// Adds event `number` (1-based, as the protocol counts) of series `series`, as one JSON object.
-    pub fn push(&mut self, series: SeriesName, number: usize, line: &[u8]) {
-        let part = match self.parts.iter().position(|p| p.series == series) {
+    fn part(&mut self, series: SeriesName, documents: bool) -> &mut Part {
+        match self.parts.iter().position(|p| p.series == series) {
             Some(i) => &mut self.parts[i],
             None => {
+                let events = match documents {
+                    true => Events::Documents(Vec::new()),
+                    false => Events::Written(Batch::default()),
+                };
                 self.parts.push(Part {
                     series,
-                    lines: Vec::new(),
+                    events,
                     numbers: Vec::new(),
                 });
                 let last = self.parts.len() - 1;
                 &mut self.parts[last]
             }
-        };
-        part.lines.extend_from_slice(line);
-        part.lines.push(b'\n');
+        }
+    }
+
+    /// Adds event `number` (1-based, as the protocol counts) of series `series`: a document as sent, one JSON
+    /// object, read like a native event.
+    pub fn push(&mut self, series: SeriesName, number: usize, document: &[u8]) {
+        let part = self.part(series, true);
+        if let Events::Documents(lines) = &mut part.events {
+            lines.extend_from_slice(document);
+            lines.push(b'\n');
+        }
         part.numbers.push(number as u32);
     }
 
-    pub fn events(&self) -> usize {
-        self.parts.iter().map(|p| p.numbers.len()).sum()
+    /// Adds event `number` of series `series` as a stored line written here, `ts` in it.
+    pub fn push_written(&mut self, series: SeriesName, number: usize, ts: Millis, line: &[u8]) {
+        let part = self.part(series, false);
+        if let Events::Written(batch) = &mut part.events {
+            batch.push(ts, line);
+        }
+        part.numbers.push(number as u32);
     }
 }
 
@@ -99,25 +122,14 @@ pub struct Stored {
     pub outcome: Result<usize, ApiError>,
 }
 
-/// How the events' times are read: from the `ts` each protocol's line carries, or (documents as sent) as their
-/// series says.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Times {
-    Written,
-    AsSeriesSays,
-}
-
-/// Parses every part, checks all of them against the store, then stores them one by one. `Err` when the
+/// Reads every part, checks all of them against the store, then stores them one by one. `Err` when the
 /// request is refused whole (nothing stored); otherwise what became of each part.
-pub async fn store(state: &AppState, parts: Parts, times: Times) -> Result<Vec<Stored>, ApiError> {
+pub async fn store(state: &AppState, parts: Parts) -> Result<Vec<Stored>, ApiError> {
     let received = time::now();
     let specs: Vec<TimeSpec> = parts
         .parts
         .iter()
-        .map(|p| match times {
-            Times::Written => TimeSpec::default(),
-            Times::AsSeriesSays => state.store.time_spec(&p.series),
-        })
+        .map(|p| state.store.time_spec(&p.series))
         .collect();
     let parsed = super::ingest::blocking(move || parse_parts(parts, specs, received)).await?;
     for (part, parsed) in &parsed {
@@ -146,10 +158,17 @@ fn parse_parts(
     let unit = parts.unit;
     let mut out = Vec::with_capacity(parts.parts.len());
     for (mut part, spec) in parts.parts.into_iter().zip(specs) {
-        let mut parsed = parse::parse_with(&part.lines, Format::Ndjson, received, &spec)
-            .map_err(|e| renumbered(e, &part.numbers, unit))?;
-        part.lines = Vec::new();
-        // Each line is one event, so event i is line i + 1: errors from here on name the request's events.
+        let events = std::mem::replace(&mut part.events, Events::Documents(Vec::new()));
+        let mut parsed = match events {
+            Events::Documents(lines) => parse::parse_with(&lines, Format::Ndjson, received, &spec)
+                .map_err(|e| renumbered(e, &part.numbers, unit))?,
+            Events::Written(batch) => parse::Parsed {
+                batch,
+                positions: Vec::new(),
+                unit: Unit::Line,
+            },
+        };
+        // Errors from here on name the request's events.
         parsed.positions = part.numbers.clone();
         parsed.unit = Unit::Named(unit);
         out.push((part, parsed));
@@ -187,13 +206,23 @@ pub fn first_refusal(stored: Vec<Stored>) -> Option<ApiError> {
     Some(refusal)
 }
 
-/// A time in Unix nanoseconds as RFC 3339 with every digit of it; `None` outside the times events may have.
-pub fn rfc3339_nanos(nanos: u64) -> Option<String> {
+/// A time in Unix nanoseconds as RFC 3339 with as many digits as it needs (0, 3, 6 or 9), and its millisecond;
+/// `None` outside the times events may have.
+pub fn rfc3339_nanos(nanos: u64) -> Option<(String, Millis)> {
     let t = i64::try_from(nanos).ok()?;
     let millis = t / 1_000_000;
     if !time::in_range(millis) {
         return None;
     }
     let at = chrono::DateTime::from_timestamp_nanos(t);
-    Some(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    Some((
+        at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        millis,
+    ))
+}
+
+/// `s` as a JSON string, into `out`.
+pub fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail, and a str is always a valid JSON string.
+    let _ = serde_json::to_writer(&mut *out, s);
 }

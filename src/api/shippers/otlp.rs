@@ -10,12 +10,13 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use prost::Message;
-use serde_json::{Map, Number, Value, json};
+use serde_json::{Value, json};
 
-use super::{Parts, Times};
+use super::Parts;
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::store::SeriesName;
+use crate::time::{self, Millis};
 
 /// The messages of OTLP's logs service, as its published protos (`collector/logs/v1`, `logs/v1`, `common/v1`,
 /// `resource/v1`) number their fields; what is not read here is skipped by the decoder.
@@ -171,6 +172,7 @@ async fn export(
     state.tokens.check_write(headers)?;
     let received = crate::api::ingest::receive(state, headers, body).await?;
     let attributes = state.shippers.otlp.clone();
+    let t = crate::time::now();
     let parts = crate::api::ingest::blocking(move || {
         let request = if json {
             let v: Value = serde_json::from_slice(&received.bytes)
@@ -183,10 +185,10 @@ async fn export(
                 ))
             })?
         };
-        lines(request, &attributes)
+        lines(request, &attributes, t)
     })
     .await?;
-    let stored = super::store(state, parts, Times::Written).await?;
+    let stored = super::store(state, parts).await?;
     let rejected: usize = stored
         .iter()
         .filter(|s| s.outcome.is_err())
@@ -207,22 +209,39 @@ async fn export(
     }
 }
 
-/// Each log record as a stored line, in the series its attributes name.
-fn lines(request: wire::ExportLogsServiceRequest, names: &[String]) -> Result<Parts, ApiError> {
+/// Each log record as a stored line, in the series its attributes name; records with no time at all get
+/// `received`.
+fn lines(
+    request: wire::ExportLogsServiceRequest,
+    names: &[String],
+    received: Millis,
+) -> Result<Parts, ApiError> {
     let mut parts = Parts::new("log record");
     let mut number = 0;
+    let mut line = Vec::new();
     for resource_logs in request.resource_logs {
         let resource = resource_logs
             .resource
             .map(|r| r.attributes)
             .unwrap_or_default();
-        let resource_json = attributes(&resource);
+        let mut resource_json = Vec::new();
+        if !resource.is_empty() {
+            write_attributes(&mut resource_json, &resource);
+        }
         let from_resource = names.iter().find_map(|n| string_attribute(&resource, n));
         for scope_logs in resource_logs.scope_logs {
-            let scope = scope_logs
+            let mut scope_json = Vec::new();
+            if let Some(scope) = scope_logs
                 .scope
-                .filter(|s| !s.name.is_empty() || !s.version.is_empty());
-            for record in scope_logs.log_records {
+                .filter(|s| !s.name.is_empty() || !s.version.is_empty())
+            {
+                scope_json.extend_from_slice(b"{\"name\":");
+                super::json_string(&mut scope_json, &scope.name);
+                scope_json.extend_from_slice(b",\"version\":");
+                super::json_string(&mut scope_json, &scope.version);
+                scope_json.push(b'}');
+            }
+            for record in &scope_logs.log_records {
                 number += 1;
                 let series = from_resource
                     .clone()
@@ -232,65 +251,81 @@ fn lines(request: wire::ExportLogsServiceRequest, names: &[String]) -> Result<Pa
                             .find_map(|n| string_attribute(&record.attributes, n))
                     })
                     .map_or_else(SeriesName::default_series, |s| super::series_name(&s));
-                let line = record_json(record, &resource_json, scope.as_ref())
+                let ts = write_record(&mut line, record, &resource_json, &scope_json, received)
                     .map_err(|why| ApiError::bad_request(format!("log record {number}: {why}")))?;
-                parts.push(series, number, &line);
+                parts.push_written(series, number, ts, &line);
             }
         }
     }
     Ok(parts)
 }
 
-fn record_json(
-    record: wire::LogRecord,
-    resource: &Map<String, Value>,
-    scope: Option<&wire::InstrumentationScope>,
-) -> Result<Vec<u8>, String> {
-    let mut line = Map::new();
+/// Writes a record as its stored line into `out` (empty parts left out); returns its time.
+fn write_record(
+    out: &mut Vec<u8>,
+    record: &wire::LogRecord,
+    resource: &[u8],
+    scope: &[u8],
+    received: Millis,
+) -> Result<Millis, String> {
+    out.clear();
     let nanos = if record.time_unix_nano != 0 {
         record.time_unix_nano
     } else {
         record.observed_time_unix_nano
     };
-    if nanos != 0 {
-        let ts = super::rfc3339_nanos(nanos)
-            .ok_or_else(|| format!("time {nanos} ns is outside the times events may have"))?;
-        line.insert("ts".into(), Value::String(ts));
-    }
+    let (ts, millis) = if nanos != 0 {
+        super::rfc3339_nanos(nanos)
+            .ok_or_else(|| format!("time {nanos} ns is outside the times events may have"))?
+    } else {
+        (time::format_rfc3339(received), received)
+    };
+    out.extend_from_slice(b"{\"ts\":\"");
+    out.extend_from_slice(ts.as_bytes());
+    out.push(b'"');
+    let field = |out: &mut Vec<u8>, name: &str| {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
     if !record.severity_text.is_empty() {
-        line.insert("severity".into(), Value::String(record.severity_text));
+        field(out, "severity");
+        super::json_string(out, &record.severity_text);
     }
     if record.severity_number != 0 {
-        line.insert("severity_number".into(), json!(record.severity_number));
+        field(out, "severity_number");
+        out.extend_from_slice(record.severity_number.to_string().as_bytes());
     }
     if let Some(body) = &record.body {
-        line.insert("body".into(), any_value(body));
+        field(out, "body");
+        write_any(out, body);
     }
     if !record.attributes.is_empty() {
-        line.insert(
-            "attributes".into(),
-            Value::Object(attributes(&record.attributes)),
-        );
+        field(out, "attributes");
+        write_attributes(out, &record.attributes);
     }
     if !resource.is_empty() {
-        line.insert("resource".into(), Value::Object(resource.clone()));
+        field(out, "resource");
+        out.extend_from_slice(resource);
     }
-    if let Some(scope) = scope {
-        line.insert(
-            "scope".into(),
-            json!({"name": scope.name, "version": scope.version}),
-        );
+    if !scope.is_empty() {
+        field(out, "scope");
+        out.extend_from_slice(scope);
     }
-    if !record.trace_id.is_empty() {
-        line.insert("trace_id".into(), Value::String(hex(&record.trace_id)));
-    }
-    if !record.span_id.is_empty() {
-        line.insert("span_id".into(), Value::String(hex(&record.span_id)));
+    for (name, id) in [("trace_id", &record.trace_id), ("span_id", &record.span_id)] {
+        if !id.is_empty() {
+            field(out, name);
+            out.push(b'"');
+            out.extend_from_slice(hex(id).as_bytes());
+            out.push(b'"');
+        }
     }
     if !record.event_name.is_empty() {
-        line.insert("event_name".into(), Value::String(record.event_name));
+        field(out, "event_name");
+        super::json_string(out, &record.event_name);
     }
-    serde_json::to_vec(&Value::Object(line)).map_err(|e| e.to_string())
+    out.push(b'}');
+    Ok(millis)
 }
 
 fn string_attribute(attributes: &[wire::KeyValue], key: &str) -> Option<String> {
@@ -305,31 +340,54 @@ fn string_attribute(attributes: &[wire::KeyValue], key: &str) -> Option<String> 
         })
 }
 
-fn attributes(list: &[wire::KeyValue]) -> Map<String, Value> {
-    list.iter()
-        .map(|kv| {
-            (
-                kv.key.clone(),
-                kv.value.as_ref().map_or(Value::Null, any_value),
-            )
-        })
-        .collect()
+/// Key-value pairs as a JSON object; a key given twice keeps its first value (JSON readers disagree on
+/// duplicates).
+fn write_attributes(out: &mut Vec<u8>, list: &[wire::KeyValue]) {
+    out.push(b'{');
+    let mut first = true;
+    for (i, kv) in list.iter().enumerate() {
+        if list[..i].iter().any(|earlier| earlier.key == kv.key) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        super::json_string(out, &kv.key);
+        out.push(b':');
+        match &kv.value {
+            Some(v) => write_any(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.push(b'}');
 }
 
 /// An `AnyValue` as JSON: bytes as base64 (as OTLP's JSON has them), doubles JSON cannot hold as strings.
-fn any_value(v: &wire::AnyValue) -> Value {
+fn write_any(out: &mut Vec<u8>, v: &wire::AnyValue) {
     match &v.value {
-        None => Value::Null,
-        Some(wire::Value::String(s)) => Value::String(s.clone()),
-        Some(wire::Value::Bool(b)) => Value::Bool(*b),
-        Some(wire::Value::Int(i)) => json!(i),
-        Some(wire::Value::Double(d)) => {
-            Number::from_f64(*d).map_or_else(|| Value::String(d.to_string()), Value::Number)
+        None => out.extend_from_slice(b"null"),
+        Some(wire::Value::String(s)) => super::json_string(out, s),
+        Some(wire::Value::Bool(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Some(wire::Value::Int(i)) => out.extend_from_slice(i.to_string().as_bytes()),
+        Some(wire::Value::Double(d)) if d.is_finite() => {
+            let _ = serde_json::to_writer(&mut *out, d);
         }
-        Some(wire::Value::Array(a)) => Value::Array(a.values.iter().map(any_value).collect()),
-        Some(wire::Value::Kvlist(l)) => Value::Object(attributes(&l.values)),
+        Some(wire::Value::Double(d)) => super::json_string(out, &d.to_string()),
+        Some(wire::Value::Array(a)) => {
+            out.push(b'[');
+            for (i, v) in a.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_any(out, v);
+            }
+            out.push(b']');
+        }
+        Some(wire::Value::Kvlist(l)) => write_attributes(out, &l.values),
         Some(wire::Value::Bytes(b)) => {
-            Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+            let encoded = base64::engine::general_purpose::STANDARD.encode(b);
+            super::json_string(out, &encoded);
         }
     }
 }

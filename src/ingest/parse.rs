@@ -310,11 +310,9 @@ fn add_event(
             e.valid_up_to() + 1
         )));
     }
-    // `ts` alone first: events that carry it (the native form) pay nothing for the shippers' fields.
-    let mut probe = probe(line, "ts").map_err(fail)?;
-    if probe.time.is_none() && reading.fields.len() > 1 {
-        probe = probe_fields(line, reading.fields, reading.unit, reading.strict).map_err(fail)?;
-    }
+    // One pass looks for `ts` and the other time fields together.
+    let mut probe =
+        probe_fields(line, reading.fields, reading.unit, reading.strict).map_err(fail)?;
     if let (None, None, Some(path)) = (probe.time, probe.other, reading.path) {
         let found =
             json_at_path(line, path).map(|raw| event_time_in(path, raw.get(), reading.unit));
@@ -471,6 +469,7 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
             has_ts: false,
             fields: 0,
         };
+        let mut refused = None;
         while let Some(kind) = map.next_key_seed(KeyKind { keys })? {
             probe.fields += 1;
             match kind {
@@ -488,7 +487,11 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                     match event_time_in(keys[rank], raw.get(), self.unit) {
                         Ok(t) if better => probe.other = Some((rank, t)),
                         Ok(_) => {}
-                        Err(e) if self.strict => return Err(de::Error::custom(e)),
+                        // A named field that holds no time is refused, unless `ts` is there (it wins).
+                        Err(e) if self.strict => {
+                            refused.get_or_insert(e);
+                            raw_checked(raw).map_err(de::Error::custom)?
+                        }
                         // Not a time: data that happens to have a time field's name. Checked as data is.
                         Err(_) => raw_checked(raw).map_err(de::Error::custom)?,
                     }
@@ -502,7 +505,10 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                 }
             }
         }
-        Ok(probe)
+        match refused {
+            Some(e) if probe.time.is_none() => Err(de::Error::custom(e)),
+            _ => Ok(probe),
+        }
     }
 }
 

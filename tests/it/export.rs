@@ -249,6 +249,57 @@ fn events_not_sealed_yet_export_from_the_log() {
     assert_eq!(r.header("cache-control"), Some("no-cache"));
 }
 
+/// A server that sealed 40 events into hour archives, in chunks of one member and of several (parts of at most
+/// 7 events); the archive files.
+fn sealed_hour_archives() -> (TempDir, Server, Vec<std::path::PathBuf>) {
+    let tmp = TempDir::new("readers");
+    let server = Server::start_fast(tmp.path(), &["--max-page-entries", "7"]);
+    let t = now_ms();
+    // Chunks of one member and of several (parts of at most 7 events).
+    let body: String = (0..40)
+        .map(|i| format!("{{\"ts\":{},\"i\":{i}}}\n", t - 400 + (i / 20) * 1000 + i))
+        .collect();
+    let r = server.post_ndjson("/api/series/rd/events", &body);
+    assert_eq!(r.status, 202, "{}", r.text());
+    server.wait_sealed("rd", t + 1_000);
+    let files = crate::support::archive_files(&tmp.path().join("rd"));
+    assert!(!files.is_empty());
+    (tmp, server, files)
+}
+
+/// Go's standard library (`compress/gzip`, `encoding/json`) reads the hour archives as they are.
+#[test]
+fn hour_archives_are_read_by_gos_standard_library() {
+    let has_go = std::process::Command::new("go")
+        .arg("version")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_go {
+        crate::support::missing(
+            "hour_archives_are_read_by_gos_standard_library",
+            "Go is not installed (apt-get install golang-go)",
+        );
+        return;
+    }
+    let (tmp, _server, files) = sealed_hour_archives();
+    let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/count.go");
+    let out = std::process::Command::new("go")
+        .arg("run")
+        .arg(&program)
+        .args(&files)
+        .env("GOCACHE", tmp.path().join("gocache"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total: usize = text.lines().map(|l| l.parse::<usize>().unwrap()).sum();
+    assert_eq!(total, 40);
+}
+
 /// Counts the events of each file with Python's `gzip` and with DuckDB's `read_json`, one line per file:
 /// `gzip_count duckdb_count`.
 const READERS: &str = r#"
@@ -274,18 +325,7 @@ fn hour_archives_are_read_as_they_are_by_python_gzip_and_duckdb() {
         );
         return;
     }
-    let tmp = TempDir::new("readers");
-    let server = Server::start_fast(tmp.path(), &["--max-page-entries", "7"]);
-    let t = now_ms();
-    // Chunks of one member and of several (parts of at most 7 events).
-    let body: String = (0..40)
-        .map(|i| format!("{{\"ts\":{},\"i\":{i}}}\n", t - 400 + (i / 20) * 1000 + i))
-        .collect();
-    let r = server.post_ndjson("/api/series/rd/events", &body);
-    assert_eq!(r.status, 202, "{}", r.text());
-    server.wait_sealed("rd", t + 1_000);
-    let files = crate::support::archive_files(&tmp.path().join("rd"));
-    assert!(!files.is_empty());
+    let (_tmp, _server, files) = sealed_hour_archives();
     let out = std::process::Command::new("python3")
         .arg("-c")
         .arg(READERS)

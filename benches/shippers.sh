@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ingest through the shippers' protocols against native NDJSON, same events, same run, same machine.
 #
-#   bash benches/shippers.sh [SECONDS] [ROUNDS]
+#   bash benches/shippers.sh [SECONDS] [ROUNDS]        (TARGETS="hourglass elastic" for some protocols only)
 #
 # Each round starts a fresh server (all defaults: fsync'd acks, 10 s chunks, 30 s lateness) for each protocol
 # in turn and drives it with examples/load (8 clients, 1,000-event batches of the 192-byte benchmark events)
@@ -14,7 +14,7 @@ rounds=${2:-3}
 cargo build --release --bins --examples -q
 work=$(mktemp -d)
 trap 'pkill -P $$ || true; rm -rf "$work"' EXIT
-targets=(hourglass elastic loki-json loki-protobuf otlp-json otlp-protobuf)
+read -r -a targets <<< "${TARGETS:-hourglass elastic loki-json loki-protobuf otlp-json otlp-protobuf}"
 for r in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
     rm -rf "$work/hg"

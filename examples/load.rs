@@ -53,7 +53,8 @@ enum Target {
     Hourglass,
     /// Line protocol to InfluxDB's `/write`.
     Influx,
-    /// Elasticsearch `_bulk` to hourglass (`/{series}/_bulk`, documents with `@timestamp` in ms).
+    /// Elasticsearch `_bulk` to hourglass (`/{series}/_bulk`, documents with `@timestamp` in ms), asking for
+    /// the answer Beats asks for (`filter_path=errors,items.*.error,items.*.status`).
     Elastic,
     /// Loki push in JSON (one stream, `job` = the series).
     LokiJson,
@@ -112,80 +113,7 @@ struct Body {
     sent: u64,
 }
 
-/// Protobuf messages of the two protocols, as little as the generator sends.
-mod wire {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PushRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub streams: Vec<Stream>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Stream {
-        #[prost(string, tag = "1")]
-        pub labels: String,
-        #[prost(message, repeated, tag = "2")]
-        pub entries: Vec<Entry>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Entry {
-        #[prost(message, optional, tag = "1")]
-        pub timestamp: Option<Timestamp>,
-        #[prost(string, tag = "2")]
-        pub line: String,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Timestamp {
-        #[prost(int64, tag = "1")]
-        pub seconds: i64,
-        #[prost(int32, tag = "2")]
-        pub nanos: i32,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportLogsServiceRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_logs: Vec<ResourceLogs>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceLogs {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_logs: Vec<ScopeLogs>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
-        #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeLogs {
-        #[prost(message, repeated, tag = "2")]
-        pub log_records: Vec<LogRecord>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LogRecord {
-        #[prost(fixed64, tag = "1")]
-        pub time_unix_nano: u64,
-        #[prost(string, tag = "3")]
-        pub severity_text: String,
-        #[prost(message, optional, tag = "5")]
-        pub body: Option<AnyValue>,
-        #[prost(message, repeated, tag = "6")]
-        pub attributes: Vec<KeyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        #[prost(string, tag = "1")]
-        pub key: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
-        #[prost(string, tag = "1")]
-        pub string_value: String,
-    }
-}
+use hourglass::api::shippers::{loki, otlp};
 
 /// Where the i-th occurrence of `needle` starts in `hay`, for every one.
 fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
@@ -286,8 +214,12 @@ fn build(args: &Args, client: usize) -> Body {
                     "text/plain",
                     Stamp::UniqueNanos,
                 ),
+                // The answer Beats asks for.
                 Target::Elastic => (
-                    format!("/{}/_bulk", args.series),
+                    format!(
+                        "/{}/_bulk?filter_path=errors,items.*.error,items.*.status",
+                        args.series
+                    ),
                     "application/x-ndjson",
                     Stamp::MillisDigits,
                 ),
@@ -309,22 +241,23 @@ fn build(args: &Args, client: usize) -> Body {
             // A sentinel second count, five varint bytes like every current time, found again after encoding.
             const MARK: i64 = 0x7_1234_5678;
             let entries = (0..args.batch)
-                .map(|i| wire::Entry {
-                    timestamp: Some(wire::Timestamp {
+                .map(|i| loki::wire::Entry {
+                    timestamp: Some(loki::wire::Timestamp {
                         seconds: MARK,
                         nanos: 0,
                     }),
                     line: text(i, 60),
+                    structured_metadata: Vec::new(),
                 })
                 .collect();
-            let request = wire::PushRequest {
-                streams: vec![wire::Stream {
+            let request = loki::wire::PushRequest {
+                streams: vec![loki::wire::Stream {
                     labels: format!("{{job=\"{}\", host=\"{host}\"}}", args.series),
                     entries,
                 }],
             };
             let body = request.encode_to_vec();
-            let mark = wire::Timestamp {
+            let mark = loki::wire::Timestamp {
                 seconds: MARK,
                 nanos: 0,
             }
@@ -342,9 +275,10 @@ fn build(args: &Args, client: usize) -> Body {
         Target::OtlpProtobuf => {
             use prost::Message;
             const MARK: u64 = 0x1122_3344_5566_7788;
+            use otlp::wire;
             let string = |s: &str| {
                 Some(wire::AnyValue {
-                    string_value: s.to_string(),
+                    value: Some(wire::Value::String(s.to_string())),
                 })
             };
             let log_records = (0..args.batch)
@@ -356,6 +290,7 @@ fn build(args: &Args, client: usize) -> Body {
                         key: "host".into(),
                         value: string(&host),
                     }],
+                    ..Default::default()
                 })
                 .collect();
             let request = wire::ExportLogsServiceRequest {
@@ -366,7 +301,10 @@ fn build(args: &Args, client: usize) -> Body {
                             value: string(&args.series),
                         }],
                     }),
-                    scope_logs: vec![wire::ScopeLogs { log_records }],
+                    scope_logs: vec![wire::ScopeLogs {
+                        scope: None,
+                        log_records,
+                    }],
                 }],
             };
             let body = request.encode_to_vec();

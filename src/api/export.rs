@@ -140,6 +140,15 @@ impl FromRequestParts<AppState> for Ranged {
     }
 }
 
+/// An export's `format` (ndjson by default) and, for csv, its `fields`.
+fn format_and_fields(q: &HashMap<String, String>) -> Result<(Format, Vec<String>), ApiError> {
+    let format = Format::parse(q.get("format").map_or("ndjson", String::as_str))
+        .map_err(ApiError::bad_request)?;
+    let fields = export::csv_fields(format, q.get("fields").map(String::as_str))
+        .map_err(ApiError::bad_request)?;
+    Ok((format, fields))
+}
+
 pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Response, ApiError> {
     let Ranged {
         name,
@@ -149,10 +158,7 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         validators,
         encoding,
     } = r;
-    let format = Format::parse(q.get("format").map_or("ndjson", String::as_str))
-        .map_err(ApiError::bad_request)?;
-    let fields = export::csv_fields(format, q.get("fields").map(String::as_str))
-        .map_err(ApiError::bad_request)?;
+    let (format, fields) = format_and_fields(&q)?;
     state.store.check_kept(&name, from)?;
     // The identity the ETag names: gzip and none as ever, zstd apart.
     let gzip = encoding == Encoding::Gzip;
@@ -230,8 +236,8 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
 }
 
 /// `GET /api/series/{series}/export/manifest?from&to[&format&fields]`: the range as one export URL per hour
-/// that holds events (cut to the range), each with its events and, for a whole sealed hour, its archive's bytes
-/// (the size of its gzip export), and whether it is final. Scripts fetch the hours in parallel and resume
+/// that holds events (cut to the range), each with its events, whether it is final and, for a whole sealed
+/// hour, the bytes its archive takes (compressed). Scripts fetch the hours in parallel and resume
 /// where they stopped; a cache keeps each final hour. The manifest is final when the whole range is.
 pub async fn manifest_get(State(state): State<AppState>, r: Ranged) -> Result<Response, ApiError> {
     let Ranged {
@@ -242,10 +248,7 @@ pub async fn manifest_get(State(state): State<AppState>, r: Ranged) -> Result<Re
         validators,
         ..
     } = r;
-    let format = Format::parse(q.get("format").map_or("ndjson", String::as_str))
-        .map_err(ApiError::bad_request)?;
-    let fields = export::csv_fields(format, q.get("fields").map(String::as_str))
-        .map_err(ApiError::bad_request)?;
+    let (format, fields) = format_and_fields(&q)?;
     state.store.check_kept(&name, from)?;
     let h = match caching(
         &state,

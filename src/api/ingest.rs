@@ -185,7 +185,7 @@ impl Intake {
 
     /// Room for `bytes` (at most the whole budget, so any body fits when alone), or 503 at once: a server that
     /// cannot keep up says so rather than grow.
-    fn reserve(&self, bytes: u64) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub fn reserve(&self, bytes: u64) -> Result<OwnedSemaphorePermit, ApiError> {
         let kib = bytes.div_ceil(1024).min(u64::from(self.total)) as u32;
         self.permits
             .clone()

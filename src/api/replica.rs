@@ -115,11 +115,15 @@ enum Source {
 }
 
 fn source(route: Option<&str>, method: &Method) -> Source {
+    // Every write goes to the writer, wherever its route is (the shippers' protocols are not under /api/).
+    if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Source::Writer;
+    }
     let Some(route) = route.filter(|r| r.starts_with("/api/")) else {
         return Source::Own;
     };
-    if method != Method::GET && method != Method::HEAD {
-        return Source::Writer;
+    if *method == Method::OPTIONS {
+        return Source::Own;
     }
     let final_here = [
         super::pages::BEFORE,
@@ -127,6 +131,7 @@ fn source(route: Option<&str>, method: &Method) -> Source {
         super::pages::SHORT_BEFORE,
         super::pages::SHORT_BEFORE_PART,
         "/api/series/{series}/export",
+        "/api/series/{series}/export/manifest",
         "/api/series/{series}/histogram",
     ];
     if final_here.contains(&route) {
@@ -225,6 +230,20 @@ mod tests {
         assert_eq!(
             source(Some("/api/series/{series}/events"), &Method::POST),
             Source::Writer
+        );
+        // The shippers' protocols write too, outside /api/; unmatched writes go on as well.
+        for route in ["/_bulk", "/{index}/_bulk", "/loki/api/v1/push", "/v1/logs"] {
+            assert_eq!(
+                source(Some(route), &Method::POST),
+                Source::Writer,
+                "{route}"
+            );
+        }
+        assert_eq!(source(None, &Method::POST), Source::Writer);
+        assert_eq!(source(Some("/_bulk"), &Method::PUT), Source::Writer);
+        assert_eq!(
+            source(Some("/api/series/{series}/export/manifest"), &get),
+            Source::FinalHere
         );
     }
 }

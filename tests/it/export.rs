@@ -270,15 +270,12 @@ fn sealed_hour_archives() -> (TempDir, Server, Vec<std::path::PathBuf>) {
 /// Go's standard library (`compress/gzip`, `encoding/json`) reads the hour archives as they are.
 #[test]
 fn hour_archives_are_read_by_gos_standard_library() {
-    let has_go = std::process::Command::new("go")
-        .arg("version")
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_go {
-        crate::support::missing(
-            "hour_archives_are_read_by_gos_standard_library",
-            "Go is not installed (apt-get install golang-go)",
-        );
+    if !crate::support::have(
+        "hour_archives_are_read_by_gos_standard_library",
+        "go",
+        &["version"],
+        "Go is not installed (apt-get install golang-go)",
+    ) {
         return;
     }
     let (tmp, _server, files) = sealed_hour_archives();
@@ -314,15 +311,12 @@ for path in sys.argv[1:]:
 
 #[test]
 fn hour_archives_are_read_as_they_are_by_python_gzip_and_duckdb() {
-    let has_duckdb = std::process::Command::new("python3")
-        .args(["-c", "import duckdb"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_duckdb {
-        crate::support::missing(
-            "hour_archives_are_read_as_they_are_by_python_gzip_and_duckdb",
-            "DuckDB for Python is not installed (pip install duckdb)",
-        );
+    if !crate::support::have(
+        "hour_archives_are_read_as_they_are_by_python_gzip_and_duckdb",
+        "python3",
+        &["-c", "import duckdb"],
+        "DuckDB for Python is not installed (pip install duckdb)",
+    ) {
         return;
     }
     let (_tmp, _server, files) = sealed_hour_archives();

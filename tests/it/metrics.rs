@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Server, TempDir, free_port, missing, now_ms, request};
+use crate::support::{Server, TempDir, free_port, have, now_ms, request};
 
 /// Parses the text format: `# HELP`/`# TYPE` lines, then `name{labels} value` samples; panics on anything else.
 fn parse(text: &str) -> HashMap<String, f64> {
@@ -172,17 +172,10 @@ fn metrics_parse_as_prometheus_text_and_count_what_happened() {
 #[test]
 fn prometheus_scrapes_the_server_and_promtool_finds_nothing_to_lint() {
     const TEST: &str = "prometheus_scrapes_the_server_and_promtool_finds_nothing_to_lint";
-    let found = |tool: &str| {
-        Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !found("promtool") || !found("prometheus") {
-        missing(
-            TEST,
-            "Prometheus is not installed (apt-get install prometheus)",
-        );
+    let why = "Prometheus is not installed (apt-get install prometheus)";
+    if !have(TEST, "promtool", &["--version"], why)
+        || !have(TEST, "prometheus", &["--version"], why)
+    {
         return;
     }
     let dir = TempDir::new("prometheus");

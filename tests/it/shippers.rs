@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{FAST, Server, TempDir, iso, missing, now_ms, request};
+use crate::support::{FAST, Server, TempDir, iso, now_ms, request};
 
 /// The folder of the clients' scripts.
 fn scripts() -> PathBuf {
@@ -16,17 +16,8 @@ fn scripts() -> PathBuf {
 
 /// Whether Python has `modules`; says so (failing under CI) when not.
 fn python_has(test: &str, modules: &str, install: &str) -> bool {
-    let found = Command::new("python3")
-        .args(["-c", &format!("import {modules}")])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        missing(
-            test,
-            &format!("Python cannot import {modules} (pip install {install})"),
-        );
-    }
-    found
+    let why = format!("Python cannot import {modules} (pip install {install})");
+    crate::support::have(test, "python3", &["-c", &format!("import {modules}")], &why)
 }
 
 /// Runs a client script; its last line of output, as JSON.
@@ -123,6 +114,26 @@ fn the_elasticsearch_clients_bulk_helper_writes_documents_at_their_timestamp() {
     assert_eq!(web[5]["ts"], iso(first + 10_000));
     assert_eq!(web[6]["message"], "beats");
 
+    // Beats asks for less of the answer with filter_path; items left with nothing are left out.
+    let doc = format!(
+        "{{\"create\":{{}}}}\n{{\"@timestamp\":\"{}\"}}\n",
+        iso(first + 12_000)
+    );
+    for (filter, want) in [
+        (
+            "errors,items.*.error,items.*.status",
+            serde_json::json!({"errors": false, "items": [{"create": {"status": 201}}]}),
+        ),
+        ("errors", serde_json::json!({"errors": false})),
+        ("items.*.error", serde_json::json!({})),
+    ] {
+        let path = format!("/web/_bulk?filter_path={filter}");
+        let r = request(server.addr, "POST", &path, &[], doc.as_bytes()).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json(), want, "{filter}");
+    }
+    assert_eq!(exported(&server, "web", first).len(), 10);
+
     // Malformed bodies are refused whole, in Elasticsearch's error shape, naming the item.
     for (body, says) in [
         ("{\"index\":{}}\n{\"a\":1", "item 1: "),
@@ -151,7 +162,7 @@ fn the_elasticsearch_clients_bulk_helper_writes_documents_at_their_timestamp() {
             "{body}: {e}"
         );
     }
-    assert_eq!(exported(&server, "web", first).len(), 7);
+    assert_eq!(exported(&server, "web", first).len(), 10);
 }
 
 /// Unix nanoseconds of a time in ms plus `extra` ns.

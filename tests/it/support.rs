@@ -434,6 +434,21 @@ pub fn hourglass(args: &[&str]) -> std::process::Output {
         .expect("run hourglass")
 }
 
+/// Whether a part a test needs is there: `program args` runs and succeeds (its output discarded). When not,
+/// `missing` says so, `why` naming how to install it (a failure under CI).
+pub fn have(test: &str, program: &str, args: &[&str], why: &str) -> bool {
+    let found = Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        missing(test, why);
+    }
+    found
+}
+
 /// A test cannot find a part it needs: fails under CI (`CI` set), where `.ci/run` installs everything, and
 /// elsewhere says loudly that the test was skipped.
 pub fn missing(test: &str, why: &str) {

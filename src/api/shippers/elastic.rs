@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -20,17 +20,23 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::ingest::parse::json_at_path;
 
-pub async fn bulk_post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    answer(bulk(&state, None, &headers, body).await)
+pub async fn bulk_post(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(bulk(&state, None, &uri, &headers, body).await)
 }
 
 pub async fn index_bulk_post(
     State(state): State<AppState>,
     Path(index): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    answer(bulk(&state, Some(index), &headers, body).await)
+    answer(bulk(&state, Some(index), &uri, &headers, body).await)
 }
 
 /// `GET /` as Elasticsearch answers it, for clients that ask for JSON there (a version check before writing).
@@ -90,10 +96,12 @@ struct Item {
 async fn bulk(
     state: &AppState,
     path_index: Option<String>,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let began = Instant::now();
+    let wanted = Wanted::parse(uri);
     state.tokens.check_write(headers)?;
     let received = crate::api::ingest::receive(state, headers, body).await?;
     let fields = state.shippers.elastic.clone();
@@ -109,7 +117,8 @@ async fn bulk(
             .unwrap_or_else(|| ApiError::bad_request("the body holds no actions")));
     }
     let answer =
-        crate::api::ingest::blocking(move || Ok(results(began, &request, &stored))).await?;
+        crate::api::ingest::blocking(move || Ok(results(began, &request, &stored, &wanted)))
+            .await?;
     let mut res = Body::from(answer).into_response();
     *res.status_mut() = StatusCode::OK;
     Ok(product(res))
@@ -221,9 +230,59 @@ impl Action {
     }
 }
 
-/// The answer Elasticsearch gives, written out: per item its status, `errors` when any failed. Items sent
+/// Which parts of the answer a client asked for with `filter_path` (Beats asks for
+/// `errors,items.*.error,items.*.status`): `took`, `errors`, `items`, `items.*` and `items.*.KEY` are
+/// understood; others match nothing, as in Elasticsearch. Without it, everything.
+struct Wanted {
+    took: bool,
+    errors: bool,
+    /// `None`: every key of an item.
+    item_keys: Option<Vec<String>>,
+    items: bool,
+}
+
+impl Wanted {
+    fn parse(uri: &Uri) -> Wanted {
+        let filter = uri
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix("filter_path="));
+        let Some(filter) = filter else {
+            return Wanted {
+                took: true,
+                errors: true,
+                item_keys: None,
+                items: true,
+            };
+        };
+        let filter = filter.replace("%2C", ",").replace("%2c", ",");
+        let paths: Vec<&str> = filter.split(',').map(str::trim).collect();
+        let whole_items = paths.iter().any(|p| matches!(*p, "items" | "items.*"));
+        let keys: Vec<String> = paths
+            .iter()
+            .filter_map(|p| p.strip_prefix("items.*."))
+            .map(str::to_string)
+            .collect();
+        Wanted {
+            took: paths.contains(&"took"),
+            errors: paths.contains(&"errors"),
+            items: whole_items || !keys.is_empty(),
+            item_keys: (!whole_items).then_some(keys),
+        }
+    }
+
+    fn key(&self, key: &str) -> bool {
+        self.item_keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|k| k == key))
+    }
+}
+
+/// The answer Elasticsearch gives, written out: per item its status, `errors` when any failed, as much of it
+/// as `filter_path` asks for (an item left with nothing is left out, as Elasticsearch does). Items sent
 /// without an `_id` get one made of the time received and their number.
-fn results(began: Instant, request: &Request, stored: &[Stored]) -> Vec<u8> {
+fn results(began: Instant, request: &Request, stored: &[Stored], wanted: &Wanted) -> Vec<u8> {
     let mut failed = vec![None::<&ApiError>; request.items.len()];
     for part in stored {
         if let Err(e) = &part.outcome {
@@ -248,44 +307,103 @@ fn results(began: Instant, request: &Request, stored: &[Stored]) -> Vec<u8> {
         .map_or(0, |d| d.as_nanos());
     let mut out = Vec::with_capacity(request.items.len() * 200 + 64);
     let errors = failed.iter().any(Option::is_some);
-    let _ = write!(
-        out,
-        "{{\"took\":{},\"errors\":{errors},\"items\":[",
-        began.elapsed().as_millis()
-    );
+    let mut top = Vec::new();
+    if wanted.took {
+        top.push(format!("\"took\":{}", began.elapsed().as_millis()));
+    }
+    if wanted.errors {
+        top.push(format!("\"errors\":{errors}"));
+    }
+    out.push(b'{');
+    out.extend_from_slice(top.join(",").as_bytes());
+    if !wanted.items {
+        out.push(b'}');
+        return out;
+    }
+    let mut items = Vec::with_capacity(request.items.len() * 200);
+    let mut any_item = false;
+    let mut fields = Vec::new();
     for (i, (item, failed)) in request.items.iter().zip(&failed).enumerate() {
-        if i > 0 {
-            out.push(b',');
+        fields.clear();
+        let field = |fields: &mut Vec<u8>, key: &str| -> bool {
+            if !wanted.key(key) {
+                return false;
+            }
+            if !fields.is_empty() {
+                fields.push(b',');
+            }
+            fields.push(b'"');
+            fields.extend_from_slice(key.as_bytes());
+            fields.extend_from_slice(b"\":");
+            true
+        };
+        if field(&mut fields, "_index") {
+            fields.extend_from_slice(&indexes[item.index]);
         }
-        let _ = write!(out, "{{\"{}\":{{\"_index\":", item.action.name());
-        out.extend_from_slice(&indexes[item.index]);
-        out.extend_from_slice(b",\"_id\":");
-        match &item.id {
-            Some(id) => super::json_string(&mut out, id),
-            None => {
-                let _ = write!(out, "\"{base:x}-{}\"", i + 1);
+        if field(&mut fields, "_id") {
+            match &item.id {
+                Some(id) => super::json_string(&mut fields, id),
+                None => {
+                    let _ = write!(fields, "\"{base:x}-{}\"", i + 1);
+                }
             }
         }
         match failed {
             None => {
-                let _ = write!(
-                    out,
-                    ",\"_version\":1,\"result\":\"created\",\"_shards\":{{\"total\":1,\"successful\":1,\"failed\":0}},\"_seq_no\":{i},\"_primary_term\":1,\"status\":201}}}}"
-                );
+                for (key, value) in [
+                    ("_version", "1"),
+                    ("result", "\"created\""),
+                    ("_shards", "{\"total\":1,\"successful\":1,\"failed\":0}"),
+                ] {
+                    if field(&mut fields, key) {
+                        fields.extend_from_slice(value.as_bytes());
+                    }
+                }
+                if field(&mut fields, "_seq_no") {
+                    fields.extend_from_slice(i.to_string().as_bytes());
+                }
+                if field(&mut fields, "_primary_term") {
+                    fields.push(b'1');
+                }
+                if field(&mut fields, "status") {
+                    fields.extend_from_slice(b"201");
+                }
             }
             Some(e) => {
-                let _ = write!(
-                    out,
-                    ",\"status\":{},\"error\":{{\"type\":\"{}\",\"reason\":",
-                    e.status.as_u16(),
-                    error_type(e.status)
-                );
-                super::json_string(&mut out, &e.message);
-                out.extend_from_slice(b"}}}");
+                if field(&mut fields, "status") {
+                    fields.extend_from_slice(e.status.as_u16().to_string().as_bytes());
+                }
+                if field(&mut fields, "error") {
+                    let _ = write!(
+                        fields,
+                        "{{\"type\":\"{}\",\"reason\":",
+                        error_type(e.status)
+                    );
+                    super::json_string(&mut fields, &e.message);
+                    fields.push(b'}');
+                }
             }
         }
+        if fields.is_empty() {
+            continue;
+        }
+        if any_item {
+            items.push(b',');
+        }
+        any_item = true;
+        let _ = write!(items, "{{\"{}\":{{", item.action.name());
+        items.extend_from_slice(&fields);
+        items.extend_from_slice(b"}}");
     }
-    out.extend_from_slice(b"]}");
+    if any_item {
+        if !top.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"items\":[");
+        out.extend_from_slice(&items);
+        out.push(b']');
+    }
+    out.push(b'}');
     out
 }
 

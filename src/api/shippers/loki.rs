@@ -18,7 +18,7 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 
 /// The messages of Loki's push protocol, as its published `push.proto` numbers their fields.
-mod wire {
+pub mod wire {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct PushRequest {
         #[prost(message, repeated, tag = "1")]
@@ -85,13 +85,15 @@ async fn push(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(), A
     let received = crate::api::ingest::receive(state, headers, body).await?;
     let labels = state.shippers.loki.clone();
     let limit = state.max_body_bytes;
-    let parts = crate::api::ingest::blocking(move || {
-        let streams = if json {
-            from_json(&received.bytes)?
+    let intake = state.intake.clone();
+    let (parts, _inflated_room) = crate::api::ingest::blocking(move || {
+        let (streams, room) = if json {
+            (from_json(&received.bytes)?, None)
         } else {
-            from_protobuf(&received.bytes, limit)?
+            let (streams, room) = from_protobuf(&received.bytes, limit, &intake)?;
+            (streams, Some(room))
         };
-        lines(streams, &labels)
+        Ok((lines(streams, &labels)?, room))
     })
     .await?;
     let stored = super::store(state, parts).await?;
@@ -143,7 +145,13 @@ fn lines(streams: Streams, series_labels: &[String]) -> Result<Parts, ApiError> 
     Ok(parts)
 }
 
-fn from_protobuf(body: &[u8], limit: usize) -> Result<Streams, ApiError> {
+/// The streams of a snappy-compressed `PushRequest`, and the room its inflated bytes take in
+/// `--max-inflight-bytes` (held until the answer).
+fn from_protobuf(
+    body: &[u8],
+    limit: usize,
+    intake: &crate::api::Intake,
+) -> Result<(Streams, tokio::sync::OwnedSemaphorePermit), ApiError> {
     let bad = |why: String| ApiError::bad_request(format!("body: {why}"));
     let not_snappy = |e: snap::Error| {
         bad(format!(
@@ -158,6 +166,7 @@ fn from_protobuf(body: &[u8], limit: usize) -> Result<Streams, ApiError> {
             format!("inflated request body of {size} bytes exceeds the limit of {limit} bytes"),
         ));
     }
+    let room = intake.reserve(size as u64)?;
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(not_snappy)?;
@@ -195,7 +204,7 @@ fn from_protobuf(body: &[u8], limit: usize) -> Result<Streams, ApiError> {
             .collect();
         streams.push((labels, entries));
     }
-    Ok(streams)
+    Ok((streams, room))
 }
 
 /// `{"streams": [{"stream": {labels}, "values": [["<unix ns>", "<line>", {metadata}?], ...]}]}`.

@@ -20,7 +20,7 @@ use crate::time::{self, Millis};
 
 /// The messages of OTLP's logs service, as its published protos (`collector/logs/v1`, `logs/v1`, `common/v1`,
 /// `resource/v1`) number their fields; what is not read here is skipped by the decoder.
-mod wire {
+pub mod wire {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ExportLogsServiceRequest {
         #[prost(message, repeated, tag = "1")]

@@ -357,7 +357,17 @@ fn the_opentelemetry_sdks_otlp_exporter_writes_log_records_at_their_time() {
 
     // Refusals carry a google.rpc.Status in the request's encoding, and store nothing.
     for (body, says) in [
-        ("{\"resourceLogs\": 5}", "\"resourceLogs\" is not an array"),
+        ("{\"resourceLogs\": 5}", "expected an array of objects"),
+        ("[]", "expected an object"),
+        ("{\"resourceLogs\": [[null, null]]}", "expected an object"),
+        (
+            "{\"resourceLogs\":[{\"scopeLogs\":[{\"logRecords\":[[]]}]}]}",
+            "expected an object",
+        ),
+        (
+            "{\"resourceLogs\":[{\"scopeLogs\":[{\"logRecords\":[{\"timeUnixNano\":\"-1\"}]}]}]}",
+            "not a 64-bit unsigned integer",
+        ),
         (
             "{\"resourceLogs\":[{\"scopeLogs\":[{\"logRecords\":[{\"traceId\":\"xyz\"}]}]}]}",
             "is not hex",

@@ -19,75 +19,152 @@ use crate::store::SeriesName;
 use crate::time::{self, Millis};
 
 /// The messages of OTLP's logs service, as its published protos (`collector/logs/v1`, `logs/v1`, `common/v1`,
-/// `resource/v1`) number their fields; what is not read here is skipped by the decoder.
+/// `resource/v1`) number their fields; what is not read here is skipped by the decoder. Each request message
+/// also reads OTLP's JSON (`serde`, `json`): lowerCamelCase names, snake_case taken too, `null` as empty,
+/// messages only from objects, unknown fields skipped.
 pub mod wire {
-    #[derive(Clone, PartialEq, prost::Message)]
+    use super::json;
+    use serde::Deserialize;
+
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
     pub struct ExportLogsServiceRequest {
         #[prost(message, repeated, tag = "1")]
+        #[serde(
+            default,
+            rename = "resourceLogs",
+            alias = "resource_logs",
+            deserialize_with = "json::objects"
+        )]
         pub resource_logs: Vec<ResourceLogs>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
     pub struct ResourceLogs {
         #[prost(message, optional, tag = "1")]
+        #[serde(default, deserialize_with = "json::object")]
         pub resource: Option<Resource>,
         #[prost(message, repeated, tag = "2")]
+        #[serde(
+            default,
+            rename = "scopeLogs",
+            alias = "scope_logs",
+            deserialize_with = "json::objects"
+        )]
         pub scope_logs: Vec<ScopeLogs>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
     pub struct Resource {
         #[prost(message, repeated, tag = "1")]
+        #[serde(default, deserialize_with = "json::objects")]
         pub attributes: Vec<KeyValue>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
     pub struct ScopeLogs {
         #[prost(message, optional, tag = "1")]
+        #[serde(default, deserialize_with = "json::object")]
         pub scope: Option<InstrumentationScope>,
         #[prost(message, repeated, tag = "2")]
+        #[serde(
+            default,
+            rename = "logRecords",
+            alias = "log_records",
+            deserialize_with = "json::objects"
+        )]
         pub log_records: Vec<LogRecord>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
     pub struct InstrumentationScope {
         #[prost(string, tag = "1")]
+        #[serde(default, deserialize_with = "json::or_empty")]
         pub name: String,
         #[prost(string, tag = "2")]
+        #[serde(default, deserialize_with = "json::or_empty")]
         pub version: String,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
     pub struct LogRecord {
         #[prost(fixed64, tag = "1")]
+        #[serde(
+            default,
+            rename = "timeUnixNano",
+            alias = "time_unix_nano",
+            deserialize_with = "json::uint64"
+        )]
         pub time_unix_nano: u64,
         #[prost(fixed64, tag = "11")]
+        #[serde(
+            default,
+            rename = "observedTimeUnixNano",
+            alias = "observed_time_unix_nano",
+            deserialize_with = "json::uint64"
+        )]
         pub observed_time_unix_nano: u64,
         #[prost(int32, tag = "2")]
+        #[serde(
+            default,
+            rename = "severityNumber",
+            alias = "severity_number",
+            deserialize_with = "json::int32"
+        )]
         pub severity_number: i32,
         #[prost(string, tag = "3")]
+        #[serde(
+            default,
+            rename = "severityText",
+            alias = "severity_text",
+            deserialize_with = "json::or_empty"
+        )]
         pub severity_text: String,
         #[prost(message, optional, tag = "5")]
+        #[serde(default, deserialize_with = "json::object")]
         pub body: Option<AnyValue>,
         #[prost(message, repeated, tag = "6")]
+        #[serde(default, deserialize_with = "json::objects")]
         pub attributes: Vec<KeyValue>,
         #[prost(bytes = "vec", tag = "9")]
+        #[serde(
+            default,
+            rename = "traceId",
+            alias = "trace_id",
+            deserialize_with = "json::hex_id"
+        )]
         pub trace_id: Vec<u8>,
         #[prost(bytes = "vec", tag = "10")]
+        #[serde(
+            default,
+            rename = "spanId",
+            alias = "span_id",
+            deserialize_with = "json::hex_id"
+        )]
         pub span_id: Vec<u8>,
         #[prost(string, tag = "12")]
+        #[serde(
+            default,
+            rename = "eventName",
+            alias = "event_name",
+            deserialize_with = "json::or_empty"
+        )]
         pub event_name: String,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
     pub struct KeyValue {
         #[prost(string, tag = "1")]
+        #[serde(default, deserialize_with = "json::or_empty")]
         pub key: String,
         #[prost(message, optional, tag = "2")]
+        #[serde(default, deserialize_with = "json::object")]
         pub value: Option<AnyValue>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    /// In JSON, an object with one of `stringValue`, `boolValue`, `intValue`, `doubleValue`, `arrayValue`,
+    /// `kvlistValue`, `bytesValue` (`super::json::AnyValueFields`).
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
+    #[serde(try_from = "json::AnyValueFields")]
     pub struct AnyValue {
         #[prost(oneof = "Value", tags = "1, 2, 3, 4, 5, 6, 7")]
         pub value: Option<Value>,
@@ -111,15 +188,17 @@ pub mod wire {
         Bytes(Vec<u8>),
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
     pub struct ArrayValue {
         #[prost(message, repeated, tag = "1")]
+        #[serde(default, deserialize_with = "json::objects")]
         pub values: Vec<AnyValue>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, Deserialize)]
     pub struct KeyValueList {
         #[prost(message, repeated, tag = "1")]
+        #[serde(default, deserialize_with = "json::objects")]
         pub values: Vec<KeyValue>,
     }
 
@@ -175,9 +254,9 @@ async fn export(
     let t = crate::time::now();
     let parts = crate::api::ingest::blocking(move || {
         let request = if json {
-            let v: Value = serde_json::from_slice(&received.bytes)
-                .map_err(|e| ApiError::bad_request(format!("body: not OTLP JSON: {e}")))?;
-            from_json(&v).map_err(|why| ApiError::bad_request(format!("body: {why}")))?
+            json::request(&received.bytes).map_err(|e| {
+                ApiError::bad_request(format!("body: not an OTLP ExportLogsServiceRequest in JSON: {e}"))
+            })?
         } else {
             wire::ExportLogsServiceRequest::decode(&received.bytes[..]).map_err(|e| {
                 ApiError::bad_request(format!(
@@ -396,162 +475,245 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// OTLP's JSON encoding as the protobuf messages: lowerCamelCase names (snake_case taken too), 64-bit integers
-/// as strings or numbers, trace and span ids in hex, bytes in base64.
-fn from_json(v: &Value) -> Result<wire::ExportLogsServiceRequest, String> {
-    if !v.is_object() {
-        return Err("not an ExportLogsServiceRequest object {\"resourceLogs\": [...]}".into());
-    }
-    let mut request = wire::ExportLogsServiceRequest::default();
-    for rl in list(v, "resourceLogs")? {
-        let resource = match field(rl, "resource") {
-            Some(r) => Some(wire::Resource {
-                attributes: key_values(r, "attributes")?,
-            }),
-            None => None,
-        };
-        let mut scope_logs = Vec::new();
-        for sl in list(rl, "scopeLogs")? {
-            let scope = field(sl, "scope").map(|s| wire::InstrumentationScope {
-                name: text(s, "name"),
-                version: text(s, "version"),
-            });
-            let mut log_records = Vec::new();
-            for r in list(sl, "logRecords")? {
-                log_records.push(wire::LogRecord {
-                    time_unix_nano: integer(r, "timeUnixNano")?.unwrap_or(0) as u64,
-                    observed_time_unix_nano: integer(r, "observedTimeUnixNano")?.unwrap_or(0)
-                        as u64,
-                    severity_number: integer(r, "severityNumber")?.unwrap_or(0) as i32,
-                    severity_text: text(r, "severityText"),
-                    body: field(r, "body").map(json_any_value).transpose()?,
-                    attributes: key_values(r, "attributes")?,
-                    trace_id: unhex(&text(r, "traceId"))?,
-                    span_id: unhex(&text(r, "spanId"))?,
-                    event_name: text(r, "eventName"),
-                });
-            }
-            scope_logs.push(wire::ScopeLogs { scope, log_records });
+/// What OTLP's JSON encoding needs beyond names: `null` as empty, 64-bit integers as strings or numbers,
+/// trace and span ids in hex, bytes in base64, `AnyValue`'s one field.
+mod json {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use base64::Engine;
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, de};
+
+    use super::wire;
+
+    /// A message: from a JSON object only (serde would take an array for a struct too).
+    pub struct Message<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Message<T> {
+        type Value = T;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+            d.deserialize_map(self)
         }
-        request.resource_logs.push(wire::ResourceLogs {
-            resource,
-            scope_logs,
-        });
     }
-    Ok(request)
-}
 
-/// A field by its lowerCamelCase name, or its snake_case one.
-fn field<'a>(v: &'a Value, camel: &str) -> Option<&'a Value> {
-    let object = v.as_object()?;
-    object.get(camel).or_else(|| {
-        let snake: String = camel
-            .chars()
-            .flat_map(|c| match c.is_ascii_uppercase() {
-                true => vec!['_', c.to_ascii_lowercase()],
-                false => vec![c],
-            })
-            .collect();
-        object.get(&snake)
-    })
-}
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Message<T> {
+        type Value = T;
 
-/// An array of objects (messages), empty when absent.
-fn list<'a>(v: &'a Value, name: &str) -> Result<&'a [Value], String> {
-    match field(v, name) {
-        None | Some(Value::Null) => Ok(&[]),
-        Some(Value::Array(a)) => match a.iter().position(|m| !m.is_object()) {
-            None => Ok(a),
-            Some(i) => Err(format!("{name:?} item {} is not an object", i + 1)),
-        },
-        Some(_) => Err(format!("{name:?} is not an array")),
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
     }
-}
 
-fn text(v: &Value, name: &str) -> String {
-    field(v, name)
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string()
-}
-
-/// A 64-bit integer field, as a number or a string of one.
-fn integer(v: &Value, name: &str) -> Result<Option<i64>, String> {
-    match field(v, name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .or_else(|| n.as_u64().map(|u| u as i64))
-            .map(Some)
-            .ok_or_else(|| format!("{name:?} is not an integer")),
-        Some(Value::String(s)) => s
-            .parse::<i64>()
-            .or_else(|_| s.parse::<u64>().map(|u| u as i64))
-            .map(Some)
-            .map_err(|_| format!("{name:?} {s:?} is not an integer")),
-        Some(_) => Err(format!("{name:?} is not an integer")),
+    /// A request: one object.
+    pub fn request(body: &[u8]) -> Result<wire::ExportLogsServiceRequest, serde_json::Error> {
+        let mut d = serde_json::Deserializer::from_slice(body);
+        let request = Message(PhantomData).deserialize(&mut d)?;
+        d.end()?;
+        Ok(request)
     }
-}
 
-fn key_values(v: &Value, name: &str) -> Result<Vec<wire::KeyValue>, String> {
-    list(v, name)?
-        .iter()
-        .map(|kv| {
-            Ok(wire::KeyValue {
-                key: text(kv, "key"),
-                value: field(kv, "value").map(json_any_value).transpose()?,
-            })
+    /// An optional message.
+    pub fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        struct Opt<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Opt<T> {
+            type Value = Option<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object or null")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+                Message(PhantomData).deserialize(d).map(Some)
+            }
+        }
+        d.deserialize_option(Opt(PhantomData))
+    }
+
+    /// A repeated message: an array of objects, or `null`.
+    pub fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Vec<T>, D::Error> {
+        struct Seq<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Seq<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of objects or null")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Vec<T>, E> {
+                Ok(Vec::new())
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Vec<T>, E> {
+                Ok(Vec::new())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+                d.deserialize_seq(self)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(m) = seq.next_element_seed(Message(PhantomData))? {
+                    out.push(m);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_option(Seq(PhantomData))
+    }
+
+    /// `null` as the empty value, as proto3's JSON has it.
+    pub fn or_empty<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+    }
+
+    /// A number, or a string of one (how 64-bit integers are written).
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Integer<'a> {
+        Number(i128),
+        Text(&'a str),
+    }
+
+    fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i128>, D::Error> {
+        Ok(match Option::<Integer>::deserialize(d)? {
+            None => None,
+            Some(Integer::Number(n)) => Some(n),
+            Some(Integer::Text(s)) => Some(
+                s.parse()
+                    .map_err(|_| de::Error::custom(format!("{s:?} is not an integer")))?,
+            ),
         })
-        .collect()
-}
-
-fn json_any_value(v: &Value) -> Result<wire::AnyValue, String> {
-    let value = if let Some(s) = field(v, "stringValue") {
-        Some(wire::Value::String(
-            s.as_str().ok_or("stringValue is not a string")?.to_string(),
-        ))
-    } else if let Some(b) = field(v, "boolValue") {
-        Some(wire::Value::Bool(
-            b.as_bool().ok_or("boolValue is not a boolean")?,
-        ))
-    } else if field(v, "intValue").is_some() {
-        integer(v, "intValue")?.map(wire::Value::Int)
-    } else if let Some(d) = field(v, "doubleValue") {
-        let d = match d {
-            Value::String(s) => s.parse().ok(),
-            d => d.as_f64(),
-        };
-        Some(wire::Value::Double(d.ok_or("doubleValue is not a number")?))
-    } else if let Some(a) = field(v, "arrayValue") {
-        let values = list(a, "values")?
-            .iter()
-            .map(json_any_value)
-            .collect::<Result<_, _>>()?;
-        Some(wire::Value::Array(wire::ArrayValue { values }))
-    } else if let Some(l) = field(v, "kvlistValue") {
-        Some(wire::Value::Kvlist(wire::KeyValueList {
-            values: key_values(l, "values")?,
-        }))
-    } else if let Some(b) = field(v, "bytesValue") {
-        let b = b.as_str().ok_or("bytesValue is not a string")?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .map_err(|e| format!("bytesValue is not base64: {e}"))?;
-        Some(wire::Value::Bytes(bytes))
-    } else {
-        None
-    };
-    Ok(wire::AnyValue { value })
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("id {s:?} is not hex"));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
-        .collect()
+
+    fn ranged<'de, D: Deserializer<'de>, T: TryFrom<i128> + Default>(
+        d: D,
+        what: &str,
+    ) -> Result<T, D::Error> {
+        match integer(d)? {
+            None => Ok(T::default()),
+            Some(n) => {
+                T::try_from(n).map_err(|_| de::Error::custom(format!("{n} is not a {what}")))
+            }
+        }
+    }
+
+    pub fn uint64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        ranged(d, "64-bit unsigned integer")
+    }
+
+    pub fn int32<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+        ranged(d, "32-bit integer")
+    }
+
+    pub fn hex_id<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = or_empty(d)?;
+        if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(de::Error::custom(format!("id {s:?} is not hex")));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(de::Error::custom))
+            .collect()
+    }
+
+    /// An `AnyValue` as JSON has it: at most one of these.
+    #[derive(Deserialize)]
+    pub struct AnyValueFields {
+        #[serde(default, rename = "stringValue", alias = "string_value")]
+        string_value: Option<String>,
+        #[serde(default, rename = "boolValue", alias = "bool_value")]
+        bool_value: Option<bool>,
+        #[serde(
+            default,
+            rename = "intValue",
+            alias = "int_value",
+            deserialize_with = "integer"
+        )]
+        int_value: Option<i128>,
+        #[serde(
+            default,
+            rename = "doubleValue",
+            alias = "double_value",
+            deserialize_with = "double"
+        )]
+        double_value: Option<f64>,
+        #[serde(
+            default,
+            rename = "arrayValue",
+            alias = "array_value",
+            deserialize_with = "object"
+        )]
+        array_value: Option<wire::ArrayValue>,
+        #[serde(
+            default,
+            rename = "kvlistValue",
+            alias = "kvlist_value",
+            deserialize_with = "object"
+        )]
+        kvlist_value: Option<wire::KeyValueList>,
+        #[serde(default, rename = "bytesValue", alias = "bytes_value")]
+        bytes_value: Option<String>,
+    }
+
+    /// A double, or a string of one (`"NaN"`, `"Infinity"`).
+    fn double<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Double<'a> {
+            Number(f64),
+            Text(&'a str),
+        }
+        Ok(match Option::<Double>::deserialize(d)? {
+            None => None,
+            Some(Double::Number(n)) => Some(n),
+            Some(Double::Text(s)) => Some(
+                s.parse()
+                    .map_err(|_| de::Error::custom(format!("doubleValue {s:?} is not a number")))?,
+            ),
+        })
+    }
+
+    impl TryFrom<AnyValueFields> for wire::AnyValue {
+        type Error = String;
+
+        fn try_from(f: AnyValueFields) -> Result<wire::AnyValue, String> {
+            let value = if let Some(s) = f.string_value {
+                Some(wire::Value::String(s))
+            } else if let Some(b) = f.bool_value {
+                Some(wire::Value::Bool(b))
+            } else if let Some(i) = f.int_value {
+                let i = i64::try_from(i)
+                    .map_err(|_| format!("intValue {i} is not a 64-bit integer"))?;
+                Some(wire::Value::Int(i))
+            } else if let Some(d) = f.double_value {
+                Some(wire::Value::Double(d))
+            } else if let Some(a) = f.array_value {
+                Some(wire::Value::Array(a))
+            } else if let Some(l) = f.kvlist_value {
+                Some(wire::Value::Kvlist(l))
+            } else if let Some(b) = f.bytes_value {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&b)
+                    .map_err(|e| format!("bytesValue is not base64: {e}"))?;
+                Some(wire::Value::Bytes(bytes))
+            } else {
+                None
+            };
+            Ok(wire::AnyValue { value })
+        }
+    }
 }
 
 /// A message in the request's encoding.

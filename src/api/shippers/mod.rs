@@ -1,12 +1,14 @@
 //! The push protocols that log shippers already speak: Elasticsearch's `_bulk` (`elastic.rs`), Loki's push
 //! (`loki.rs`) and OTLP/HTTP logs (`otlp.rs`). Each turns its payload into one JSON line per event, grouped by
-//! series, and hands the lines to the native parser, so every check and limit of `POST /api/series/{s}/events`
-//! holds for them; only the answers take the protocol's own shapes.
+//! series (`Parts`): documents as sent (`_bulk`) go through the native parser, as native events do; lines
+//! written here (Loki, OTLP) are valid JSON by construction and carry the time they were written with. Every
+//! batch then meets the store's rules of `POST /api/series/{s}/events` (late, future, backlog, the log's
+//! fsync); only the answers take the protocol's own shapes.
 //!
 //! A request is refused whole for anything wrong in it (4xx, nothing stored). One whose events go to several
 //! series is stored as one batch per series, each all or nothing: every batch's event times are checked before
 //! any is stored, so what can still refuse one after another was stored is the server (503, 507), and the
-//! protocol's answer says which were stored where it has a way to (ARCHITECTURE.md, "Shippers").
+//! protocol's answer says which were stored where it has a way to (ARCHITECTURE.md, invariants).
 
 pub mod elastic;
 pub mod loki;

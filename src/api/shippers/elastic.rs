@@ -71,7 +71,7 @@ struct ActionLine<'a> {
     update: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Meta<'a> {
     #[serde(borrow, rename = "_index")]
     index: Option<Cow<'a, str>>,
@@ -79,7 +79,7 @@ struct Meta<'a> {
     id: Option<Cow<'a, str>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Action {
     Create,
     Index,
@@ -152,33 +152,9 @@ fn read(
         let number = request.items.len() + 1;
         let fail =
             |why: String| ApiError::bad_request(format!("item {number} (line {}): {why}", at + 1));
-        let action: ActionLine = serde_json::from_slice(line)
-            .map_err(|e| fail(format!("not an action line {{\"create\": {{...}}}}: {e}")))?;
-        let (kind, meta) = match action {
-            ActionLine {
-                create: Some(meta),
-                index: None,
-                delete: None,
-                update: None,
-            } => (Action::Create, meta),
-            ActionLine {
-                create: None,
-                index: Some(meta),
-                delete: None,
-                update: None,
-            } => (Action::Index, meta),
-            ActionLine {
-                delete: Some(_), ..
-            } => return Err(fail(refused("delete"))),
-            ActionLine {
-                update: Some(_), ..
-            } => return Err(fail(refused("update"))),
-            _ => {
-                return Err(fail(
-                    "not an action line: expected one of create or index, as {\"create\": {...}}"
-                        .into(),
-                ));
-            }
+        let (kind, meta) = match plain_action(line) {
+            Some(plain) => plain,
+            None => action_line(line).map_err(fail)?,
         };
         let Some((_, document)) = lines.next() else {
             return Err(fail(format!(
@@ -213,6 +189,57 @@ fn read(
         });
     }
     Ok((parts, request))
+}
+
+/// The action lines shippers send most (`{"create":{}}`, `{"index":{}}`, either with only an `_index` whose
+/// name has no escapes), read without a JSON parser; `None` for any other line, which `action_line` reads.
+fn plain_action(line: &[u8]) -> Option<(Action, Meta<'_>)> {
+    let (kind, rest) = if let Some(rest) = line.strip_prefix(b"{\"create\":{") {
+        (Action::Create, rest)
+    } else {
+        (Action::Index, line.strip_prefix(b"{\"index\":{")?)
+    };
+    let index = match rest {
+        b"}}" => None,
+        _ => {
+            let name = rest.strip_prefix(b"\"_index\":\"")?.strip_suffix(b"\"}}")?;
+            if name.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+                return None;
+            }
+            Some(Cow::Borrowed(std::str::from_utf8(name).ok()?))
+        }
+    };
+    Some((kind, Meta { index, id: None }))
+}
+
+/// Any action line, by the JSON parser: exactly one of `create` and `index`; `delete` and `update` named to
+/// refuse them.
+fn action_line(line: &[u8]) -> Result<(Action, Meta<'_>), String> {
+    let action: ActionLine = serde_json::from_slice(line)
+        .map_err(|e| format!("not an action line {{\"create\": {{...}}}}: {e}"))?;
+    match action {
+        ActionLine {
+            create: Some(meta),
+            index: None,
+            delete: None,
+            update: None,
+        } => Ok((Action::Create, meta)),
+        ActionLine {
+            create: None,
+            index: Some(meta),
+            delete: None,
+            update: None,
+        } => Ok((Action::Index, meta)),
+        ActionLine {
+            delete: Some(_), ..
+        } => Err(refused("delete")),
+        ActionLine {
+            update: Some(_), ..
+        } => Err(refused("update")),
+        _ => Err(
+            "not an action line: expected one of create or index, as {\"create\": {...}}".into(),
+        ),
+    }
 }
 
 fn refused(action: &str) -> String {
@@ -448,4 +475,42 @@ fn product(mut res: Response) -> Response {
         HeaderValue::from_static("application/json"),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_action_lines_read_as_the_json_parser_reads_them() {
+        for line in [
+            r#"{"create":{}}"#,
+            r#"{"index":{}}"#,
+            r#"{"create":{"_index":"web"}}"#,
+            r#"{"index":{"_index":"logs-app.x-default"}}"#,
+        ] {
+            let (kind, meta) = plain_action(line.as_bytes()).unwrap();
+            let (parsed_kind, parsed) = action_line(line.as_bytes()).unwrap();
+            assert_eq!(kind.name(), parsed_kind.name(), "{line}");
+            assert_eq!((meta.index, meta.id), (parsed.index, parsed.id), "{line}");
+        }
+        // Anything else is the parser's: escapes, ids, other spacing, other actions, trailing bytes.
+        for line in [
+            r#"{"create":{"_index":"a\"b"}}"#,
+            r#"{"create":{"_index":"a\\b"}}"#,
+            r#"{"create":{"_id":"1"}}"#,
+            r#"{"create":{"_index":"web","_id":"1"}}"#,
+            r#"{ "create":{}}"#,
+            r#"{"delete":{}}"#,
+            r#"{"create":{}}x"#,
+        ] {
+            assert!(plain_action(line.as_bytes()).is_none(), "{line}");
+        }
+        assert!(
+            action_line(br#"{"delete":{"_id":"1"}}"#)
+                .unwrap_err()
+                .contains("\"delete\" action is not taken")
+        );
+        assert!(action_line(br#"{"create":{},"index":{}}"#).is_err());
+    }
 }

@@ -301,7 +301,7 @@ fn body_encoding(headers: &HeaderMap) -> Result<BodyEncoding, ApiError> {
     }
 }
 
-fn too_large(limit: usize, what: &str) -> ApiError {
+pub fn too_large(limit: usize, what: &str) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",

@@ -160,11 +160,7 @@ fn from_protobuf(
     };
     let size = snap::raw::decompress_len(body).map_err(not_snappy)?;
     if size > limit {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("inflated request body of {size} bytes exceeds the limit of {limit} bytes"),
-        ));
+        return Err(crate::api::ingest::too_large(limit, "inflated request body"));
     }
     let room = intake.reserve(size as u64)?;
     let raw = snap::raw::Decoder::new()

@@ -160,7 +160,10 @@ fn from_protobuf(
     };
     let size = snap::raw::decompress_len(body).map_err(not_snappy)?;
     if size > limit {
-        return Err(crate::api::ingest::too_large(limit, "inflated request body"));
+        return Err(crate::api::ingest::too_large(
+            limit,
+            "inflated request body",
+        ));
     }
     let room = intake.reserve(size as u64)?;
     let raw = snap::raw::Decoder::new()

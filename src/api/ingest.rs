@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
-use super::{AppState, DEFAULT_SERIES, SeriesPath};
+use super::{AppState, SeriesPath};
 use crate::ingest::parse::{self, Format, TimeSpec, TimeUnit};
 use crate::ingest::wal::BatchKey;
 use crate::store::SeriesName;
@@ -37,7 +37,7 @@ pub async fn data_post(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let name = SeriesName::parse(DEFAULT_SERIES).map_err(ApiError::bad_request)?;
+    let name = SeriesName::default_series();
     ingest(state, name, &uri, headers, body).await
 }
 

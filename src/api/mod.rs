@@ -72,9 +72,6 @@ pub struct Shared {
     pub shippers: shippers::SeriesFrom,
 }
 
-/// The series `default`, which also answers on the short URLs.
-pub const DEFAULT_SERIES: &str = "default";
-
 /// Every route: its path template and what answers it. The router and the request metrics both read it.
 fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     let mut routes: Vec<(&'static str, MethodRouter<AppState>)> = vec![

@@ -20,9 +20,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::AppState;
 use super::conditional::{self, Validators};
 use super::error::{self, ApiError};
-use super::{AppState, DEFAULT_SERIES};
 use crate::archive::member::gzip;
 use crate::bulk::export::Encoding;
 use crate::store::{Generation, Located, PageLines, PageRef, SeriesName};
@@ -215,7 +215,7 @@ impl PageRequest {
         }
         let series = match series {
             Some(s) => s,
-            None => SeriesName::parse(DEFAULT_SERIES).map_err(ApiError::bad_request)?,
+            None => SeriesName::default_series(),
         };
         Ok(PageRequest {
             series,

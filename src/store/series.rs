@@ -15,6 +15,9 @@ use crate::time::{ChunkWidth, Millis};
 
 pub const SETTINGS_FILE: &str = "series.json";
 
+/// The series of the short URLs (`/api/data`), and of shippers' events that name none.
+const DEFAULT_SERIES: &str = "default";
+
 /// A valid series name: `[a-z0-9][a-z0-9_.-]{0,127}`. It is a folder name, so nothing else may pass: no `/`,
 /// no `..` on its own, nothing a shell or URL would need to escape.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,7 +47,7 @@ impl SeriesName {
 
     /// `default`: the series of the short URLs, and of events that name none.
     pub fn default_series() -> SeriesName {
-        SeriesName("default".to_string())
+        SeriesName(DEFAULT_SERIES.to_string())
     }
 }
 

@@ -280,18 +280,12 @@ fn hour_archives_are_read_by_gos_standard_library() {
     }
     let (tmp, _server, files) = sealed_hour_archives();
     let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/count.go");
-    let out = std::process::Command::new("go")
-        .arg("run")
-        .arg(&program)
-        .args(&files)
-        .env("GOCACHE", tmp.path().join("gocache"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = crate::support::stdout_of(
+        std::process::Command::new("go")
+            .arg("run")
+            .arg(&program)
+            .args(&files)
+            .env("GOCACHE", tmp.path().join("gocache")),
     );
     let total: usize = text.lines().map(|l| l.parse::<usize>().unwrap()).sum();
     assert_eq!(total, 40);
@@ -320,17 +314,11 @@ fn hour_archives_are_read_as_they_are_by_python_gzip_and_duckdb() {
         return;
     }
     let (_tmp, _server, files) = sealed_hour_archives();
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(READERS)
-        .args(&files)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = crate::support::stdout_of(
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(READERS)
+            .args(&files),
     );
     let mut total = 0;
     for line in text.lines() {

@@ -22,16 +22,10 @@ fn python_has(test: &str, modules: &str, install: &str) -> bool {
 
 /// Runs a client script; its last line of output, as JSON.
 fn run(script: &str, args: &[&str]) -> Value {
-    let out = Command::new("python3")
-        .arg(scripts().join(script))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{script}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = crate::support::stdout_of(
+        Command::new("python3")
+            .arg(scripts().join(script))
+            .args(args),
     );
     serde_json::from_str(text.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("{e}: {text}"))

@@ -434,6 +434,18 @@ pub fn hourglass(args: &[&str]) -> std::process::Output {
         .expect("run hourglass")
 }
 
+/// Runs `cmd` to completion; its standard output, once it has exited 0 (else a failure saying all it wrote).
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// Whether a part a test needs is there: `program args` runs and succeeds (its output discarded). When not,
 /// `missing` says so, `why` naming how to install it (a failure under CI).
 pub fn have(test: &str, program: &str, args: &[&str], why: &str) -> bool {

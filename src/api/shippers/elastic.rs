@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -177,11 +177,10 @@ fn read(
             .iter()
             .find_map(|f| json_at_path(document, f))
             .map(|raw| serde_json::from_str::<String>(raw.get()).unwrap_or(raw.get().to_string()));
-        let series = match from_field {
-            Some(name) => super::series_name(&name),
-            None => series_of[index].clone(),
-        };
-        parts.push(series, number, document);
+        match from_field {
+            Some(name) => parts.push(&super::series_name(&name), number, document),
+            None => parts.push(&series_of[index], number, document),
+        }
         request.items.push(Item {
             action: kind,
             index,
@@ -270,11 +269,12 @@ struct Wanted {
 
 impl Wanted {
     fn parse(uri: &Uri) -> Wanted {
-        let filter = uri
-            .query()
+        let Query(pairs) =
+            Query::<Vec<(String, String)>>::try_from_uri(uri).unwrap_or(Query(Vec::new()));
+        let filter = pairs
             .into_iter()
-            .flat_map(|q| q.split('&'))
-            .find_map(|pair| pair.strip_prefix("filter_path="));
+            .find(|(k, _)| k == "filter_path")
+            .map(|(_, v)| v);
         let Some(filter) = filter else {
             return Wanted {
                 took: true,
@@ -283,7 +283,6 @@ impl Wanted {
                 items: true,
             };
         };
-        let filter = filter.replace("%2C", ",").replace("%2c", ",");
         let paths: Vec<&str> = filter.split(',').map(str::trim).collect();
         let whole_items = paths.iter().any(|p| matches!(*p, "items" | "items.*"));
         let keys: Vec<String> = paths

@@ -139,7 +139,7 @@ fn lines(streams: Streams, series_labels: &[String]) -> Result<Parts, ApiError> 
                 let _ = serde_json::to_writer(&mut line, &entry.metadata);
             }
             line.push(b'}');
-            parts.push_written(series.clone(), number, millis, &line);
+            parts.push_written(&series, number, millis, &line);
         }
     }
     Ok(parts)

@@ -77,8 +77,8 @@ impl Parts {
         }
     }
 
-    fn part(&mut self, series: SeriesName, documents: bool) -> &mut Part {
-        match self.parts.iter().position(|p| p.series == series) {
+    fn part(&mut self, series: &SeriesName, documents: bool) -> &mut Part {
+        match self.parts.iter().position(|p| p.series == *series) {
             Some(i) => &mut self.parts[i],
             None => {
                 let events = match documents {
@@ -86,7 +86,7 @@ impl Parts {
                     false => Events::Written(Batch::default()),
                 };
                 self.parts.push(Part {
-                    series,
+                    series: series.clone(),
                     events,
                     numbers: Vec::new(),
                 });
@@ -98,7 +98,7 @@ impl Parts {
 
     /// Adds event `number` (1-based, as the protocol counts) of series `series`: a document as sent, one JSON
     /// object, read like a native event.
-    pub fn push(&mut self, series: SeriesName, number: usize, document: &[u8]) {
+    pub fn push(&mut self, series: &SeriesName, number: usize, document: &[u8]) {
         let part = self.part(series, true);
         if let Events::Documents(lines) = &mut part.events {
             lines.extend_from_slice(document);
@@ -108,7 +108,7 @@ impl Parts {
     }
 
     /// Adds event `number` of series `series` as a stored line written here, `ts` in it.
-    pub fn push_written(&mut self, series: SeriesName, number: usize, ts: Millis, line: &[u8]) {
+    pub fn push_written(&mut self, series: &SeriesName, number: usize, ts: Millis, line: &[u8]) {
         let part = self.part(series, false);
         if let Events::Written(batch) = &mut part.events {
             batch.push(ts, line);
@@ -128,10 +128,14 @@ pub struct Stored {
 /// request is refused whole (nothing stored); otherwise what became of each part.
 pub async fn store(state: &AppState, parts: Parts) -> Result<Vec<Stored>, ApiError> {
     let received = time::now();
+    // Only documents are read by a series' time setting; written lines carry their time.
     let specs: Vec<TimeSpec> = parts
         .parts
         .iter()
-        .map(|p| state.store.time_spec(&p.series))
+        .map(|p| match p.events {
+            Events::Documents(_) => state.store.time_spec(&p.series),
+            Events::Written(_) => TimeSpec::default(),
+        })
         .collect();
     let parsed = super::ingest::blocking(move || parse_parts(parts, specs, received)).await?;
     for (part, parsed) in &parsed {

@@ -307,7 +307,11 @@ fn lines(
         if !resource.is_empty() {
             write_attributes(&mut resource_json, &resource);
         }
-        let from_resource = names.iter().find_map(|n| string_attribute(&resource, n));
+        // The resource's series, named once for all its records.
+        let from_resource = names
+            .iter()
+            .find_map(|n| string_attribute(&resource, n))
+            .map(|s| super::series_name(&s));
         for scope_logs in resource_logs.scope_logs {
             let mut scope_json = Vec::new();
             if let Some(scope) = scope_logs
@@ -322,17 +326,18 @@ fn lines(
             }
             for record in &scope_logs.log_records {
                 number += 1;
-                let series = from_resource
-                    .clone()
-                    .or_else(|| {
-                        names
-                            .iter()
-                            .find_map(|n| string_attribute(&record.attributes, n))
-                    })
-                    .map_or_else(SeriesName::default_series, |s| super::series_name(&s));
                 let ts = write_record(&mut line, record, &resource_json, &scope_json, received)
                     .map_err(|why| ApiError::bad_request(format!("log record {number}: {why}")))?;
-                parts.push_written(series, number, ts, &line);
+                match &from_resource {
+                    Some(series) => parts.push_written(series, number, ts, &line),
+                    None => {
+                        let series = names
+                            .iter()
+                            .find_map(|n| string_attribute(&record.attributes, n))
+                            .map_or_else(SeriesName::default_series, |s| super::series_name(&s));
+                        parts.push_written(&series, number, ts, &line);
+                    }
+                }
             }
         }
     }
@@ -395,7 +400,7 @@ fn write_record(
         if !id.is_empty() {
             field(out, name);
             out.push(b'"');
-            out.extend_from_slice(hex(id).as_bytes());
+            hex(out, id);
             out.push(b'"');
         }
     }
@@ -471,8 +476,12 @@ fn write_any(out: &mut Vec<u8>, v: &wire::AnyValue) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// `bytes` in lowercase hex, into `out`.
+fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
+    }
 }
 
 /// What OTLP's JSON encoding needs beyond names: `null` as empty, 64-bit integers as strings or numbers,

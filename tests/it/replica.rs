@@ -63,7 +63,10 @@ fn a_replica_walks_back_through_its_upstream_and_the_store_and_shows_what_the_wr
         let last = *seeded.hours.last().unwrap();
         let w = writer(&data, &store, "p", &work.path().join("log"), &[]);
         wait_uploaded(&w, last + HOUR);
-        // Events of this hour: the head and the newest pages are the writer's alone.
+        // Events of this hour: the head and the newest pages are the writer's alone. Every event the test
+        // sends from here on is in this hour (a regression: one sent just past the hour made it complete,
+        // uploaded, and final at the replica without an upstream too).
+        crate::support::clear_of_an_hour_boundary(std::time::Duration::from_secs(90));
         let t = now_ms();
         let fresh = format!("{{\"ts\":{t},\"i\":0}}\n");
         let r = w.post_ndjson(&format!("/api/series/{SERIES}/events"), &fresh);

@@ -434,6 +434,17 @@ pub fn hourglass(args: &[&str]) -> std::process::Output {
         .expect("run hourglass")
 }
 
+/// Waits, when the clock is within `margin` of the next hour, until that hour has begun: for a test whose
+/// events of "now" must all fall in one hour (an event in the next one completes the hour, which is then
+/// sealed and uploaded under the test's feet).
+pub fn clear_of_an_hour_boundary(margin: std::time::Duration) {
+    const HOUR: i64 = 3_600_000;
+    let left = HOUR - now_ms().rem_euclid(HOUR);
+    if left < margin.as_millis() as i64 {
+        std::thread::sleep(std::time::Duration::from_millis(left as u64 + 50));
+    }
+}
+
 /// Runs `cmd` to completion; its standard output, once it has exited 0 (else a failure saying all it wrote).
 pub fn stdout_of(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

@@ -4,6 +4,7 @@
 use std::error::Error;
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::{Request, Uri, header};
@@ -14,6 +15,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use crate::bulk::export::{self, Encoding, Export, Format, Sink};
 use crate::bulk::import::{self, Report};
 use crate::config::{ExportArgs, ImportArgs, StoreArgs};
+use crate::filter::Filter;
 use crate::server;
 use crate::store::{SeriesName, Store, StoreError};
 use crate::time::Millis;
@@ -67,6 +69,7 @@ async fn export_to_output(args: ExportArgs) -> CliResult<()> {
     let (from, to) = export::parse_range(&args.from, &args.to)?;
     let format = Format::parse(&args.format)?;
     let fields = export::csv_fields(format, args.fields.as_deref())?;
+    let filter = filter_of(&args)?;
     let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
         None => Box::new(io::stdout()),
@@ -91,6 +94,7 @@ async fn export_to_output(args: ExportArgs) -> CliResult<()> {
                     Encoding::Identity
                 },
                 level: store_args.gzip_level,
+                filter: filter.map(Arc::new),
             };
             export_from_folder(&store_args, job, &mut out).await?;
         }
@@ -229,6 +233,14 @@ async fn export_in_parallel(
 }
 
 /// `api/series/{series}/{what}?from&to&format[&fields]` as `args` asks.
+/// The filter of `--where` and `--q`.
+fn filter_of(args: &ExportArgs) -> CliResult<Option<Filter>> {
+    Ok(Filter::parse(
+        args.wheres.iter().map(String::as_str),
+        args.texts.iter().map(String::as_str),
+    )?)
+}
+
 fn export_path(args: &ExportArgs, what: &str) -> String {
     let mut query = format!(
         "from={}&to={}&format={}",
@@ -238,6 +250,11 @@ fn export_path(args: &ExportArgs, what: &str) -> String {
     );
     if let Some(fields) = &args.fields {
         query.push_str(&format!("&fields={}", export::encode_query(fields)));
+    }
+    // Checked by `export_to_output` first.
+    if let Ok(Some(filter)) = filter_of(args) {
+        query.push('&');
+        query.push_str(filter.canonical());
     }
     format!(
         "/api/series/{}/{what}?{query}",

@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// Bytes of rendered final pages kept in memory (0: none).
     #[arg(long, env = "HOURGLASS_PAGE_CACHE_BYTES", default_value_t = 256 << 20)]
     pub page_cache_bytes: u64,
+    /// Bytes of events (inflated) one filtered page may read, past its first part, looking for matches; where
+    /// it stops, its `prev` link goes on.
+    #[arg(long, env = "HOURGLASS_FILTER_SCAN_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub filter_scan_bytes: u64,
     /// Seconds to let requests in flight finish once the server is told to stop; then their connections are
     /// closed (the store still stops cleanly).
     #[arg(long, env = "HOURGLASS_SHUTDOWN_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
@@ -184,6 +188,13 @@ pub struct ExportArgs {
     /// The columns of a csv export: top-level fields, comma-separated.
     #[arg(long)]
     pub fields: Option<String>,
+    /// Only events this term holds for (repeatable, all must hold): `field:value`, `!=`, `<`, `<=`, `>`, `>=`
+    /// or `field?`, as the URLs' `where=`.
+    #[arg(long = "where", value_name = "TERM")]
+    pub wheres: Vec<String>,
+    /// Only events whose stored line contains this text (repeatable), as the URLs' `q=`.
+    #[arg(long = "q", value_name = "TEXT")]
+    pub texts: Vec<String>,
     /// Write gzip (stored chunks are copied as they are).
     #[arg(long)]
     pub gzip: bool,

@@ -1,5 +1,5 @@
 //! Property tests over hostile input (proptest): everything that reads bytes from outside — bodies, URL times,
-//! RFC 3339, conditional, `Prefer` and `Accept-Encoding` headers, histogram parameters, archive members, log
+//! RFC 3339, filters, conditional, `Prefer` and `Accept-Encoding` headers, histogram parameters, archive members, log
 //! segments (one damaged record loses only itself), whole archive folders — answers
 //! arbitrary input with a value or an error, never a panic, and what it accepts is what it claims. The case
 //! counts are set per property; `PROPTEST_CASES` raises them all for a long run.
@@ -118,6 +118,30 @@ proptest! {
         let _ = Validators::from_headers(&h).not_modified("\"hg1.x.1.2.last.json\"", Some(1_411_952_350_000));
         prop_assert!(prefer_wait(&h).is_none_or(|w| w.as_secs() <= 60));
         let _ = Repr::negotiate(&h);
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(3000))]
+
+    /// Any `where=` and `q=` values parse or are refused; what parses has a canonical spelling that reads back
+    /// as itself, and matching any line never panics.
+    #[test]
+    fn filters_parse_or_are_refused_and_canonical_spellings_are_fixed_points(
+        wheres in proptest::collection::vec("[a-z.\\\\]{0,4}[:=!<>?]{0,2}(\"[ -~]{0,6}\"|[ -~]{0,8}|-?[0-9]{1,3}(\\.[0-9])?|2024-0[1-9]-01T00:00:00Z)", 0..4),
+        qs in proptest::collection::vec("\\PC{0,6}", 0..2),
+        line in "\\{(\"[a-z.]{1,3}\":(\"[ -~]{0,6}\"|-?[0-9]{1,3}|true|null|\\{\"[a-z]\":[0-9]\\}|\\[1,\"a\"\\]),?){0,4}\\}",
+    ) {
+        let Ok(Some(f)) = crate::filter::Filter::parse(wheres.iter().map(String::as_str), qs.iter().map(String::as_str)) else {
+            return Ok(());
+        };
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(f.canonical()).unwrap();
+        let again = crate::filter::Filter::parse(
+            pairs.iter().filter(|(k, _)| k == "where").map(|(_, v)| v.as_str()),
+            pairs.iter().filter(|(k, _)| k == "q").map(|(_, v)| v.as_str()),
+        );
+        prop_assert_eq!(again.ok().flatten().map(|g| g.canonical().to_string()), Some(f.canonical().to_string()));
+        let _ = f.matches(line.as_bytes());
     }
 }
 

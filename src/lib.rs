@@ -7,6 +7,7 @@ pub mod bulk;
 pub mod cli;
 pub mod config;
 pub mod durable;
+pub mod filter;
 pub mod ingest;
 pub mod metrics;
 pub mod server;

@@ -51,6 +51,8 @@ pub async fn run(
         request_timeout: args.request_timeout(),
         pages: crate::api::pages::page_cache(args.page_cache_bytes),
         gzip_level: args.store.gzip_level,
+        max_page_entries: args.store.max_page_entries as usize,
+        filter_scan_bytes: args.filter_scan_bytes,
         intake: api::Intake::new(args.store.max_inflight_bytes),
         held: Arc::new(tokio::sync::Semaphore::new(args.max_held_requests)),
         held_limit: args.max_held_requests,

@@ -1,4 +1,5 @@
-//! `GET /api/series/{series}/export` and `GET /api/series/{series}/histogram`: ranges in bulk (SPEC §6).
+//! `GET /api/series/{series}/export` and `GET /api/series/{series}/histogram`: ranges in bulk (SPEC §6), filtered
+//! by `where=` and `q=` (`api::filters`), histograms grouped and aggregated (`bulk::aggregate`).
 //!
 //! An export runs the walk of `bulk::export` on a blocking thread that feeds the response through a small
 //! bounded channel: memory does not grow with the range, and a client that goes away closes the channel, which
@@ -21,8 +22,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::conditional::Validators;
-use super::error::ApiError;
+use super::error::{self, ApiError};
+use super::filters::Filtering;
 use super::{AppState, SeriesPath, pages};
+use crate::bulk::aggregate::{self, Agg, Aggregation, HistogramError};
 use crate::bulk::export::{self, Encoding, Export, ExportError, Format, Sink};
 use crate::store::{SeriesName, StoreError};
 use crate::time::{self, Millis};
@@ -98,6 +101,18 @@ async fn caching(
     })
 }
 
+/// A filter's query in an answer's identity: hashed when there is one, nothing at all otherwise, so that an
+/// unfiltered answer keeps the identity (and ETag) it had before filters existed.
+struct FilterKey<'a>(&'a str);
+
+impl Hash for FilterKey<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        if !self.0.is_empty() {
+            ("filter", self.0).hash(h);
+        }
+    }
+}
+
 fn not_modified(h: HeaderMap) -> Response {
     let mut res = StatusCode::NOT_MODIFIED.into_response();
     *res.headers_mut() = h;
@@ -113,24 +128,48 @@ pub struct Ranged {
     q: HashMap<String, String>,
     validators: Validators,
     encoding: Encoding,
+    /// `where=` and `q=`.
+    filtering: Option<Filtering>,
+}
+
+impl Ranged {
+    /// The filter's query, which an answer's identity names (empty without one).
+    fn filter_query(&self) -> &str {
+        self.filtering.as_ref().map_or("", |f| f.query.as_str())
+    }
 }
 
 impl FromRequestParts<AppState> for Ranged {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.tokens.check_read(&parts.headers)?;
-        let SeriesPath(name) = SeriesPath::from_request_parts(parts, state).await?;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let refuse = IntoResponse::into_response;
+        state.tokens.check_read(&parts.headers).map_err(refuse)?;
+        let SeriesPath(name) = SeriesPath::from_request_parts(parts, state)
+            .await
+            .map_err(refuse)?;
         let Query(q) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
-            .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
-        let (from, to) = range(&q)?;
+            .map_err(|e| ApiError::bad_request(format!("bad query: {e}")).into_response())?;
+        let filtering = Filtering::read(parts.uri.query(), None).map_err(refuse)?;
+        // One filter, one URL: the filter's terms in another order or spelling are sent to the one spelling.
+        if let Some(f) = &filtering
+            && f.respelled(parts.uri.query())
+        {
+            return Err(error::redirect(&format!(
+                "{}?{}",
+                parts.uri.path(),
+                f.canonical
+            )));
+        }
+        let (from, to) = range(&q).map_err(refuse)?;
         let headers = &parts.headers;
         Ok(Ranged {
             name,
             from,
             to,
             q,
+            filtering,
             validators: Validators::from_headers(headers),
             encoding: headers
                 .get(header::ACCEPT_ENCODING)
@@ -150,6 +189,7 @@ fn format_and_fields(q: &HashMap<String, String>) -> Result<(Format, Vec<String>
 }
 
 pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Response, ApiError> {
+    let query = r.filter_query().to_string();
     let Ranged {
         name,
         from,
@@ -157,12 +197,13 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         q,
         validators,
         encoding,
+        filtering,
     } = r;
     let (format, fields) = format_and_fields(&q)?;
     state.store.check_kept(&name, from)?;
-    // The identity the ETag names: gzip and none as ever, zstd apart.
+    // The identity the ETag names: gzip and none as ever, zstd apart; a filter's query when filtered.
     let gzip = encoding == Encoding::Gzip;
-    let identity = (from, to, format, &fields, gzip);
+    let identity = (from, to, format, &fields, gzip, FilterKey(&query));
     let cached = match encoding {
         Encoding::Zstd => caching(&state, &name, to, (identity, "zstd"), &validators).await?,
         _ => caching(&state, &name, to, identity, &validators).await?,
@@ -194,6 +235,7 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         fields,
         encoding,
         level: state.gzip_level,
+        filter: filtering.map(|f| f.filter),
     };
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
@@ -237,9 +279,11 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
 
 /// `GET /api/series/{series}/export/manifest?from&to[&format&fields]`: the range as one export URL per hour
 /// that holds events (cut to the range), each with its events, whether it is final and, for a whole sealed
-/// hour, the bytes its archive takes (compressed). Scripts fetch the hours in parallel and resume
+/// hour, the bytes its archive takes (compressed); a filter goes into every URL, and the counts are of the
+/// events before it. Scripts fetch the hours in parallel and resume
 /// where they stopped; a cache keeps each final hour. The manifest is final when the whole range is.
 pub async fn manifest_get(State(state): State<AppState>, r: Ranged) -> Result<Response, ApiError> {
+    let query = r.filter_query().to_string();
     let Ranged {
         name,
         from,
@@ -254,7 +298,7 @@ pub async fn manifest_get(State(state): State<AppState>, r: Ranged) -> Result<Re
         &state,
         &name,
         to,
-        ("manifest", from, to, format, &fields),
+        ("manifest", from, to, format, &fields, FilterKey(&query)),
         &validators,
     )
     .await?
@@ -276,6 +320,10 @@ pub async fn manifest_get(State(state): State<AppState>, r: Ranged) -> Result<Re
         if let Some(v) = q.get(key) {
             extra.push_str(&format!("&{key}={}", export::encode_query(v)));
         }
+    }
+    if !query.is_empty() {
+        extra.push('&');
+        extra.push_str(&query);
     }
     let entries: Vec<Value> = hours
         .iter()
@@ -480,13 +528,18 @@ pub(crate) fn histogram_step(
     Ok(step)
 }
 
+/// `GET .../histogram?from&to&step`: counts per step, from the hour summaries and indexes alone. With a
+/// filter (`where=`, `q=`), `group_by=field` (`top=N` values, 5 by default) or `agg=` (`bulk::aggregate`), the
+/// range's events are read.
 pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<Response, ApiError> {
+    let query = r.filter_query().to_string();
     let Ranged {
         name,
         from,
         to,
         q,
         validators,
+        filtering,
         ..
     } = r;
     let width = state.store.width_of(&name).ok_or_else(|| unknown(&name))?;
@@ -494,11 +547,20 @@ pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<R
     state.store.check_kept(&name, from)?;
     let raw = q.get("step").map(String::as_str).unwrap_or("");
     let step = histogram_step(from, to, raw, width).map_err(ApiError::bad_request)?;
+    let what = aggregation(&q, filtering.map(|f| f.filter))?;
+    let reads = what.filter.is_some() || what.group_by.is_some() || !what.aggs.is_empty();
+    if reads && time::buckets(from, to, step) > MAX_AGGREGATED_BUCKETS {
+        return Err(ApiError::bad_request(format!(
+            "a filtered, grouped or aggregated histogram has at most {MAX_AGGREGATED_BUCKETS} buckets: use a larger step"
+        )));
+    }
+    let percentiles = what.aggs.iter().any(Agg::is_percentile);
+    let shape = AggKey(&what);
     let h = match caching(
         &state,
         &name,
         to,
-        ("histogram", from, to, step),
+        ("histogram", from, to, step, FilterKey(&query), shape),
         &validators,
     )
     .await?
@@ -507,19 +569,93 @@ pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<R
         Caching::Send(h) => h,
     };
     let store = state.store.clone();
-    let counts = tokio::task::spawn_blocking(move || store.histogram(&name, from, to, step))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
-    let buckets: Vec<Value> = counts
-        .iter()
-        .enumerate()
-        .map(|(i, n)| json!({"start": time::format_rfc3339(from + i as Millis * step), "count": n}))
-        .collect();
-    let mut res = Json(json!({"step_seconds": step / 1000, "buckets": buckets})).into_response();
+    let buckets = tokio::task::spawn_blocking(move || {
+        if reads {
+            return aggregate::histogram(&store, &name, (from, to, step), &what).map_err(|e| match e {
+                HistogramError::TooManyGroups(m) => ApiError::bad_request(m),
+                HistogramError::Store(e) => e.into(),
+            });
+        }
+        let counts = store.histogram(&name, from, to, step)?;
+        Ok(counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| json!({"start": time::format_rfc3339(from + i as Millis * step), "count": n}))
+            .collect())
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let mut body = json!({"step_seconds": step / 1000, "buckets": buckets});
+    if !query.is_empty() {
+        body["filter"] = json!(query);
+    }
+    if percentiles {
+        body["percentile_relative_error"] = json!(aggregate::RELATIVE_ERROR);
+    }
+    let mut res = Json(body).into_response();
     res.headers_mut().extend(h);
     Ok(res)
+}
+
+/// The most buckets a histogram that reads events may have: each holds its aggregations' state.
+const MAX_AGGREGATED_BUCKETS: usize = 10_000;
+
+/// `group_by`, `top` and `agg` of a histogram request, with its filter.
+fn aggregation(
+    q: &HashMap<String, String>,
+    filter: Option<std::sync::Arc<crate::filter::Filter>>,
+) -> Result<Aggregation, ApiError> {
+    let group_by = match q.get("group_by") {
+        None => {
+            if q.contains_key("top") {
+                return Err(ApiError::bad_request("top= goes with group_by=field"));
+            }
+            None
+        }
+        Some(field) => {
+            let path = aggregate::path(field)
+                .map_err(|e| ApiError::bad_request(format!("group_by={field:?}: {e}")))?;
+            let top = match q.get("top") {
+                None => 5,
+                Some(raw) => raw
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=aggregate::MAX_TOP).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "top={raw:?} is not a number from 1 to {}",
+                            aggregate::MAX_TOP
+                        ))
+                    })?,
+            };
+            Some((path, top))
+        }
+    };
+    let aggs = match q.get("agg") {
+        Some(raw) => Agg::parse_list(raw).map_err(ApiError::bad_request)?,
+        None => Vec::new(),
+    };
+    Ok(Aggregation {
+        filter,
+        group_by,
+        aggs,
+    })
+}
+
+/// A histogram's grouping and aggregations in its identity: nothing when there are none, so that a plain
+/// histogram keeps the identity it had before they existed.
+struct AggKey<'a>(&'a Aggregation);
+
+impl Hash for AggKey<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let a = self.0;
+        if let Some((field, top)) = &a.group_by {
+            ("group_by", field, top).hash(h);
+        }
+        for agg in &a.aggs {
+            ("agg", &agg.name).hash(h);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -42,8 +42,9 @@ impl hyper::service::Service<Request<Incoming>> for Front {
 
     fn call(&self, req: Request<Incoming>) -> FrontFuture {
         let began = Instant::now();
-        let (method, path, headers) = (req.method(), req.uri().path(), req.headers());
-        if let Some((mut res, route)) = pages::from_memory(&self.state, method, path, headers) {
+        let (method, headers) = (req.method(), req.headers());
+        if let Some((mut res, route)) = pages::from_memory(&self.state, method, req.uri(), headers)
+        {
             self.state
                 .metrics
                 .finish_route(method, route, began, &mut res);

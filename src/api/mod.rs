@@ -5,6 +5,7 @@ pub mod auth;
 pub(crate) mod conditional;
 pub mod error;
 pub(crate) mod export;
+mod filters;
 mod front;
 pub use front::Front;
 mod ingest;
@@ -58,6 +59,10 @@ pub struct Shared {
     pub pages: pages::PageCache,
     /// gzip level for pages compressed on the fly.
     pub gzip_level: u32,
+    /// `--max-page-entries`: also the most events a filtered page collects.
+    pub max_page_entries: usize,
+    /// `--filter-scan-bytes`: what one filtered page may read.
+    pub filter_scan_bytes: u64,
     /// Memory for request bodies being read, parsed and logged; 503 past it.
     pub intake: Intake,
     /// Permits for requests held by `Prefer: wait`, of `held_limit`.

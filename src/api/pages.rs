@@ -17,15 +17,16 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::conditional::{self, Validators};
 use super::error::{self, ApiError};
+use super::filters::Filtering;
 use crate::archive::member::gzip;
 use crate::bulk::export::Encoding;
-use crate::store::{Generation, Located, PageLines, PageRef, SeriesName};
+use crate::store::{Filtered, Generation, Located, PageLines, PageRef, ScanLimits, SeriesName};
 use crate::time::{self, Millis};
 
 /// The in-memory cache of rendered final pages, weighed in bytes; `None` when configured to 0 bytes (moka
@@ -164,6 +165,8 @@ pub struct PageRequest {
     validators: Validators,
     /// `Prefer: wait=N`, at most `MAX_WAIT`.
     wait: Option<Duration>,
+    /// `where=`, `q=`, `limit=`: a filtered page.
+    filtering: Option<Filtering>,
 }
 
 /// The longest a request may be held for `Prefer: wait`.
@@ -224,6 +227,7 @@ impl PageRequest {
             repr: Repr::negotiate(headers),
             validators: Validators::from_headers(headers),
             wait: prefer_wait(headers),
+            filtering: None,
         })
     }
 }
@@ -242,18 +246,29 @@ impl FromRequestParts<AppState> for PageRequest {
             Err(e) => return Err(ApiError::bad_request(format!("bad path: {e}")).into_response()),
         };
         let params = params.iter().flat_map(|p| p.iter());
-        let req = PageRequest::new(&parts.headers, params).map_err(IntoResponse::into_response)?;
-        // One URL per page: another spelling of the same one (`part/00`, `part/+0`, an escaped character) is sent
-        // to the one links use, so that caches keep one copy.
+        let mut req =
+            PageRequest::new(&parts.headers, params).map_err(IntoResponse::into_response)?;
+        let raw_query = parts.uri.query();
+        req.filtering = Filtering::read(raw_query, Some(state.max_page_entries))
+            .map_err(IntoResponse::into_response)?;
+        // One URL per page: another spelling of the same one (`part/00`, `part/+0`, an escaped character, a
+        // filter's terms in another order) is sent to the one links use, so that caches keep one copy.
         let route = parts
             .extensions
             .get::<MatchedPath>()
             .map(MatchedPath::as_str);
-        if let Some(canonical) = route.map(|r| req.path(r))
-            && canonical != parts.uri.path()
-        {
-            let query = parts.uri.query().map_or(String::new(), |q| format!("?{q}"));
-            return Err(error::redirect(&format!("{canonical}{query}")));
+        let path = route.map_or_else(|| parts.uri.path().to_string(), |r| req.path(r));
+        let respelled = req
+            .filtering
+            .as_ref()
+            .is_some_and(|f| f.respelled(raw_query));
+        if path != parts.uri.path() || respelled {
+            let query = match (&req.filtering, raw_query) {
+                (Some(f), _) => format!("?{}", f.canonical),
+                (None, Some(q)) => format!("?{q}"),
+                (None, None) => String::new(),
+            };
+            return Err(error::redirect(&format!("{path}{query}")));
         }
         Ok(req)
     }
@@ -284,13 +299,14 @@ pub const SHORT_BEFORE_PART: &str = "/api/data/before/{t}/part/{part}";
 pub fn from_memory(
     state: &AppState,
     method: &Method,
-    path: &str,
+    uri: &Uri,
     headers: &HeaderMap,
 ) -> Option<(Response, &'static str)> {
-    if method != Method::GET && method != Method::HEAD {
+    // A query may hold a filter: another page, the router's.
+    if (method != Method::GET && method != Method::HEAD) || uri.query().is_some() {
         return None;
     }
-    let path = BeforePath::parse(path)?;
+    let path = BeforePath::parse(uri.path())?;
     let params = [
         ("series", path.series),
         ("t", Some(path.t)),
@@ -421,6 +437,9 @@ async fn answer(
     page: PageRef,
     req: &PageRequest,
 ) -> Result<(Response, bool), ApiError> {
+    if let Some(filtering) = &req.filtering {
+        return answer_filtered(state, page, req, filtering).await;
+    }
     let (name, repr, validators) = (&req.series, req.repr, &req.validators);
     let private = state.tokens.read.is_some();
     let at = match state.store.locate_cached(name, page)? {
@@ -468,6 +487,87 @@ async fn answer(
     Ok((respond(&rendered), at.parts == 0))
 }
 
+/// The answer to a filtered page request (`Store::scan_back`, `scan_forward`). A `before` page at or below the
+/// persisted watermark is final: a 304 from its identity or a page-cache hit needs no reading, as for any final
+/// page.
+async fn answer_filtered(
+    state: &AppState,
+    page: PageRef,
+    req: &PageRequest,
+    filtering: &Filtering,
+) -> Result<(Response, bool), ApiError> {
+    let (name, repr) = (&req.series, req.repr);
+    let private = state.tokens.read.is_some();
+    let limits = ScanLimits {
+        limit: filtering.limit.unwrap_or(state.max_page_entries),
+        budget: state.filter_scan_bytes,
+    };
+    let (sealed, generation, retained_from) = state.store.scan_basis(name)?;
+    let identity = match page {
+        PageRef::Before { end, .. } if end <= sealed => FinalPage::filtered(
+            name,
+            page,
+            &filtering.query,
+            (generation, retained_from),
+            limits.budget,
+            repr,
+        ),
+        _ => None,
+    };
+    if let Some(identity) = &identity {
+        let hit = state.pages.as_ref().and_then(|c| c.get(identity));
+        let etag = hit
+            .as_ref()
+            .map_or_else(|| identity.etag(), |r| r.etag.clone());
+        if req.validators.not_modified(&etag, None) {
+            let headers = match &hit {
+                Some(r) => r.not_modified.clone(),
+                None => validator_headers(header_value(&etag), None, None, true, private),
+            };
+            return Ok((not_modified(headers), true));
+        }
+        if let Some(r) = hit {
+            crate::metrics::add(&state.metrics.cache_hits, 1);
+            return Ok((respond(&r), false));
+        }
+        crate::metrics::add(&state.metrics.cache_misses, 1);
+    }
+    let (store, series, filter) = (state.store.clone(), name.clone(), filtering.filter.clone());
+    let found = tokio::task::spawn_blocking(move || match page {
+        PageRef::After { start } => store.scan_forward(&series, start, &filter, limits),
+        _ => store.scan_back(&series, page, &filter, limits),
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let found_identity = found
+        .is_final
+        .then(|| {
+            let basis = (found.generation, found.retained_from);
+            FinalPage::filtered(name, page, &filtering.query, basis, limits.budget, repr)
+        })
+        .flatten();
+    let rendered = Arc::new(render_filtered(
+        name,
+        &found,
+        filtering,
+        found_identity,
+        repr,
+        state.gzip_level,
+        private,
+    ));
+    let same_basis = found.generation == generation && found.retained_from == retained_from;
+    if let (Some(identity), Some(cache)) = (&identity, &state.pages)
+        && found.is_final
+        && same_basis
+    {
+        cache.insert(identity.clone(), rendered.clone());
+    }
+    if req.validators.not_modified(&rendered.etag, None) {
+        return Ok((not_modified(rendered.not_modified.clone()), true));
+    }
+    Ok((respond(&rendered), found.count == 0))
+}
+
 /// A final page answered from memory: a 304 from its identity, or a 200 from the page cache. `None` when the
 /// page is not final or must be read.
 fn final_from_memory(
@@ -502,8 +602,9 @@ fn final_from_memory(
     Some((respond(&r), at.parts == 0))
 }
 
-/// A final page's identity: series, chunk, part and representation. Its ETag is made of it, never of its
-/// bytes, so it is known before (and without) reading them; the page cache is keyed by it.
+/// A final page's identity: series, chunk, part and representation, and for a filtered page its filter. Its
+/// ETag is made of it, never of its bytes, so it is known before (and without) reading them; the page cache is
+/// keyed by it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FinalPage {
     series: SeriesName,
@@ -513,6 +614,9 @@ pub struct FinalPage {
     part: Option<u32>,
     /// The oldest page retention left lost its `prev`: another content, another identity.
     retention_edge: Option<Millis>,
+    /// A filtered page's filter query, scan budget and the series' retention boundary: what its content
+    /// depends on besides the rest.
+    filter: Option<Arc<str>>,
     repr: Repr,
 }
 
@@ -528,8 +632,33 @@ impl FinalPage {
             end,
             part,
             retention_edge: at.retention_edge,
+            filter: None,
             repr,
         }
+    }
+
+    /// A filtered `before` page's identity; `None` for any other page.
+    fn filtered(
+        series: &SeriesName,
+        page: PageRef,
+        query: &str,
+        basis: (Generation, Millis),
+        budget: u64,
+        repr: Repr,
+    ) -> Option<FinalPage> {
+        let PageRef::Before { end, part } = page else {
+            return None;
+        };
+        let (generation, retained_from) = basis;
+        Some(FinalPage {
+            series: series.clone(),
+            generation,
+            end,
+            part,
+            retention_edge: None,
+            filter: Some(format!("{query}|{budget}|{retained_from}").into()),
+            repr,
+        })
     }
 
     fn etag(&self) -> String {
@@ -537,8 +666,13 @@ impl FinalPage {
         let edge = self
             .retention_edge
             .map_or(String::new(), |t| format!(".x{t:x}"));
+        let filter = self.filter.as_deref().map_or(String::new(), |f| {
+            let mut h = super::StableHasher::default();
+            f.hash(&mut h);
+            format!(".f{:016x}", h.finish())
+        });
         format!(
-            "\"{FORMAT_VERSION}.{}.{}.{:x}.{part}{edge}.{}\"",
+            "\"{FORMAT_VERSION}.{}.{}.{:x}.{part}{edge}{filter}.{}\"",
             self.series,
             self.generation,
             self.end,
@@ -547,22 +681,39 @@ impl FinalPage {
     }
 }
 
-fn page_url(name: &SeriesName, page: PageRef) -> String {
+/// A page's URL; `query` is a filter's, which every link of a filtered page carries.
+fn page_url(name: &SeriesName, page: PageRef, query: Option<&str>) -> String {
     let base = format!("/api/series/{name}/data");
-    match page {
+    let mut url = match page {
         PageRef::Head => base,
         PageRef::Before { end, part: None } => format!("{base}/before/{}", time::format_stamp(end)),
         PageRef::Before { end, part: Some(k) } => {
             format!("{base}/before/{}/part/{k}", time::format_stamp(end))
         }
         PageRef::After { start } => format!("{base}/after/{}", time::format_stamp(start)),
+    };
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
     }
+    url
 }
 
 fn link_header(name: &SeriesName, at: &Located) -> Option<HeaderValue> {
-    let links: Vec<String> = [("prev", at.prev), ("next", at.next)]
+    links(name, at.prev, at.next, None)
+}
+
+fn links(
+    name: &SeriesName,
+    prev: Option<PageRef>,
+    next: Option<PageRef>,
+    query: Option<&str>,
+) -> Option<HeaderValue> {
+    let links: Vec<String> = [("prev", prev), ("next", next)]
         .into_iter()
-        .filter_map(|(rel, page)| page.map(|p| format!("<{}>; rel=\"{rel}\"", page_url(name, p))))
+        .filter_map(|(rel, page)| {
+            page.map(|p| format!("<{}>; rel=\"{rel}\"", page_url(name, p, query)))
+        })
         .collect();
     (!links.is_empty()).then(|| header_value(&links.join(", ")))
 }
@@ -583,14 +734,51 @@ fn render(
     level: u32,
     private: bool,
 ) -> Rendered {
-    let link = link_header(name, at);
     let plain = if repr.ndjson {
         lines.lines
     } else {
-        json_body(name, at, &lines)
+        json_body(name, at, lines.count, &lines.lines)
     };
-    let (body, encoding) = match (repr.encoding, lines.member) {
-        // The stored member is this very page, gzip'd: it goes out as it is.
+    let (body, encoded) = encode(plain, lines.member, repr, level);
+    Shown {
+        identity: at.is_final.then(|| FinalPage::of(name, at, repr)),
+        link: link_header(name, at),
+        last_modified: at.sealed_at.map(http_date),
+        private,
+    }
+    .finish(body, encoded)
+}
+
+/// A filtered page, rendered, with its identity when it is final.
+fn render_filtered(
+    name: &SeriesName,
+    f: &Filtered,
+    filtering: &Filtering,
+    identity: Option<FinalPage>,
+    repr: Repr,
+    level: u32,
+    private: bool,
+) -> Rendered {
+    let query = filtering.query.as_str();
+    let plain = if repr.ndjson {
+        f.lines.clone()
+    } else {
+        filtered_json_body(name, f, query)
+    };
+    let (body, encoded) = encode(plain, None, repr, level);
+    Shown {
+        identity,
+        link: links(name, f.prev, f.next, Some(query)),
+        last_modified: None,
+        private,
+    }
+    .finish(body, encoded)
+}
+
+/// A page's body in the representation asked for: a stored member that is this very page as it is, else
+/// compressed here. Returns the representation it is in (zstd that fails goes out uncompressed).
+fn encode(plain: Vec<u8>, member: Option<Vec<u8>>, repr: Repr, level: u32) -> (Vec<u8>, Repr) {
+    let (body, encoding) = match (repr.encoding, member) {
         (Encoding::Gzip, Some(member)) if repr.ndjson => (member, Encoding::Gzip),
         (Encoding::Gzip, _) => (gzip(&plain, level), Encoding::Gzip),
         (Encoding::Zstd, _) => match zstd::bulk::compress(&plain, ZSTD_LEVEL) {
@@ -599,47 +787,67 @@ fn render(
         },
         (Encoding::Identity, _) => (plain, Encoding::Identity),
     };
-    let repr = Repr { encoding, ..repr };
-    // A page that is not final yet hashes exactly what it sends: the same lines go out as the stored member once
-    // their chunk is sealed, other bytes than gzip'd on the fly, so they get another ETag.
-    let etag = if at.is_final {
-        FinalPage::of(name, at, repr).etag()
-    } else {
-        let mut h = super::StableHasher::default();
-        (repr.tag(), link.as_ref().map(HeaderValue::as_bytes), &body).hash(&mut h);
-        format!("\"c.{:016x}\"", h.finish())
-    };
-    let not_modified = validator_headers(
-        header_value(&etag),
-        link,
-        at.sealed_at.map(http_date),
-        at.is_final,
-        private,
-    );
-    let mut headers = not_modified.clone();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(repr.content_type()),
-    );
-    match repr.encoding {
-        Encoding::Gzip => {
-            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    (body, Repr { encoding, ..repr })
+}
+
+/// What a page's headers say besides its body: its identity when final, its links and when it was sealed.
+struct Shown {
+    identity: Option<FinalPage>,
+    link: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+    private: bool,
+}
+
+impl Shown {
+    fn finish(self, body: Vec<u8>, repr: Repr) -> Rendered {
+        // A page that is not final yet hashes exactly what it sends: the same lines go out as the stored member
+        // once their chunk is sealed, other bytes than gzip'd on the fly, so they get another ETag.
+        let is_final = self.identity.is_some();
+        let etag = match self.identity {
+            Some(identity) => FinalPage { repr, ..identity }.etag(),
+            None => {
+                let mut h = super::StableHasher::default();
+                (
+                    repr.tag(),
+                    self.link.as_ref().map(HeaderValue::as_bytes),
+                    &body,
+                )
+                    .hash(&mut h);
+                format!("\"c.{:016x}\"", h.finish())
+            }
+        };
+        let not_modified = validator_headers(
+            header_value(&etag),
+            self.link,
+            self.last_modified,
+            is_final,
+            self.private,
+        );
+        let mut headers = not_modified.clone();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(repr.content_type()),
+        );
+        match repr.encoding {
+            Encoding::Gzip => {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            Encoding::Zstd => {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+            }
+            Encoding::Identity => {}
         }
-        Encoding::Zstd => {
-            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        Rendered {
+            body: Bytes::from(body),
+            etag,
+            headers,
+            not_modified,
         }
-        Encoding::Identity => {}
-    }
-    Rendered {
-        body: Bytes::from(body),
-        etag,
-        headers,
-        not_modified,
     }
 }
 
 /// The JSON representation: the links, range, count and finality, then the events as stored.
-fn json_body(name: &SeriesName, at: &Located, lines: &PageLines) -> Vec<u8> {
+fn json_body(name: &SeriesName, at: &Located, count: usize, lines: &[u8]) -> Vec<u8> {
     let at_time = |t: Option<Millis>| t.map(time::format_rfc3339);
     let head = serde_json::json!({
         "series": name.as_str(),
@@ -647,17 +855,38 @@ fn json_body(name: &SeriesName, at: &Located, lines: &PageLines) -> Vec<u8> {
         "to": at_time(at.start.map(|s| s + at.width.millis())),
         "part": at.part,
         "parts": at.parts,
-        "count": lines.count,
+        "count": count,
         "final": at.is_final,
-        "prev": at.prev.map(|p| page_url(name, p)),
-        "next": at.next.map(|p| page_url(name, p)),
-    })
-    .to_string();
-    let mut out = Vec::with_capacity(head.len() + lines.lines.len() + 16);
+        "prev": at.prev.map(|p| page_url(name, p, None)),
+        "next": at.next.map(|p| page_url(name, p, None)),
+    });
+    with_events(head, lines)
+}
+
+/// A filtered page's JSON: the range its walk read, the filter, how much it read, then the matches.
+fn filtered_json_body(name: &SeriesName, f: &Filtered, query: &str) -> Vec<u8> {
+    let at_time = |t: Option<Millis>| t.map(time::format_rfc3339);
+    let head = serde_json::json!({
+        "series": name.as_str(),
+        "filter": query,
+        "from": at_time(f.from),
+        "to": at_time(f.to),
+        "count": f.count,
+        "scanned_bytes": f.scanned,
+        "final": f.is_final,
+        "prev": f.prev.map(|p| page_url(name, p, Some(query))),
+        "next": f.next.map(|p| page_url(name, p, Some(query))),
+    });
+    with_events(head, &f.lines)
+}
+
+/// `head` (a JSON object) with an `events` array of the NDJSON `lines` as its last member.
+fn with_events(head: serde_json::Value, lines: &[u8]) -> Vec<u8> {
+    let head = head.to_string();
+    let mut out = Vec::with_capacity(head.len() + lines.len() + 16);
     out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
     out.extend_from_slice(b",\"events\":[");
     for (i, line) in lines
-        .lines
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .enumerate()

@@ -3,7 +3,7 @@
 //!
 //! The walk visits the non-empty chunks of the range in time order, one part at a time, so memory does not grow
 //! with the range, and stops at the first piece its sink refuses. Only the two edge chunks are filtered line by
-//! line. With gzip the output is one gzip member, which every HTTP client can decode: pieces are deflated with
+//! line, and every line when the export is filtered. With gzip the output is one gzip member, which every HTTP client can decode: pieces are deflated with
 //! a sync flush and continue one deflate stream, and for NDJSON a stored member wholly inside the range
 //! contributes its deflate data as it is (no inflate, no deflate; see `member::joinable`).
 
@@ -12,7 +12,10 @@ use std::io::{self, Write};
 use axum::body::Bytes;
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
 use crate::archive::member::{self, FINAL_BLOCK};
+use crate::filter::Filter;
 use crate::ingest::parse::event_time;
 use crate::store::{PageRef, SeriesName, Store, StoreError};
 use crate::time::{self, Millis};
@@ -126,6 +129,8 @@ pub struct Export {
     pub encoding: Encoding,
     /// gzip level of what is compressed here (not stored members sent as they are).
     pub level: u32,
+    /// Only the events it matches.
+    pub filter: Option<Arc<Filter>>,
 }
 
 /// How an export's output is compressed.
@@ -165,7 +170,9 @@ impl Export {
             Format::Csv => out.text(csv_header(&self.fields))?,
             Format::Ndjson => {}
         }
-        let pass_through = self.encoding == Encoding::Gzip && self.format == Format::Ndjson;
+        let pass_through = self.encoding == Encoding::Gzip
+            && self.format == Format::Ndjson
+            && self.filter.is_none();
         let mut cursor = width.align_down(self.from);
         while cursor < self.to {
             let at = store.locate(&self.name, PageRef::After { start: cursor })?;
@@ -206,11 +213,13 @@ impl Export {
         Ok(())
     }
 
-    /// The lines of one page in the export's format, filtered to the range unless `whole`.
+    /// The lines of one page in the export's format, cut to the range unless `whole`, and to the filter.
     fn render(&self, lines: &[u8], whole: bool, first: &mut bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(lines.len() + lines.len() / 8);
-        let in_range =
-            |line: &[u8]| whole || event_time(line).is_some_and(|t| t >= self.from && t < self.to);
+        let in_range = |line: &[u8]| {
+            (whole || event_time(line).is_some_and(|t| t >= self.from && t < self.to))
+                && self.filter.as_ref().is_none_or(|f| f.matches(line))
+        };
         for line in lines
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty() && in_range(l))

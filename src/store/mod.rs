@@ -14,6 +14,7 @@ mod commit;
 mod import;
 mod read;
 mod replica;
+mod scan;
 mod seal;
 pub mod series;
 mod upload;
@@ -39,6 +40,7 @@ use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
 use chunk::OpenChunk;
 pub use import::{ImportChunk, Imported};
 pub use read::{HourPiece, Located, PageLines, PageRef};
+pub use scan::{Filtered, ScanLimits};
 pub use series::{Generation, SeriesName, Settings};
 
 /// What the store needs from the configuration.

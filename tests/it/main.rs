@@ -9,6 +9,7 @@ mod crash;
 mod damage;
 mod disk;
 mod export;
+mod filters;
 mod hostile;
 mod ingest;
 mod live;

@@ -20,6 +20,7 @@ use memchr::memmem::Finder;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::archive::summary;
 use crate::time::{self, Millis};
 
 /// The most terms (`where=` and `q=` together) one filter may have.
@@ -136,6 +137,33 @@ impl Filter {
                 .collect(),
             canonical,
         }))
+    }
+
+    /// Hashes of the tokens every matching line holds (`archive::summary`): a member whose summary lacks one
+    /// cannot hold a match. Numbers and `!=` need none; `q=` needs the tokens inside its text.
+    pub fn tokens(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for t in &self.terms {
+            if matches!(t.op, Op::Ne(_)) {
+                continue;
+            }
+            for name in &t.path {
+                out.extend(summary::token_hashes(name.as_bytes(), true));
+            }
+            match &t.op {
+                Op::Eq(Value::Str(s)) => out.extend(summary::token_hashes(s.as_bytes(), true)),
+                Op::Eq(v @ (Value::Bool(_) | Value::Null)) => {
+                    out.extend(summary::token_hashes(v.json().as_bytes(), true));
+                }
+                _ => {}
+            }
+        }
+        for q in &self.texts {
+            out.extend(summary::token_hashes(q.needle(), false));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The filter as a query string (`where=...&q=...`), spelled the one way links spell it.

@@ -346,7 +346,7 @@ impl Collector for Scrape {
         let store = state.store.metrics();
         let api = &state.metrics;
         let e = &mut enc;
-        let counters: [(Describe, &AtomicU64); 9] = [
+        let counters: [(Describe, &AtomicU64); 11] = [
             (
                 (
                     "hourglass_events_accepted",
@@ -378,6 +378,22 @@ impl Collector for Scrape {
                     None,
                 ),
                 &store.chunks_sealed,
+            ),
+            (
+                (
+                    "hourglass_members_scanned",
+                    "Sealed members a filtered page, export or histogram inflated.",
+                    None,
+                ),
+                &store.members_scanned,
+            ),
+            (
+                (
+                    "hourglass_members_skipped",
+                    "Sealed members a filtered read skipped without inflating them: their summary rules the filter out.",
+                    None,
+                ),
+                &store.members_skipped,
             ),
             (
                 (

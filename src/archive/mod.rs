@@ -16,6 +16,7 @@ pub mod hours;
 pub mod index;
 pub mod member;
 pub mod remote;
+pub mod summary;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -32,9 +33,11 @@ pub use remote::{Remote, RemoteError, RemoteErrorKind};
 
 use crate::durable::{self, sync_dir};
 use crate::time::{ChunkStart, Hour, Millis};
+use summary::{Bloom, HourSummaries};
 
 const ARCHIVE_SUFFIX: &str = ".json.gz";
 const SIDECAR_SUFFIX: &str = ".idx";
+const SUMMARIES_SUFFIX: &str = ".sum";
 /// The summaries of a series' complete hours (see `hours`).
 const HOURS_FILE: &str = "hours.idx";
 /// An hour archive being rewritten by an import; renamed over the archive when whole.
@@ -203,20 +206,32 @@ impl Summary {
 
 /// The indexes of every series' hours, read on demand and kept within a byte budget (`--index-cache-bytes`):
 /// what memory holds of the past does not grow with its length. Keyed by the archive's identity and the hour.
+///
+/// The hours' member summaries (`summary`), read when a filter first asks, are kept beside them within a budget
+/// of the same size.
 #[derive(Clone)]
-pub struct IndexCache(moka::sync::Cache<(u64, Hour), Arc<HourIndex>>);
+pub struct IndexCache {
+    indexes: moka::sync::Cache<(u64, Hour), Arc<HourIndex>>,
+    summaries: moka::sync::Cache<(u64, Hour), Arc<HourSummaries>>,
+}
 
 impl IndexCache {
     pub fn new(max_bytes: u64) -> IndexCache {
-        IndexCache(
-            moka::sync::Cache::builder()
+        IndexCache {
+            indexes: moka::sync::Cache::builder()
                 .weigher(|_, index: &Arc<HourIndex>| {
                     let bytes = 128 + index.entries.capacity() * std::mem::size_of::<IndexEntry>();
                     u32::try_from(bytes).unwrap_or(u32::MAX)
                 })
                 .max_capacity(max_bytes)
                 .build(),
-        )
+            summaries: moka::sync::Cache::builder()
+                .weigher(|_, s: &Arc<HourSummaries>| {
+                    u32::try_from(128 + s.bytes()).unwrap_or(u32::MAX)
+                })
+                .max_capacity(max_bytes)
+                .build(),
+        }
     }
 }
 
@@ -338,7 +353,10 @@ impl SeriesArchive {
                     rewrite |= Some(hour) != newest;
                     let summary = HourSummary::of(&index);
                     if summary.is_some() {
-                        archive.cache.0.insert((archive.id, hour), Arc::new(index));
+                        archive
+                            .cache
+                            .indexes
+                            .insert((archive.id, hour), Arc::new(index));
                     }
                     summary
                 }
@@ -456,7 +474,7 @@ impl SeriesArchive {
             return Ok(Some(index.clone()));
         }
         self.cache
-            .0
+            .indexes
             .get(&(self.id, hour))
             .map(Some)
             .ok_or(Cold(hour))
@@ -474,7 +492,7 @@ impl SeriesArchive {
     /// Reads an hour's index into memory. Blocking; concurrent reads of one hour read it once.
     pub fn warm(&self, hour: Hour) -> Result<Arc<HourIndex>, ArchiveError> {
         self.cache
-            .0
+            .indexes
             .try_get_with(
                 (self.id, hour),
                 || -> Result<Arc<HourIndex>, ArchiveError> {
@@ -773,6 +791,45 @@ impl SeriesArchive {
         Ok(())
     }
 
+    /// Appends the summaries of members just appended (`append_chunk`) to their hours' sidecars. A failure is
+    /// logged, not returned: members without a summary are read, which costs time, not events.
+    pub fn add_summaries(&self, members: &[(MemberMeta, Bloom)]) {
+        let mut by_hour: BTreeMap<Hour, Vec<(MemberMeta, Bloom)>> = BTreeMap::new();
+        for (meta, bloom) in members {
+            by_hour
+                .entry(meta.chunk_start.hour())
+                .or_default()
+                .push((*meta, bloom.clone()));
+        }
+        for (hour, members) in by_hour {
+            let path = summaries_path(&self.dir, hour);
+            if let Err(e) = summary::append(&path, &members) {
+                tracing::warn!(file = %shown(&path), error = %e, "member summaries not written");
+            }
+            self.cache.summaries.invalidate(&(self.id, hour));
+        }
+    }
+
+    /// Whether a sealed member may hold every token of `tokens` (`summary::token_hashes`): false only when its
+    /// summary says it cannot. Members without one (written before summaries, imported, or in hours that only
+    /// the object store holds) may. Blocking: an hour's summaries are read when first asked for.
+    pub fn may_hold(&self, entry: &IndexEntry, tokens: &[u64]) -> bool {
+        if tokens.is_empty() || !self.folder {
+            return true;
+        }
+        let hour = entry.meta.chunk_start.hour();
+        let summaries = self.cache.summaries.get_with((self.id, hour), || {
+            let path = summaries_path(&self.dir, hour);
+            Arc::new(HourSummaries::read(&path).unwrap_or_else(|e| {
+                tracing::warn!(file = %shown(&path), error = %e, "member summaries not read");
+                HourSummaries::default()
+            }))
+        });
+        summaries
+            .of(&entry.meta)
+            .is_none_or(|bloom| bloom.may_contain_all(tokens))
+    }
+
     /// Takes an hour's new index into memory: the cache, its summary, the totals. When it is a new hour, the
     /// hour that was the newest is complete: its summary goes to `hours.idx`.
     fn put_hour(&self, mut index: HourIndex, is_new: bool) {
@@ -781,7 +838,7 @@ impl SeriesArchive {
         let Some(summary) = HourSummary::of(&index) else {
             return;
         };
-        self.cache.0.insert((self.id, hour), Arc::new(index));
+        self.cache.indexes.insert((self.id, hour), Arc::new(index));
         let completed = {
             let mut hours = lock_write(&self.hours);
             let completed = if is_new {
@@ -814,7 +871,7 @@ impl SeriesArchive {
             let mut hours = lock_write(&self.hours);
             let kept = hours.split_off(&keep_from);
             for hour in hours.keys() {
-                self.cache.0.invalidate(&(self.id, *hour));
+                self.cache.indexes.invalidate(&(self.id, *hour));
             }
             *hours = kept;
             *lock_write(&self.totals) = Summary::of(&hours);
@@ -962,7 +1019,11 @@ impl SeriesArchive {
         if lock_read(&self.hours).keys().next_back() == Some(&hour) {
             return Ok(());
         }
-        for path in [self.archive_path(hour), sidecar_path(&self.dir, hour)] {
+        for path in [
+            self.archive_path(hour),
+            sidecar_path(&self.dir, hour),
+            summaries_path(&self.dir, hour),
+        ] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1236,7 +1297,8 @@ fn remove_files_before(dir: &Path, keep_from: Hour) -> Result<usize, ArchiveErro
         let name = name.to_str().unwrap_or("");
         let stem = name
             .strip_suffix(ARCHIVE_SUFFIX)
-            .or_else(|| name.strip_suffix(SIDECAR_SUFFIX));
+            .or_else(|| name.strip_suffix(SIDECAR_SUFFIX))
+            .or_else(|| name.strip_suffix(SUMMARIES_SUFFIX));
         if stem
             .and_then(Hour::parse_stem)
             .is_some_and(|h| h < keep_from)
@@ -1298,6 +1360,10 @@ fn cut_tail(file: &File, path: &Path, keep: u64, len: u64) -> io::Result<()> {
 
 fn archive_path(dir: &Path, hour: Hour) -> PathBuf {
     dir.join(format!("{}{ARCHIVE_SUFFIX}", hour.stem()))
+}
+
+fn summaries_path(dir: &Path, hour: Hour) -> PathBuf {
+    dir.join(format!("{}{SUMMARIES_SUFFIX}", hour.stem()))
 }
 
 fn sidecar_path(dir: &Path, hour: Hour) -> PathBuf {

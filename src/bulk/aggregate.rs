@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sketches_ddsketch::{Config, DDSketch};
 
 use crate::filter::{self, Filter};
-use crate::store::{PageRef, SeriesName, Store, StoreError};
+use crate::store::{PageRef, Read, SeriesName, Store, StoreError};
 use crate::time::Millis;
 
 /// The most (bucket, value) counts a `group_by` may hold; past it the request is refused.
@@ -190,7 +190,8 @@ pub fn histogram(
             .collect(),
     };
     let mut refused = None;
-    each_part(store, name, from, to, |start, lines| {
+    let tokens = what.filter.as_ref().map(|f| f.tokens()).unwrap_or_default();
+    each_part(store, name, (from, to), &tokens, |start, lines| {
         let i = ((start - from) / step) as usize;
         for line in lines.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
             if what.filter.as_ref().is_some_and(|f| !f.matches(line)) {
@@ -295,12 +296,13 @@ fn number_of(text: &str) -> Option<f64> {
 }
 
 /// Calls `visit(chunk start, lines)` for every part of every chunk that starts in `[from, to)`, in time
-/// order, until it returns false. `from` must be a chunk boundary.
+/// order, until it returns false; parts whose summary says they lack one of `tokens` are left out.
+/// `from` must be a chunk boundary.
 pub fn each_part(
     store: &Store,
     name: &SeriesName,
-    from: Millis,
-    to: Millis,
+    (from, to): (Millis, Millis),
+    tokens: &[u64],
     mut visit: impl FnMut(Millis, &[u8]) -> bool,
 ) -> Result<(), StoreError> {
     let width = store
@@ -319,8 +321,10 @@ pub fn each_part(
                 end,
                 part: Some(part),
             };
-            let lines = store.read_page(name, &store.locate(name, page)?)?.lines;
-            if !visit(start, &lines) {
+            let at = store.locate(name, page)?;
+            if let Read::Lines(lines) = store.read_for(name, &at, tokens)?
+                && !visit(start, &lines.lines)
+            {
                 return Ok(());
             }
         }

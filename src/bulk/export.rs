@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::archive::member::{self, FINAL_BLOCK};
 use crate::filter::Filter;
 use crate::ingest::parse::event_time;
-use crate::store::{PageRef, SeriesName, Store, StoreError};
+use crate::store::{PageRef, Read, SeriesName, Store, StoreError};
 use crate::time::{self, Millis};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,6 +173,8 @@ impl Export {
         let pass_through = self.encoding == Encoding::Gzip
             && self.format == Format::Ndjson
             && self.filter.is_none();
+        // A filter skips the sealed parts whose summaries rule it out.
+        let tokens = self.filter.as_ref().map(|f| f.tokens()).unwrap_or_default();
         let mut cursor = width.align_down(self.from);
         while cursor < self.to {
             let at = store.locate(&self.name, PageRef::After { start: cursor })?;
@@ -196,8 +198,10 @@ impl Export {
                     out.joined(Bytes::from(stored).slice(data), crc, meta.raw_len)?;
                     continue;
                 }
-                let lines = store.read_page(&self.name, &at)?.lines;
-                let text = self.render(&lines, whole, &mut first);
+                let Read::Lines(lines) = store.read_for(&self.name, &at, &tokens)? else {
+                    continue;
+                };
+                let text = self.render(&lines.lines, whole, &mut first);
                 if !text.is_empty() {
                     out.text(text)?;
                 }

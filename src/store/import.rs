@@ -10,7 +10,8 @@
 use std::thread;
 
 use super::{Store, StoreError, lock};
-use crate::archive::member::{self, Member, MemberMeta};
+use crate::archive::member::{self, MemberMeta};
+use crate::archive::summary::{self, Bloom, Summarized};
 use crate::store::SeriesName;
 use crate::time::{self, ChunkStart, Millis};
 
@@ -98,7 +99,9 @@ impl Store {
         self.new_revision(name)?;
         let cfg = &self.inner.cfg;
         let encoded = encode_all(&fresh, width.secs(), cfg.max_member_entries, cfg.gzip_level)?;
-        archive.insert_chunks(&encoded)?;
+        let (chunks, summaries): (Vec<_>, Vec<_>) = encoded.into_iter().map(summary::split).unzip();
+        archive.insert_chunks(&chunks)?;
+        archive.add_summaries(&summaries.concat());
         Ok(answers)
     }
 
@@ -128,13 +131,13 @@ impl Store {
     }
 }
 
-/// Every chunk's members, compressed on every core.
+/// Every chunk's members with their summaries, compressed on every core.
 fn encode_all(
     chunks: &[ImportChunk],
     width_secs: u32,
     max_entries: usize,
     level: u32,
-) -> Result<Vec<Vec<Member>>, StoreError> {
+) -> Result<Vec<Vec<Summarized>>, StoreError> {
     let threads = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(chunks.len())
@@ -170,7 +173,7 @@ fn encode(
     max_entries: usize,
     level: u32,
     sealed_at: Millis,
-) -> Vec<Member> {
+) -> Vec<Summarized> {
     // Where each line starts, and one past the last.
     let mut starts = vec![0];
     starts.extend(
@@ -199,7 +202,8 @@ fn encode(
                 raw_len: 0,
                 member_len: 0,
             };
-            member::encode(meta, &chunk.lines[starts[lo]..starts[hi]], level)
+            let raw = &chunk.lines[starts[lo]..starts[hi]];
+            (member::encode(meta, raw, level), Bloom::of_lines(raw))
         })
         .collect()
 }

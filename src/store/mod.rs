@@ -39,7 +39,7 @@ use crate::metrics::{self, Histogram};
 use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
 use chunk::OpenChunk;
 pub use import::{ImportChunk, Imported};
-pub use read::{HourPiece, Located, PageLines, PageRef};
+pub use read::{HourPiece, Located, PageLines, PageRef, Read};
 pub use scan::{Filtered, ScanLimits};
 pub use series::{Generation, SeriesName, Settings};
 
@@ -198,6 +198,9 @@ pub struct StoreMetrics {
     pub fsync_seconds: Histogram,
     pub chunks_sealed: AtomicU64,
     pub seal_failures: AtomicU64,
+    /// Sealed members a filtered read inflated, and those it skipped because their summary rules the filter out.
+    pub members_scanned: AtomicU64,
+    pub members_skipped: AtomicU64,
     /// What replaying the log set aside at start, by `wal::RepairKind::ALL`: stretches and bytes.
     pub log_repairs: [AtomicU64; 3],
     pub log_repaired_bytes: [AtomicU64; 3],

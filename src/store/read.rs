@@ -342,6 +342,58 @@ impl Store {
     }
 }
 
+/// A page read for a filter: its lines, or nothing because its summary says the filter cannot match it.
+#[derive(Debug)]
+pub enum Read {
+    Lines(PageLines),
+    /// A sealed member left unread: the bytes of events it holds (what reading it would have cost).
+    Skipped {
+        bytes: u64,
+    },
+}
+
+impl Read {
+    /// The bytes of events it stands for, read or not.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Read::Lines(l) => l.lines.len() as u64,
+            Read::Skipped { bytes } => *bytes,
+        }
+    }
+}
+
+impl Store {
+    /// `read_page` for a filter that needs every token of `tokens` (`Filter::tokens`): a sealed part whose
+    /// summary says it lacks one is not read. Blocking.
+    pub fn read_for(
+        &self,
+        name: &SeriesName,
+        at: &Located,
+        tokens: &[u64],
+    ) -> Result<Read, StoreError> {
+        if let (false, Some(start), Some(archive)) = (
+            tokens.is_empty(),
+            at.start.filter(|_| at.parts > 0),
+            self.archive(name),
+        ) {
+            let key = ChunkStart::from_stored(start);
+            if archive.contains(key)? {
+                let metrics = &self.inner.metrics;
+                if let Some(entry) = archive.chunk(key)?.get(at.part as usize)
+                    && !archive.may_hold(entry, tokens)
+                {
+                    crate::metrics::add(&metrics.members_skipped, 1);
+                    return Ok(Read::Skipped {
+                        bytes: entry.meta.raw_len,
+                    });
+                }
+                crate::metrics::add(&metrics.members_scanned, 1);
+            }
+        }
+        self.read_page(name, at).map(Read::Lines)
+    }
+}
+
 impl Store {
     /// A located page's stored gzip member, checked whole (see `SeriesArchive::read_verified`), when its chunk
     /// is sealed: for exports that send it as it is.

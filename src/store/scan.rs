@@ -8,11 +8,14 @@
 //! to `budget` bytes; the page's far link starts where it stopped, so walking `prev` from the filtered head
 //! visits every matching event exactly once.
 //!
+//! A sealed part whose summary rules the filter out is not read (`Store::read_for`), but counts against the
+//! budget as if it had been: where a walk stops never depends on which members have summaries.
+//!
 //! What a walk reads depends only on the stored parts, never on caches or timing: a `before` page whose end is
 //! at or below the persisted watermark reads the same parts, and so holds the same lines and links, for as long
 //! as the series' generation and its retention boundary stay the same. Those two are part of its identity.
 
-use super::{Generation, PageRef, SeriesName, Store, StoreError, lock};
+use super::{Generation, PageRef, Read, SeriesName, Store, StoreError, lock};
 use crate::filter::Filter;
 use crate::time::Millis;
 
@@ -75,6 +78,7 @@ impl Store {
         limits: ScanLimits,
     ) -> Result<Filtered, StoreError> {
         let (sealed, generation, retained_from) = self.scan_basis(name)?;
+        let tokens = filter.tokens();
         let mut at = self.locate(name, page)?;
         let width = at.width.millis();
         let mut out = Filtered {
@@ -94,11 +98,13 @@ impl Store {
             out.from = at.start.or(out.from);
             out.prev = at.prev;
             if at.parts > 0 {
-                let lines = self.read_page(name, &at)?.lines;
-                out.scanned += lines.len() as u64;
-                let mut kept = Vec::new();
-                out.count += keep(filter, &lines, &mut kept);
-                pieces.push(kept);
+                let read = self.read_for(name, &at, &tokens)?;
+                out.scanned += read.bytes();
+                if let Read::Lines(lines) = read {
+                    let mut kept = Vec::new();
+                    out.count += keep(filter, &lines.lines, &mut kept);
+                    pieces.push(kept);
+                }
             }
             if out.count >= limits.limit || out.scanned >= limits.budget {
                 break;
@@ -127,6 +133,7 @@ impl Store {
         limits: ScanLimits,
     ) -> Result<Filtered, StoreError> {
         let (_, generation, retained_from) = self.scan_basis(name)?;
+        let tokens = filter.tokens();
         let first = self.locate(name, PageRef::After { start })?;
         let width = first.width.millis();
         let mut out = Filtered {
@@ -149,9 +156,11 @@ impl Store {
                     end,
                     part: Some(part),
                 };
-                let lines = self.read_page(name, &self.locate(name, page)?)?.lines;
-                out.scanned += lines.len() as u64;
-                out.count += keep(filter, &lines, &mut out.lines);
+                let read = self.read_for(name, &self.locate(name, page)?, &tokens)?;
+                out.scanned += read.bytes();
+                if let Read::Lines(lines) = read {
+                    out.count += keep(filter, &lines.lines, &mut out.lines);
+                }
             }
             cursor = end;
             out.to = Some(end);

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use super::{Inner, OpenChunk, StoreError, lock};
 use crate::archive::SeriesArchive;
-use crate::archive::member::{self, Member, MemberMeta};
+use crate::archive::member::{self, MemberMeta};
+use crate::archive::summary::{self, Bloom, Summarized};
 use crate::ingest::log::Lines;
 use crate::ingest::wal::LineRef;
 use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
@@ -187,7 +188,9 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 cfg.gzip_level,
             )
             .map_err(|e| StoreError::Storage(format!("reading the log: {e}"), Some(e.kind())))?;
+            let (members, summaries) = summary::split(members);
             archive.append_chunk(&members)?;
+            archive.add_summaries(&summaries);
             crate::metrics::add(&inner.metrics.chunks_sealed, 1);
         }
         let mut st = lock(&inner.state);
@@ -216,8 +219,8 @@ fn collect_log(inner: &Inner) {
     }
 }
 
-/// Compresses one chunk into its members: events in time order (ties in arrival order), at most
-/// `max_entries` per member, lines read back from the log. Parts are compressed on every core at once, each
+/// Compresses one chunk into its members, each with its summary: events in time order (ties in arrival order),
+/// at most `max_entries` per member, lines read back from the log. Parts are compressed on every core at once, each
 /// thread reading its own parts' lines, so a big chunk seals in a fraction of its width.
 fn encode_chunk(
     start: ChunkStart,
@@ -226,7 +229,7 @@ fn encode_chunk(
     lines: &mut dyn Lines,
     max_entries: usize,
     level: u32,
-) -> std::io::Result<Vec<Member>> {
+) -> std::io::Result<Vec<Summarized>> {
     // An index, not a copy of the events: a chunk can hold millions.
     let order = chunk.time_order();
     let parts: Vec<&[u32]> = order.chunks(max_entries.max(1)).collect();
@@ -248,7 +251,7 @@ fn encode_chunk(
             raw_len: 0,
             member_len: 0,
         };
-        Ok(member::encode(meta, raw, level))
+        Ok((member::encode(meta, raw, level), Bloom::of_lines(raw)))
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -260,7 +263,7 @@ fn encode_chunk(
             .collect();
     }
     // Thread t takes parts t, t + threads, ...; the results are put back in part order.
-    let mut done: Vec<std::io::Result<Vec<(usize, Member)>>> = Vec::new();
+    let mut done: Vec<std::io::Result<Vec<(usize, Summarized)>>> = Vec::new();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -284,7 +287,7 @@ fn encode_chunk(
             );
         }
     });
-    let mut members: Vec<(usize, Member)> = Vec::with_capacity(parts.len());
+    let mut members: Vec<(usize, Summarized)> = Vec::with_capacity(parts.len());
     for d in done {
         members.extend(d?);
     }

@@ -18,7 +18,7 @@ const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 
 /// Imports `lines` (each with a numeric `ts`) into `series` of the data folder, one file per hour.
-fn import(data: &Path, series: &str, lines: &[(i64, String)]) {
+pub fn import(data: &Path, series: &str, lines: &[(i64, String)]) {
     let src = data.parent().unwrap().join(format!("src-{series}"));
     let mut hours: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
     for (ts, line) in lines {
@@ -52,7 +52,7 @@ fn import(data: &Path, series: &str, lines: &[(i64, String)]) {
 }
 
 /// A month of events every 10 minutes on three hosts, and an error every 3 hours: (time, line), in time order.
-fn month() -> Vec<(i64, String)> {
+pub fn month() -> Vec<(i64, String)> {
     let mut lines = Vec::new();
     for i in 0..30 * 24 * 6i64 {
         let ts = M0 + i * 600_000;
@@ -432,4 +432,127 @@ fn grouped_and_aggregated_histograms_equal_a_reference_and_are_final_when_sealed
     ));
     assert_eq!(bad.status, 400);
     assert!(bad.text().contains("median(ms)"), "{}", bad.text());
+}
+
+/// A counter of `/metrics`.
+fn counter(server: &Server, name: &str) -> u64 {
+    let text = get(server, "/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn members_whose_summary_rules_a_filter_out_are_not_inflated() {
+    let tmp = TempDir::new("filter-skip");
+    let data = tmp.path().join("data");
+    let lines = month();
+    import(&data, "month", &lines);
+    // 4,320 chunks of one member each, 240 of which hold an error.
+    let members = 30 * 24 * 6;
+    let export = |server: &Server, query: &str| {
+        get(
+            server,
+            &format!(
+                "/api/series/month/export?from={}&to={}&{query}",
+                iso(M0),
+                iso(M0 + 30 * DAY)
+            ),
+        )
+        .text()
+    };
+    let counts = |server: &Server| {
+        (
+            counter(server, "hourglass_members_scanned_total"),
+            counter(server, "hourglass_members_skipped_total"),
+        )
+    };
+    let server = Server::start(&data, &[]);
+    let errors = export(&server, "where=code:E42");
+    assert_eq!(errors.lines().count(), 240);
+    let (scanned, skipped) = counts(&server);
+    assert_eq!(scanned + skipped, members);
+    // Every member with a match is read; of the others at most a few (false positives).
+    assert!(
+        (240..240 + members / 50).contains(&scanned),
+        "{scanned} read"
+    );
+
+    // A filter nothing matches reads (almost) nothing; a text whose tokens are inside it skips as well.
+    assert_eq!(export(&server, "where=level:nope"), "");
+    let (scanned_2, skipped_2) = counts(&server);
+    assert!(
+        scanned_2 - scanned < members / 50,
+        "{}",
+        scanned_2 - scanned
+    );
+    assert_eq!(export(&server, "q=%22code%22:%22E42%22"), errors);
+    let (scanned_3, _) = counts(&server);
+    assert!(scanned_3 - scanned_2 < 240 + members / 50);
+    // A number is not a token: `ms:0` reads every member, and finds what it should.
+    let zeros = export(&server, "where=ms:0");
+    let expected = lines
+        .iter()
+        .filter(|(_, l)| l.contains(r#""ms":0,"#))
+        .count();
+    assert_eq!(zeros.lines().count(), expected);
+    assert_eq!(counts(&server).0 - scanned_3, members);
+    let _ = skipped_2;
+
+    // Without summaries (archives written before them, or a sidecar lost) every member is read, and the answers
+    // are the same.
+    server.stop();
+    for entry in std::fs::read_dir(data.join("month")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "sum") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let server = Server::start(&data, &[]);
+    assert_eq!(export(&server, "where=code:E42"), errors);
+    assert_eq!(counts(&server), (members, 0));
+}
+
+#[test]
+fn the_sealer_writes_summaries_that_skip_members() {
+    let tmp = TempDir::new("filter-seal");
+    // Twenty events of the last 20 s, taken with a 30 s lateness; then a clock a minute ahead seals them.
+    let server = Server::start(tmp.path(), &["--chunk-seconds", "1", "--lateness", "30"]);
+    let t = now_ms();
+    let body: String = (0..20)
+        .map(|i| {
+            let level = if i == 7 { "error" } else { "info" };
+            format!(
+                "{{\"ts\":{},\"level\":\"{level}\",\"i\":{i}}}\n",
+                t - 20_000 + i * 1_000
+            )
+        })
+        .collect();
+    let res = server.post_ndjson("/api/series/live/events", &body);
+    assert_eq!(res.status, 202, "{}", res.text());
+    server.stop();
+    let server = Server::start_fast(tmp.path(), &["--clock-offset-ms", "60000"]);
+    server.wait_sealed("live", t);
+    let sums = std::fs::read_dir(tmp.path().join("live"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sum")
+        })
+        .count();
+    assert!(sums >= 1, "no summaries written");
+    let url = format!(
+        "/api/series/live/export?from={}&to={}&where=level:error",
+        iso(t - 60_000),
+        iso(t + 1_000)
+    );
+    let found = get(&server, &url).text();
+    assert_eq!(found.lines().count(), 1, "{found}");
+    assert!(counter(&server, "hourglass_members_skipped_total") >= 15);
 }

@@ -23,10 +23,11 @@ use serde_json::value::RawValue;
 use crate::archive::summary;
 use crate::time::{self, Millis};
 
-/// The most terms (`where=` and `q=` together) one filter may have.
-pub const MAX_TERMS: usize = 16;
+/// The most `where=` terms, and the most `q=` texts, one filter may have (a URL of them all stays within what
+/// HTTP servers and caches take).
+pub const MAX_TERMS: usize = 8;
 /// The longest one term may be, in bytes.
-pub const MAX_TERM_BYTES: usize = 1024;
+pub const MAX_TERM_BYTES: usize = 256;
 
 /// A parsed filter: what every matching line satisfies.
 #[derive(Clone, Debug)]
@@ -103,10 +104,11 @@ impl Filter {
                 Ok(raw.to_string())
             })
             .collect::<Result<_, String>>()?;
-        if terms.len() + texts.len() > MAX_TERMS {
+        if terms.len().max(texts.len()) > MAX_TERMS {
             return Err(format!(
-                "{} terms is more than {MAX_TERMS}",
-                terms.len() + texts.len()
+                "{} where= terms and {} q= texts: at most {MAX_TERMS} of each",
+                terms.len(),
+                texts.len()
             ));
         }
         if terms.is_empty() && texts.is_empty() {
@@ -738,11 +740,11 @@ mod tests {
         assert!(err("a:\"x").contains("not a JSON string"));
         assert!(err("a:\"x").starts_with("where=\"a:\\\"x\""));
         assert!(Filter::parse([], [""]).unwrap_err().contains("empty"));
-        let many: Vec<String> = (0..17).map(|i| format!("f{i}?")).collect();
+        let many: Vec<String> = (0..9).map(|i| format!("f{i}?")).collect();
         assert!(
             Filter::parse(many.iter().map(String::as_str), [])
                 .unwrap_err()
-                .contains("more than")
+                .contains("at most")
         );
         assert!(Filter::parse([], []).unwrap().is_none());
     }

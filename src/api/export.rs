@@ -152,6 +152,7 @@ impl FromRequestParts<AppState> for Ranged {
             .await
             .map_err(|e| ApiError::bad_request(format!("bad query: {e}")).into_response())?;
         let filtering = Filtering::read(parts.uri.query(), None).map_err(refuse)?;
+        let (from, to) = range(&q).map_err(refuse)?;
         // One filter, one URL: the filter's terms in another order or spelling are sent to the one spelling.
         if let Some(f) = &filtering
             && f.respelled(parts.uri.query())
@@ -162,7 +163,6 @@ impl FromRequestParts<AppState> for Ranged {
                 f.canonical
             )));
         }
-        let (from, to) = range(&q).map_err(refuse)?;
         let headers = &parts.headers;
         Ok(Ranged {
             name,

@@ -1,4 +1,5 @@
-//! The viewer in a real browser: Debian's Chromium driven by playwright-core (`tests/browser/scroll.mjs`).
+//! The viewer in a real browser: Debian's Chromium driven by playwright-core (`tests/browser/scroll.mjs`,
+//! `tests/browser/filter.mjs`).
 //! Needs `node`, `/usr/bin/chromium` and `npm ci` in `tests/browser`, which `.ci/run` installs. Where they are
 //! missing the test fails under CI (`CI` set) and is skipped, loudly, elsewhere.
 
@@ -68,6 +69,62 @@ fn the_viewer_scrolls_back_through_cached_pages_and_shows_new_events() {
         .env("BASE", format!("http://{}", server.addr))
         .env("SERIES", "viewer")
         .env("EXPECTED", &expected_file)
+        .env("SHOTS", &shots)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    eprintln!("{said}screenshots in {}", shots.display());
+}
+
+#[test]
+fn the_viewers_filter_lives_in_its_url_and_the_timeline_stacks_by_a_field() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let browser_dir = root.join("tests/browser");
+    if let Some(why) = missing_tools(&browser_dir) {
+        missing("the browser filter test", &why);
+        return;
+    }
+    let dir = TempDir::new("browser-filter");
+    let data = dir.path().join("data");
+    let lines = crate::filters::month();
+    crate::filters::import(&data, "month", &lines);
+    // The matches of `level:error`, newest first, as the viewer shows them (the stored lines are compact JSON).
+    let expected: String = lines
+        .iter()
+        .rev()
+        .filter(|(_, l)| l.contains(r#""level":"error""#))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    let expected_file = dir.path().join("expected.ndjson");
+    std::fs::write(&expected_file, expected).unwrap();
+    // The newest event of the typed filter: a request with ms below 100.
+    let typed_first = lines
+        .iter()
+        .rev()
+        .find_map(|(_, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["level"] == "info" && v["ms"].as_i64().unwrap() < 100)
+                .then(|| format!("\"{}\"", v["msg"].as_str().unwrap()))
+        })
+        .unwrap();
+
+    let server = Server::start(&data, &[]);
+    let shots = root.join("target/browser-artifacts");
+    let out = Command::new("node")
+        .arg(browser_dir.join("filter.mjs"))
+        .env("BASE", format!("http://{}", server.addr))
+        .env("SERIES", "month")
+        .env("FILTER", "level:error")
+        .env("EXPECTED", &expected_file)
+        .env("TYPED", "ms<100 request")
+        .env("TYPED_FIRST", &typed_first)
+        .env("GROUP", "host")
+        .env("GROUPS", "3")
         .env("SHOTS", &shots)
         .output()
         .unwrap();

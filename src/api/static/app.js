@@ -1,11 +1,50 @@
 // The hourglass viewer: newest events first; scrolling down follows each page's `prev` link. Pages are fetched
 // with the browser's default cache mode, so final pages (cached forever) come from the browser's own HTTP cache.
 // The head is held open with `Prefer: wait` and `If-None-Match`, so new events appear at the top by themselves.
+// A filter (the box: `where=` terms and `q=` texts) and a field to group the timeline by live in the page's own
+// URL, so a view can be shared and reloaded.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const list = $("events");
-const state = { series: null, prev: null, loading: false, live: false, headTag: null, generation: 0 };
+const state = {
+  series: null, prev: null, loading: false, live: false, headTag: null, headUrl: null, generation: 0,
+  filter: "", group: "",
+};
+
+// The box's text as query parameters: `field:value`, `a>=1`, `f?` are `where=` terms (quotes keep spaces in
+// a value), anything else is a `q=` text ("quoted" for one with spaces).
+function filterParams(text) {
+  const words = [];
+  let word = "", quoted = false;
+  for (const c of text.trim()) {
+    if (c === '"') quoted = !quoted;
+    if (/\s/.test(c) && !quoted) {
+      if (word) words.push(word);
+      word = "";
+    } else {
+      word += c;
+    }
+  }
+  if (word) words.push(word);
+  const params = new URLSearchParams();
+  for (const w of words) {
+    if (/^[^"\s]+?(:|=|!=|<|>|\?$)/.test(w)) params.append("where", w);
+    else params.append("q", w.replace(/^"(.*)"$/, "$1"));
+  }
+  return params;
+}
+
+// The box's text for a URL's filter parameters: the way back.
+function filterText(params) {
+  const q = (t) => (/\s/.test(t) ? `"${t}"` : t);
+  return [...params.getAll("where"), ...params.getAll("q").map(q)].join(" ");
+}
+
+// A URL of the series' pages or ranges, with the filter.
+function withFilter(url) {
+  return state.filter ? `${url}${url.includes("?") ? "&" : "?"}${state.filter}` : url;
+}
 
 async function getJson(url, init) {
   const res = await fetch(url, { headers: { Accept: "application/json" }, ...init });
@@ -16,9 +55,9 @@ async function getJson(url, init) {
 
 // A page's block: one chunk (or part), its events newest first, each marked with its page for replacement.
 // `fresh(text)` tells which events to highlight as new.
-function block(page, fresh = () => false) {
+function block(page, fresh = () => false, events = page.events) {
   const frag = document.createDocumentFragment();
-  for (const e of [...page.events].reverse()) {
+  for (const e of [...events].reverse()) {
     const li = document.createElement("li");
     const text = JSON.stringify(e);
     li.className = fresh(text) ? "event fresh" : "event";
@@ -27,6 +66,14 @@ function block(page, fresh = () => false) {
     t.textContent = typeof e.ts === "number" ? new Date(e.ts).toISOString() : String(e.ts);
     const code = document.createElement("code");
     code.textContent = text;
+    // A click shows the event as indented JSON, and another hides it again.
+    code.onclick = () => {
+      const open = li.querySelector("pre");
+      if (open) return open.remove();
+      const pre = document.createElement("pre");
+      pre.textContent = JSON.stringify(e, null, 2);
+      li.append(pre);
+    };
     li.append(t, code);
     frag.append(li);
   }
@@ -71,6 +118,8 @@ async function show(url, live) {
   state.prev = body.prev;
   state.live = live;
   state.headTag = live ? res.headers.get("ETag") : null;
+  // Where the server sent the request (a filter is redirected to its one spelling): the URL to follow.
+  state.headUrl = res.url;
   $("live").hidden = live;
   setEnd();
   if (live) follow(generation);
@@ -99,7 +148,7 @@ async function follow(generation) {
     try {
       const headers = { Accept: "application/json", Prefer: "wait=30" };
       if (state.headTag) headers["If-None-Match"] = state.headTag;
-      ({ res, body } = await getJson(`/api/series/${state.series}/data`, { cache: "no-store", headers }));
+      ({ res, body } = await getJson(state.headUrl, { cache: "no-store", headers }));
     } catch (e) {
       $("status").textContent = "reconnecting…";
       await new Promise((r) => setTimeout(r, 2000));
@@ -109,6 +158,10 @@ async function follow(generation) {
     $("status").textContent = "live";
     if (!body) continue;
     state.headTag = res.headers.get("ETag");
+    if (state.filter) {
+      prependNewer(body);
+      continue;
+    }
     const pages = await newerPages(body);
     if (generation !== state.generation) return;
     for (const page of pages.reverse()) {
@@ -123,26 +176,80 @@ async function follow(generation) {
   }
 }
 
+// A filtered head's matches newer than the newest shown, put at the top (filtered pages are ranges, not chunks:
+// the head's range moves as matches arrive, so it is not matched against the blocks shown).
+function prependNewer(head) {
+  const top = list.firstElementChild;
+  const shown = new Set([...list.querySelectorAll("li.event code")].slice(0, 1000).map((c) => c.textContent));
+  const newest = top ? top.querySelector("time").textContent : "";
+  const fresh = head.events.filter((e) => {
+    const t = typeof e.ts === "number" ? new Date(e.ts).toISOString() : String(e.ts);
+    return t >= newest && !shown.has(JSON.stringify(e));
+  });
+  if (fresh.length) list.prepend(block(head, () => true, fresh));
+}
+
+const COLOURS = ["#2f6fdf", "#e8833a", "#3aa55d", "#c94f6d", "#8e6fd8", "#9aa1a9"];
+
+// Counts per step over the whole series as bars (stacked by the values of the group field, when one is set),
+// with a time axis; a click on a bar shows the page that ends with its step.
 async function timeline() {
   const nav = $("timeline");
   nav.replaceChildren();
+  $("axis").replaceChildren();
+  $("legend").replaceChildren();
   const { body: info } = await getJson(`/api/series/${state.series}`);
   if (!info.first_event) return;
   const w = info.chunk_seconds * 1000;
   const from = Math.floor(Date.parse(info.first_event) / w) * w;
   const to = (Math.floor(Date.parse(info.last_event) / w) + 1) * w;
   const step = Math.max(1, Math.ceil((to - from) / w / 120)) * w;
-  const q = `from=${from / 1000}&to=${(from + Math.ceil((to - from) / step) * step) / 1000}&step=${step / 1000}`;
-  const { body } = await getJson(`/api/series/${state.series}/histogram?${q}`);
+  const end = from + Math.ceil((to - from) / step) * step;
+  let q = `from=${from / 1000}&to=${end / 1000}&step=${step / 1000}`;
+  if (state.group) q += `&group_by=${encodeURIComponent(state.group)}&top=5`;
+  const { body } = await getJson(withFilter(`/api/series/${state.series}/histogram?${q}`));
   const max = Math.max(1, ...body.buckets.map((b) => b.count));
+  const names = body.buckets.length && body.buckets[0].groups ? Object.keys(body.buckets[0].groups) : [];
   for (const b of body.buckets) {
     const bar = document.createElement("button");
     bar.type = "button";
     bar.style.height = `${Math.max(2, (48 * b.count) / max)}px`;
     bar.title = `${b.start}: ${b.count} events`;
-    const end = Date.parse(b.start) + step;
-    bar.onclick = () => show(`/api/series/${state.series}/data/before/${stamp(end)}`, false);
+    if (b.groups) {
+      bar.className = "stacked";
+      const parts = [...names.map((n) => [n, b.groups[n]]), ["other", b.other + b.missing]];
+      bar.title += parts.map(([n, c]) => `\n${n}: ${c}`).join("");
+      parts.forEach(([, c], i) => {
+        if (!c) return;
+        const seg = document.createElement("span");
+        seg.style.height = `${(100 * c) / Math.max(1, b.count)}%`;
+        seg.style.background = COLOURS[Math.min(i, COLOURS.length - 1)];
+        bar.append(seg);
+      });
+    }
+    const stepEnd = Date.parse(b.start) + step;
+    bar.onclick = () => show(withFilter(`/api/series/${state.series}/data/before/${stamp(stepEnd)}`), false);
     nav.append(bar);
+  }
+  [...names, "other"].forEach((n, i) => {
+    if (!state.group) return;
+    const item = document.createElement("span");
+    const swatch = document.createElement("i");
+    swatch.style.background = COLOURS[Math.min(i, COLOURS.length - 1)];
+    item.append(swatch, n);
+    $("legend").append(item);
+  });
+  // Five labels along the axis, at the start, the end and between.
+  const span = end - from;
+  const label = (t) => {
+    const iso = new Date(t).toISOString();
+    return span > 2 * 86400000 ? iso.slice(0, 10) : span > 3600000 ? iso.slice(5, 16).replace("T", " ") : iso.slice(11, 19);
+  };
+  for (let i = 0; i <= 4; i++) {
+    const tick = document.createElement("span");
+    tick.style.left = `${i * 25}%`;
+    tick.textContent = label(from + (span * i) / 4);
+    $("axis").append(tick);
   }
 }
 
@@ -159,12 +266,34 @@ async function start() {
   const select = $("series");
   for (const n of names) select.append(new Option(n, n, false, n === state.series));
   select.onchange = () => { location.search = `?series=${encodeURIComponent(select.value)}`; };
-  $("live").onclick = () => show(`/api/series/${state.series}/data`, true);
+  const params = new URLSearchParams(location.search);
+  const filter = new URLSearchParams();
+  for (const key of ["where", "q"]) for (const v of params.getAll(key)) filter.append(key, v);
+  state.filter = filter.toString();
+  state.group = params.get("group_by") || "";
+  $("filter").value = filterText(filter);
+  $("group").value = state.group;
+  // A new filter or group goes into the page's URL, then the view starts again from the head.
+  $("query").onsubmit = (ev) => {
+    ev.preventDefault();
+    const next = filterParams($("filter").value);
+    const group = $("group").value.trim();
+    const search = new URLSearchParams({ series: state.series });
+    for (const [k, v] of next) search.append(k, v);
+    if (group) search.set("group_by", group);
+    history.pushState(null, "", `?${search}`);
+    state.filter = next.toString();
+    state.group = group;
+    show(withFilter(`/api/series/${state.series}/data`), true).catch((e) => { $("status").textContent = String(e); });
+    timeline().catch((e) => { $("status").textContent = String(e); });
+  };
+  window.onpopstate = () => location.reload();
+  $("live").onclick = () => show(withFilter(`/api/series/${state.series}/data`), true);
   // Scrolling near the end loads older pages; so does a resize that brings the end into view.
   const nearEnd = () => { if (endInView()) loadOlder(); };
   window.addEventListener("scroll", nearEnd, { passive: true });
   window.addEventListener("resize", nearEnd);
-  await show(`/api/series/${state.series}/data`, true);
+  await show(withFilter(`/api/series/${state.series}/data`), true);
   timeline().catch((e) => { $("status").textContent = String(e); });
 }
 

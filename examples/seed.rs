@@ -1,5 +1,7 @@
 //! Writes a sealed series straight into a data folder, through the archive layer: for benchmarks that need
-//! hours of history without waiting hours. Events are 192-byte log-like NDJSON lines.
+//! hours of history without waiting hours. Events are 192-byte log-like NDJSON lines with a host (50 of them,
+//! 2% each) and a level (`error` for 1%, `warn` for 4%, else `info`); each member gets its summary, as the
+//! sealer gives it.
 //!
 //! ```sh
 //! cargo run --release --example seed -- --data /tmp/hg --series big --hours 8 --per-chunk 2000
@@ -10,6 +12,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use hourglass::archive::SeriesArchive;
 use hourglass::archive::member::{self, MemberMeta};
+use hourglass::archive::summary::{self, Bloom};
 use hourglass::store::Settings;
 use hourglass::time::{self, ChunkStart, ChunkWidth, HOUR};
 use rand::SeedableRng;
@@ -57,8 +60,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut ts = Vec::with_capacity(args.per_chunk);
         for i in 0..args.per_chunk {
             let t = chunk + (i as i64 * width.millis()) / args.per_chunk as i64;
+            let level = match events % 100 {
+                37 => "error",
+                0..4 => "warn",
+                _ => "info",
+            };
             let head = format!(
-                "{{\"ts\":{t},\"host\":\"web-{:03}\",\"seq\":{events},\"msg\":\"",
+                "{{\"ts\":{t},\"host\":\"web-{:03}\",\"level\":\"{level}\",\"seq\":{events},\"msg\":\"",
                 i % 50
             );
             raw.extend_from_slice(head.as_bytes());
@@ -89,14 +97,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     member_len: 0,
                 };
                 offset += part.len();
-                member::encode(meta, &body, args.level)
+                (
+                    member::encode(meta, &body, args.level),
+                    Bloom::of_lines(&body),
+                )
             })
             .collect();
         hour_members.extend(members);
         chunk += width.millis();
         if chunk % HOUR == 0 || chunk >= end {
-            archive.append_chunk(&hour_members)?;
-            hour_members.clear();
+            let (members, summaries) = summary::split(std::mem::take(&mut hour_members));
+            archive.append_chunk(&members)?;
+            archive.add_summaries(&summaries);
         }
     }
     println!(

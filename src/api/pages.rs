@@ -302,8 +302,7 @@ pub fn from_memory(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Option<(Response, &'static str)> {
-    // A query may hold a filter: another page, the router's.
-    if (method != Method::GET && method != Method::HEAD) || uri.query().is_some() {
+    if method != Method::GET && method != Method::HEAD {
         return None;
     }
     let path = BeforePath::parse(uri.path())?;
@@ -316,11 +315,21 @@ pub fn from_memory(
         .into_iter()
         .filter_map(|(key, value)| Some((key, value?)));
     state.tokens.check_read(headers).ok()?;
-    let req = PageRequest::new(headers, params).ok()?;
+    let mut req = PageRequest::new(headers, params).ok()?;
     let page = PageRef::Before {
         end: req.t?,
         part: req.part,
     };
+    // A filtered page in the one spelling links use; any other query is the router's (to redirect or refuse).
+    if let Some(query) = uri.query() {
+        let filtering = Filtering::read(Some(query), Some(state.max_page_entries)).ok()??;
+        if filtering.respelled(Some(query)) {
+            return None;
+        }
+        let (res, _) = filtered_from_memory(state, &req, page, &filtering)?;
+        req.filtering = Some(filtering);
+        return Some((res, path.route));
+    }
     let at = state.store.locate_cached(&req.series, page).ok()??;
     let (res, _) = final_from_memory(state, &req, &at)?;
     Some((res, path.route))
@@ -502,34 +511,11 @@ async fn answer_filtered(
         limit: filtering.limit.unwrap_or(state.max_page_entries),
         budget: state.filter_scan_bytes,
     };
-    let (sealed, generation, retained_from) = state.store.scan_basis(name)?;
-    let identity = match page {
-        PageRef::Before { end, .. } if end <= sealed => FinalPage::filtered(
-            name,
-            page,
-            &filtering.query,
-            (generation, retained_from),
-            limits.budget,
-            repr,
-        ),
-        _ => None,
-    };
-    if let Some(identity) = &identity {
-        let hit = state.pages.as_ref().and_then(|c| c.get(identity));
-        let etag = hit
-            .as_ref()
-            .map_or_else(|| identity.etag(), |r| r.etag.clone());
-        if req.validators.not_modified(&etag, None) {
-            let headers = match &hit {
-                Some(r) => r.not_modified.clone(),
-                None => validator_headers(header_value(&etag), None, None, true, private),
-            };
-            return Ok((not_modified(headers), true));
-        }
-        if let Some(r) = hit {
-            crate::metrics::add(&state.metrics.cache_hits, 1);
-            return Ok((respond(&r), false));
-        }
+    if let Some(answer) = filtered_from_memory(state, req, page, filtering) {
+        return Ok(answer);
+    }
+    let (_, generation, retained_from) = state.store.scan_basis(name)?;
+    if filtered_identity(state, req, page, filtering).is_some() {
         crate::metrics::add(&state.metrics.cache_misses, 1);
     }
     let (store, series, filter) = (state.store.clone(), name.clone(), filtering.filter.clone());
@@ -556,16 +542,72 @@ async fn answer_filtered(
         private,
     ));
     let same_basis = found.generation == generation && found.retained_from == retained_from;
-    if let (Some(identity), Some(cache)) = (&identity, &state.pages)
+    if let (Some(identity), Some(cache)) =
+        (filtered_identity(state, req, page, filtering), &state.pages)
         && found.is_final
         && same_basis
     {
-        cache.insert(identity.clone(), rendered.clone());
+        cache.insert(identity, rendered.clone());
     }
     if req.validators.not_modified(&rendered.etag, None) {
         return Ok((not_modified(rendered.not_modified.clone()), true));
     }
     Ok((respond(&rendered), found.count == 0))
+}
+
+/// A filtered page's identity when it is final: a `before` page of a chunk boundary at or below the persisted
+/// watermark, named with the series' generation and retention boundary as they are now.
+fn filtered_identity(
+    state: &AppState,
+    req: &PageRequest,
+    page: PageRef,
+    filtering: &Filtering,
+) -> Option<FinalPage> {
+    let PageRef::Before { end, .. } = page else {
+        return None;
+    };
+    let (sealed, generation, retained_from) = state.store.scan_basis(&req.series).ok()?;
+    let aligned = state
+        .store
+        .width_of(&req.series)
+        .is_some_and(|w| w.is_aligned(end));
+    if !aligned || end > sealed {
+        return None;
+    }
+    let basis = (generation, retained_from);
+    let budget = state.filter_scan_bytes;
+    FinalPage::filtered(&req.series, page, &filtering.query, basis, budget, req.repr)
+}
+
+/// A final filtered page answered from memory, as `final_from_memory` answers others: a 304 from its identity,
+/// or a 200 from the page cache.
+fn filtered_from_memory(
+    state: &AppState,
+    req: &PageRequest,
+    page: PageRef,
+    filtering: &Filtering,
+) -> Option<(Response, bool)> {
+    let identity = filtered_identity(state, req, page, filtering)?;
+    let hit = state.pages.as_ref().and_then(|c| c.get(&identity));
+    let etag = hit
+        .as_ref()
+        .map_or_else(|| identity.etag(), |r| r.etag.clone());
+    if req.validators.not_modified(&etag, None) {
+        let headers = match &hit {
+            Some(r) => r.not_modified.clone(),
+            None => validator_headers(
+                header_value(&etag),
+                None,
+                None,
+                true,
+                state.tokens.read.is_some(),
+            ),
+        };
+        return Some((not_modified(headers), true));
+    }
+    let r = hit?;
+    crate::metrics::add(&state.metrics.cache_hits, 1);
+    Some((respond(&r), false))
 }
 
 /// A final page answered from memory: a 304 from its identity, or a 200 from the page cache. `None` when the

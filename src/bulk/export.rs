@@ -1,13 +1,17 @@
 //! An export: the events of `[from, to)` in time order, as NDJSON, one JSON array or CSV, optionally gzip'd.
 //! The same walk feeds `GET .../export` (through a bounded channel) and `hourglass export` (to a file).
 //!
-//! The walk visits the non-empty chunks of the range in time order, one part at a time, so memory does not grow
-//! with the range, and stops at the first piece its sink refuses. Only the two edge chunks are filtered line by
+//! The walk visits the non-empty chunks of the range in time order and hands their parts to a few threads
+//! (one per core, at most `MAX_THREADS`), which read, inflate, filter and format them; the pieces are written
+//! in order. At most `PARTS_PER_THREAD` parts per thread are in hand at once, so memory does not grow with the
+//! range; the walk stops at the first piece its sink refuses. Only the two edge chunks are filtered line by
 //! line, and every line when the export is filtered. With gzip the output is one gzip member, which every HTTP client can decode: pieces are deflated with
 //! a sync flush and continue one deflate stream, and for NDJSON a stored member wholly inside the range
 //! contributes its deflate data as it is (no inflate, no deflate; see `member::joinable`).
 
 use std::io::{self, Write};
+use std::sync::Mutex;
+use std::sync::mpsc;
 
 use axum::body::Bytes;
 use serde_json::value::RawValue;
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use crate::archive::member::{self, FINAL_BLOCK};
 use crate::filter::Filter;
 use crate::ingest::parse::event_time;
-use crate::store::{PageRef, Read, SeriesName, Store, StoreError};
+use crate::store::{Located, PageRef, SeriesName, Store, StoreError};
 use crate::time::{self, Millis};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,7 +148,7 @@ pub enum Encoding {
 }
 
 impl Export {
-    pub fn run(&self, store: &Store, sink: &mut impl Sink) -> Result<(), ExportError> {
+    pub fn run<S: Sink>(&self, store: &Store, sink: &mut S) -> Result<(), ExportError> {
         let mut out = Out {
             sink,
             gzip: (self.encoding == Encoding::Gzip).then(|| Gzip {
@@ -164,7 +168,6 @@ impl Export {
         let width = store
             .width_of(&self.name)
             .ok_or_else(|| StoreError::UnknownSeries(self.name.to_string()))?;
-        let mut first = true;
         match self.format {
             Format::Json => out.text(b"[".to_vec())?,
             Format::Csv => out.text(csv_header(&self.fields))?,
@@ -175,40 +178,95 @@ impl Export {
             && self.filter.is_none();
         // A filter skips the sealed parts whose summaries rule it out.
         let tokens = self.filter.as_ref().map(|f| f.tokens()).unwrap_or_default();
-        let mut cursor = width.align_down(self.from);
-        while cursor < self.to {
-            let at = store.locate(&self.name, PageRef::After { start: cursor })?;
-            let Some(start) = at.start.filter(|&s| at.parts > 0 && s < self.to) else {
-                break;
-            };
-            let end = start + width.millis();
-            let whole = start >= self.from && end <= self.to;
-            for part in 0..at.parts {
-                let page = PageRef::Before {
-                    end,
-                    part: Some(part),
-                };
-                let at = store.locate(&self.name, page)?;
-                if pass_through
-                    && let Some((meta, stored)) = store.read_stored(&self.name, &at)?
-                    && meta.first_ts >= self.from
-                    && meta.last_ts < self.to
-                    && let Some((data, crc)) = member::joinable(&stored, meta.raw_len)
-                {
-                    out.joined(Bytes::from(stored).slice(data), crc, meta.raw_len)?;
-                    continue;
-                }
-                let Read::Lines(lines) = store.read_for(&self.name, &at, &tokens)? else {
-                    continue;
-                };
-                let text = self.render(&lines.lines, whole, &mut first);
-                if !text.is_empty() {
-                    out.text(text)?;
-                }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_THREADS);
+        // Parts being read at once: the job and result channels hold this many, so neither side ever waits on
+        // a full channel while the other waits on it.
+        let window = threads * PARTS_PER_THREAD;
+        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Located, bool)>(window);
+        let job_rx = Mutex::new(job_rx);
+        let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Vec<u8>, StoreError>)>(window);
+        std::thread::scope(|scope| {
+            // Owned here, so that leaving early (an error, a client gone) ends the workers: they find no more
+            // jobs, or nobody to hand a result to.
+            let (job_tx, done_rx) = (job_tx, done_rx);
+            for _ in 0..threads {
+                let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+                scope.spawn(move || {
+                    loop {
+                        let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((seq, at, whole)) = job else {
+                            break;
+                        };
+                        let text = store
+                            .read_page(&self.name, &at)
+                            .map(|lines| self.render(&lines.lines, whole, &mut true));
+                        if done_tx.send((seq, text)).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
-            out.sink.reached(end.min(self.to));
-            cursor = end;
-        }
+            drop(done_tx);
+            let mut ordered = Ordered::default();
+            let mut in_flight = 0;
+            let take_one =
+                |ordered: &mut Ordered, out: &mut Out<'_, S>| -> Result<(), ExportError> {
+                    let (seq, text) = done_rx.recv().map_err(|_| {
+                        StoreError::Storage("an export thread stopped".to_string(), None)
+                    })?;
+                    ordered.put(seq, Piece::Text(text?));
+                    ordered.write(out, self.format)
+                };
+            let mut cursor = width.align_down(self.from);
+            while cursor < self.to {
+                let at = store.locate(&self.name, PageRef::After { start: cursor })?;
+                let Some(start) = at.start.filter(|&s| at.parts > 0 && s < self.to) else {
+                    break;
+                };
+                let end = start + width.millis();
+                let whole = start >= self.from && end <= self.to;
+                for part in 0..at.parts {
+                    let page = PageRef::Before {
+                        end,
+                        part: Some(part),
+                    };
+                    let at = store.locate(&self.name, page)?;
+                    if pass_through
+                        && let Some((meta, stored)) = store.read_stored(&self.name, &at)?
+                        && meta.first_ts >= self.from
+                        && meta.last_ts < self.to
+                        && let Some((data, crc)) = member::joinable(&stored, meta.raw_len)
+                    {
+                        let data = Bytes::from(stored).slice(data);
+                        ordered.push(Piece::Joined(data, crc, meta.raw_len));
+                        continue;
+                    }
+                    // Parts a filter cannot match are left out here, without a round trip to a thread.
+                    if store.skips(&self.name, &at, &tokens)?.is_some() {
+                        continue;
+                    }
+                    while in_flight >= window {
+                        take_one(&mut ordered, &mut out)?;
+                        in_flight -= 1;
+                    }
+                    let seq = ordered.reserve();
+                    job_tx.send((seq, at, whole)).map_err(|_| {
+                        StoreError::Storage("an export thread stopped".to_string(), None)
+                    })?;
+                    in_flight += 1;
+                }
+                ordered.push(Piece::Reached(end.min(self.to)));
+                ordered.write(&mut out, self.format)?;
+                cursor = end;
+            }
+            drop(job_tx);
+            for _ in 0..in_flight {
+                take_one(&mut ordered, &mut out)?;
+            }
+            Ok::<(), ExportError>(())
+        })?;
         if self.format == Format::Json {
             out.text(b"]\n".to_vec())?;
         }
@@ -244,6 +302,67 @@ impl Export {
             *first = false;
         }
         out
+    }
+}
+
+/// The most threads an export reads parts on, and how many parts each may have in hand.
+const MAX_THREADS: usize = 4;
+const PARTS_PER_THREAD: usize = 4;
+
+/// One piece of an export's output, in its place.
+enum Piece {
+    /// Lines in the export's format (a JSON piece without its separating comma).
+    Text(Vec<u8>),
+    /// A stored member's deflate data, its CRC-32 and length, joined as it is.
+    Joined(Bytes, u32, u64),
+    /// Every event before this time has been written.
+    Reached(Millis),
+}
+
+/// Pieces put back in order: parts are read on several threads and finish in any order.
+#[derive(Default)]
+struct Ordered {
+    /// The next place to hand out, and the next to write.
+    next: u64,
+    written: u64,
+    pending: std::collections::BTreeMap<u64, Piece>,
+    /// Whether a JSON export has written an event yet (the next one needs a comma).
+    wrote_event: bool,
+}
+
+impl Ordered {
+    fn reserve(&mut self) -> u64 {
+        self.next += 1;
+        self.next - 1
+    }
+
+    fn put(&mut self, seq: u64, piece: Piece) {
+        self.pending.insert(seq, piece);
+    }
+
+    fn push(&mut self, piece: Piece) {
+        let seq = self.reserve();
+        self.put(seq, piece);
+    }
+
+    /// Writes every piece whose turn has come.
+    fn write<S: Sink>(&mut self, out: &mut Out<'_, S>, format: Format) -> Result<(), ExportError> {
+        while let Some(piece) = self.pending.remove(&self.written) {
+            self.written += 1;
+            match piece {
+                Piece::Text(text) if text.is_empty() => {}
+                Piece::Text(mut text) => {
+                    if format == Format::Json && self.wrote_event {
+                        text.insert(0, b',');
+                    }
+                    self.wrote_event = true;
+                    out.text(text)?;
+                }
+                Piece::Joined(data, crc, len) => out.joined(data, crc, len)?,
+                Piece::Reached(t) => out.sink.reached(t),
+            }
+        }
+        Ok(())
     }
 }
 

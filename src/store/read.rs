@@ -371,26 +371,40 @@ impl Store {
         at: &Located,
         tokens: &[u64],
     ) -> Result<Read, StoreError> {
-        if let (false, Some(start), Some(archive)) = (
+        match self.skips(name, at, tokens)? {
+            Some(bytes) => Ok(Read::Skipped { bytes }),
+            None => self.read_page(name, at).map(Read::Lines),
+        }
+    }
+
+    /// Whether `read_for` would skip the page: the bytes of events it holds when its summary rules the filter
+    /// out, `None` when it must be read (counted as read, when sealed). Blocking: summaries may be read.
+    pub fn skips(
+        &self,
+        name: &SeriesName,
+        at: &Located,
+        tokens: &[u64],
+    ) -> Result<Option<u64>, StoreError> {
+        let (false, Some(start), Some(archive)) = (
             tokens.is_empty(),
             at.start.filter(|_| at.parts > 0),
             self.archive(name),
-        ) {
-            let key = ChunkStart::from_stored(start);
-            if archive.contains(key)? {
-                let metrics = &self.inner.metrics;
-                if let Some(entry) = archive.chunk(key)?.get(at.part as usize)
-                    && !archive.may_hold(entry, tokens)
-                {
-                    crate::metrics::add(&metrics.members_skipped, 1);
-                    return Ok(Read::Skipped {
-                        bytes: entry.meta.raw_len,
-                    });
-                }
-                crate::metrics::add(&metrics.members_scanned, 1);
-            }
+        ) else {
+            return Ok(None);
+        };
+        let key = ChunkStart::from_stored(start);
+        if !archive.contains(key)? {
+            return Ok(None);
         }
-        self.read_page(name, at).map(Read::Lines)
+        let metrics = &self.inner.metrics;
+        if let Some(entry) = archive.chunk(key)?.get(at.part as usize)
+            && !archive.may_hold(entry, tokens)
+        {
+            crate::metrics::add(&metrics.members_skipped, 1);
+            return Ok(Some(entry.meta.raw_len));
+        }
+        crate::metrics::add(&metrics.members_scanned, 1);
+        Ok(None)
     }
 }
 

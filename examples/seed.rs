@@ -99,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 offset += part.len();
                 (
                     member::encode(meta, &body, args.level),
-                    Bloom::of_lines(&body),
+                    Some(Bloom::of_lines(&body)),
                 )
             })
             .collect();

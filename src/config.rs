@@ -70,6 +70,10 @@ pub struct StoreArgs {
     /// gzip level for sealed chunks and for answers compressed on the fly (1 fastest .. 9 smallest).
     #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub gzip_level: u32,
+    /// Write a summary of each sealed member (a Bloom filter of its tokens, in `{hour}.sum`) so that filters
+    /// skip members that cannot match; about a third of level 3's compression time at sealing.
+    #[arg(long, env = "HOURGLASS_MEMBER_SUMMARIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub member_summaries: bool,
     /// Where complete hours go: `az://container/prefix` (Azure Blob) or `s3://bucket/prefix` (S3 and stores that
     /// speak it), configured from the environment as the `object_store` crate reads it (`AZURE_*`, `AWS_*`).
     /// Default: they stay in the data folder.
@@ -304,6 +308,7 @@ impl StoreArgs {
             default_width: ChunkWidth::from_secs(self.chunk_seconds).unwrap_or(ChunkWidth::DEFAULT),
             max_member_entries: self.max_page_entries as usize,
             gzip_level: self.gzip_level,
+            member_summaries: self.member_summaries,
             max_backlog_bytes: self.max_backlog_bytes,
             max_inflight_bytes: self.max_inflight_bytes,
             index_cache_bytes: self.index_cache_bytes,

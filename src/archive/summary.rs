@@ -6,13 +6,15 @@
 //! stored, that is not all digits (numbers are many and seldom searched for as text: a filter that needs only
 //! numbers reads every member); a line with a `\` escape adds the tokens of its keys and strings unescaped, so
 //! that a value is found however it was escaped. The filter has one bit per `BYTES_PER_BIT` bytes of the text
-//! it summarises (about 1.6% of it, within `MIN_BITS..=MAX_BITS`) and `HASHES` hash functions; its false
-//! positive rate on the benchmark text is measured in BENCHMARKS.md. A false positive costs an inflate, never an event: a summary only ever says
+//! it summarises, rounded up to a power of two of 64-bit words (1.6-3.1% of the text, within
+//! `MIN_BITS..=MAX_BITS`), and puts a token's `HASHES` bits in one word (a blocked Bloom filter: one memory
+//! access per token); its false positives on the benchmark text are measured in BENCHMARKS.md. A false positive costs an inflate, never an event: a summary only ever says
 //! "cannot match".
 //!
 //! The sidecar is a list of records, one per member, appended when the member is sealed:
-//! `len u32, crc32 u32, payload` with payload `chunk_start i64, part u32, sealed_at i64, member_len u64,
-//! words u32, words × u64` (little-endian). A record names its member by chunk, part, seal time and length, and
+//! `len u32, crc32 u32, payload` with payload `version u8, chunk_start i64, part u32, sealed_at i64,
+//! member_len u64, words u32, words × u64` (little-endian; `words` a power of two, a token's `HASHES` bits all
+//! in one word). A record names its member by chunk, part, seal time and length, and
 //! applies only to a member that matches all four: a sidecar left from a rewritten hour, or a torn or damaged
 //! record, can make a member be read, never skipped wrongly. Members without a record are read.
 
@@ -32,18 +34,22 @@ const MIN_BITS: u64 = 512;
 const MAX_BITS: u64 = 1 << 17;
 const HASHES: u32 = 4;
 
-/// An encoded member with its summary, as sealing and imports make them.
-pub type Summarized = (Member, Bloom);
+/// An encoded member with its summary (none when summaries are off), as sealing and imports make them.
+pub type Summarized = (Member, Option<Bloom>);
 
 /// Members apart from their summaries: what `append_chunk` writes and what `add_summaries` records.
 pub fn split(members: Vec<Summarized>) -> (Vec<Member>, Vec<(MemberMeta, Bloom)>) {
-    members
+    let mut summaries = Vec::new();
+    let members = members
         .into_iter()
         .map(|(member, bloom)| {
-            let meta = member.0;
-            (member, (meta, bloom))
+            if let Some(bloom) = bloom {
+                summaries.push((member.0, bloom));
+            }
+            member
         })
-        .unzip()
+        .collect();
+    (members, summaries)
 }
 
 /// A Bloom filter of a member's tokens.
@@ -57,37 +63,40 @@ impl Bloom {
     pub fn of_lines(lines: &[u8]) -> Bloom {
         let bits = (lines.len() as u64 / BYTES_PER_BIT).clamp(MIN_BITS, MAX_BITS);
         let mut bloom = Bloom {
-            words: vec![0; bits.div_ceil(64) as usize],
+            words: vec![0; bits.div_ceil(64).next_power_of_two() as usize],
         };
-        for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            tokens(line, |_, t| bloom.insert(hash(t)));
-            if memchr::memchr(b'\\', line).is_some()
-                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
-            {
-                unescaped_tokens(&v, &mut |t| bloom.insert(hash(t)));
+        // A newline separates tokens too: the whole text in one pass, then the lines with escapes again.
+        tokens(lines, |_, t| bloom.insert(hash(t)));
+        if memchr::memchr(b'\\', lines).is_some() {
+            for line in lines.split(|&b| b == b'\n') {
+                if memchr::memchr(b'\\', line).is_some()
+                    && let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
+                {
+                    unescaped_tokens(&v, &mut |t| bloom.insert(hash(t)));
+                }
             }
         }
         bloom
     }
 
-    fn positions(&self, h: u64) -> impl Iterator<Item = usize> + '_ {
-        let bits = self.words.len() as u64 * 64;
-        let (h1, h2) = (h, h.rotate_left(32) | 1);
-        (0..HASHES).map(move |i| (h1.wrapping_add(u64::from(i).wrapping_mul(h2)) % bits) as usize)
+    /// Where a hash's bits are: one word (a power-of-two count of them, so a mask picks it) and `HASHES`
+    /// bits in it, from the hash's upper half. One memory access per token, to set or to test.
+    fn slot(&self, h: u64) -> (usize, u64) {
+        let word = (h as usize) & (self.words.len() - 1);
+        let bits = (0..HASHES).fold(0u64, |m, i| m | 1 << ((h >> (32 + 6 * i)) & 63));
+        (word, bits)
     }
 
     fn insert(&mut self, h: u64) {
-        let at: Vec<usize> = self.positions(h).collect();
-        for bit in at {
-            self.words[bit / 64] |= 1 << (bit % 64);
-        }
+        let (word, bits) = self.slot(h);
+        self.words[word] |= bits;
     }
 
     /// Whether the member may hold every token of `hashes` (`token_hashes` makes them).
     pub fn may_contain_all(&self, hashes: &[u64]) -> bool {
         hashes.iter().all(|&h| {
-            self.positions(h)
-                .all(|bit| self.words[bit / 64] & (1 << (bit % 64)) != 0)
+            let (word, bits) = self.slot(h);
+            self.words[word] & bits == bits
         })
     }
 
@@ -99,26 +108,54 @@ impl Bloom {
 
 /// Calls `f` with the offset and bytes of every token of `bytes`.
 pub fn tokens(bytes: &[u8], mut f: impl FnMut(usize, &[u8])) {
-    let mut start = None;
-    let mut emit = |s: usize, t: &[u8]| {
-        if !t.iter().all(u8::is_ascii_digit) {
-            f(s, t);
+    let n = bytes.len();
+    let mut i = 0;
+    loop {
+        // Past the separators, then to the token's end, noting whether it has a byte that is not a digit.
+        while i < n && CLASS[bytes[i] as usize] == SEPARATOR {
+            i += 1;
         }
-    };
-    for (i, &b) in bytes.iter().enumerate() {
-        match (is_token_byte(b), start) {
-            (true, None) => start = Some(i),
-            (false, Some(s)) => {
-                emit(s, &bytes[s..i]);
-                start = None;
+        if i == n {
+            return;
+        }
+        let start = i;
+        let mut seen = 0;
+        while i < n {
+            let class = CLASS[bytes[i] as usize];
+            if class == SEPARATOR {
+                break;
             }
-            _ => {}
+            seen |= class;
+            i += 1;
         }
-    }
-    if let Some(s) = start {
-        emit(s, &bytes[s..]);
+        if seen & WORD != 0 {
+            f(start, &bytes[start..i]);
+        }
     }
 }
+
+const SEPARATOR: u8 = 0;
+const DIGIT: u8 = 1;
+const WORD: u8 = 2;
+
+/// What each byte is to a token: ASCII letters, `_` and bytes of UTF-8 sequences are words, digits are digits,
+/// everything else separates.
+static CLASS: [u8; 256] = {
+    let mut class = [SEPARATOR; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        class[b] = if c.is_ascii_digit() {
+            DIGIT
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            WORD
+        } else {
+            SEPARATOR
+        };
+        b += 1;
+    }
+    class
+};
 
 /// The tokens of `text` that any text containing it contains whole: all of them when `text` is bounded
 /// (a JSON string's content, a key), only those not touching its ends when it is a substring (`q=`).
@@ -130,10 +167,6 @@ pub fn token_hashes(text: &[u8], bounded: bool) -> Vec<u64> {
         }
     });
     out
-}
-
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
 
 fn unescaped_tokens(v: &serde_json::Value, f: &mut impl FnMut(&[u8])) {
@@ -150,12 +183,23 @@ fn unescaped_tokens(v: &serde_json::Value, f: &mut impl FnMut(&[u8])) {
     }
 }
 
-/// FNV-1a, then a 64-bit finaliser: stable across builds and platforms, as what is stored must be.
+/// A token's hash, eight bytes at a time, then a 64-bit finaliser: our own, stable across builds and platforms,
+/// as what is stored must be.
 fn hash(token: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in token {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = token.len() as u64 ^ 0x243f_6a88_85a3_08d3;
+    let mut words = token.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(last))
+            .wrapping_mul(K)
+            .rotate_left(29);
     }
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -217,16 +261,22 @@ impl HourSummaries {
     }
 }
 
-const FIXED: usize = 8 + 4 + 8 + 8 + 4;
+/// The layout of a record's filter: blocked (a token's bits in one word), this hash. A record of another version
+/// is not believed: its member is read.
+const VERSION: u8 = 1;
+const FIXED: usize = 1 + 8 + 4 + 8 + 8 + 4;
 
 fn decode(p: &[u8]) -> Option<(MemberKey, Millis, u64, Bloom)> {
-    let i64_at = |i: usize| Some(i64::from_le_bytes(p.get(i..i + 8)?.try_into().ok()?));
-    let u32_at = |i: usize| Some(u32::from_le_bytes(p.get(i..i + 4)?.try_into().ok()?));
+    if p.first() != Some(&VERSION) {
+        return None;
+    }
+    let i64_at = |i: usize| Some(i64::from_le_bytes(p.get(1 + i..9 + i)?.try_into().ok()?));
+    let u32_at = |i: usize| Some(u32::from_le_bytes(p.get(1 + i..5 + i)?.try_into().ok()?));
     let (start, part, sealed_at) = (i64_at(0)?, u32_at(8)?, i64_at(12)?);
     let member_len = i64_at(20)? as u64;
     let words = u32_at(28)? as usize;
     let body = p.get(FIXED..)?;
-    if words == 0 || body.len() != words * 8 {
+    if !words.is_power_of_two() || body.len() != words * 8 {
         return None;
     }
     let words = body
@@ -238,6 +288,7 @@ fn decode(p: &[u8]) -> Option<(MemberKey, Millis, u64, Bloom)> {
 
 fn encode(meta: &MemberMeta, bloom: &Bloom, out: &mut Vec<u8>) {
     let mut p = Vec::with_capacity(FIXED + bloom.bytes());
+    p.push(VERSION);
     p.extend_from_slice(&meta.chunk_start.millis().to_le_bytes());
     p.extend_from_slice(&meta.part.to_le_bytes());
     p.extend_from_slice(&meta.sealed_at.to_le_bytes());

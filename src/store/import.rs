@@ -98,7 +98,12 @@ impl Store {
         // empty sealed range, the links of pages next to it): every ETag of the series must change.
         self.new_revision(name)?;
         let cfg = &self.inner.cfg;
-        let encoded = encode_all(&fresh, width.secs(), cfg.max_member_entries, cfg.gzip_level)?;
+        let encoded = encode_all(
+            &fresh,
+            width.secs(),
+            (cfg.max_member_entries, cfg.gzip_level),
+            cfg.member_summaries,
+        )?;
         let (chunks, summaries): (Vec<_>, Vec<_>) = encoded.into_iter().map(summary::split).unzip();
         archive.insert_chunks(&chunks)?;
         archive.add_summaries(&summaries.concat());
@@ -135,8 +140,8 @@ impl Store {
 fn encode_all(
     chunks: &[ImportChunk],
     width_secs: u32,
-    max_entries: usize,
-    level: u32,
+    (max_entries, level): (usize, u32),
+    summarise: bool,
 ) -> Result<Vec<Vec<Summarized>>, StoreError> {
     let threads = thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -151,7 +156,7 @@ fn encode_all(
                 scope.spawn(move || {
                     group
                         .iter()
-                        .map(|c| encode(c, width_secs, max_entries, level, sealed_at))
+                        .map(|c| encode(c, width_secs, (max_entries, level), sealed_at, summarise))
                         .collect::<Vec<_>>()
                 })
             })
@@ -170,9 +175,9 @@ fn encode_all(
 fn encode(
     chunk: &ImportChunk,
     width_secs: u32,
-    max_entries: usize,
-    level: u32,
+    (max_entries, level): (usize, u32),
     sealed_at: Millis,
+    summarise: bool,
 ) -> Vec<Summarized> {
     // Where each line starts, and one past the last.
     let mut starts = vec![0];
@@ -203,7 +208,8 @@ fn encode(
                 member_len: 0,
             };
             let raw = &chunk.lines[starts[lo]..starts[hi]];
-            (member::encode(meta, raw, level), Bloom::of_lines(raw))
+            let summary = summarise.then(|| Bloom::of_lines(raw));
+            (member::encode(meta, raw, level), summary)
         })
         .collect()
 }

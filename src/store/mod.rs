@@ -56,6 +56,8 @@ pub struct StoreConfig {
     /// The most events in one gzip member: a bigger chunk is stored as several parts.
     pub max_member_entries: usize,
     pub gzip_level: u32,
+    /// Whether sealing and imports write member summaries (`archive::summary`).
+    pub member_summaries: bool,
     /// The most bytes of events not sealed yet (kept in the log; memory holds ~24 bytes per event) before
     /// ingest answers 503.
     pub max_backlog_bytes: u64,

@@ -186,6 +186,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 &mut *lines,
                 cfg.max_member_entries,
                 cfg.gzip_level,
+                cfg.member_summaries,
             )
             .map_err(|e| StoreError::Storage(format!("reading the log: {e}"), Some(e.kind())))?;
             let (members, summaries) = summary::split(members);
@@ -229,6 +230,7 @@ fn encode_chunk(
     lines: &mut dyn Lines,
     max_entries: usize,
     level: u32,
+    summarise: bool,
 ) -> std::io::Result<Vec<Summarized>> {
     // An index, not a copy of the events: a chunk can hold millions.
     let order = chunk.time_order();
@@ -251,7 +253,8 @@ fn encode_chunk(
             raw_len: 0,
             member_len: 0,
         };
-        Ok((member::encode(meta, raw, level), Bloom::of_lines(raw)))
+        let summary = summarise.then(|| Bloom::of_lines(raw));
+        Ok((member::encode(meta, raw, level), summary))
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

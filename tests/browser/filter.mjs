@@ -6,43 +6,15 @@
 // Env: BASE, SERIES, FILTER (a where= term), EXPECTED (the matches, one JSON per line, newest first),
 // TYPED (a filter to type), TYPED_FIRST (text the first event shown for it contains), GROUP (a field),
 // GROUPS (how many values it has), SHOTS (a folder).
-import { chromium } from "playwright-core";
 import { readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { check, open, scrollToTheBeginning as shownAll } from "./launch.mjs";
 
 const { BASE, SERIES, FILTER, EXPECTED, TYPED, TYPED_FIRST, GROUP, GROUPS, SHOTS } = process.env;
 const expected = readFileSync(EXPECTED, "utf8").split("\n").filter(Boolean);
 mkdirSync(SHOTS, { recursive: true });
 
-function check(ok, message) {
-  if (!ok) {
-    console.error(`FAILED: ${message}`);
-    process.exit(1);
-  }
-}
-
-async function shownAll(page) {
-  for (let i = 0; i < 500; i++) {
-    const done = await page.evaluate(() => {
-      window.scrollTo(0, document.body.scrollHeight);
-      return document.getElementById("end").textContent.includes("beginning");
-    });
-    if (done) break;
-    await page.waitForTimeout(50);
-  }
-  return page.$$eval("li.event code", (codes) => codes.map((c) => c.textContent));
-}
-
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-  ],
-});
-const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
-const page = await context.newPage();
-page.on("pageerror", (e) => check(false, `page error: ${e}`));
+const { browser, page } = await open();
 
 // A shared view: the filter in the URL.
 await page.goto(`${BASE}/?series=${SERIES}&where=${encodeURIComponent(FILTER)}`);

@@ -5,21 +5,13 @@
 //
 // Env: BASE (http://127.0.0.1:PORT), SERIES, EXPECTED (a file of the series' events, one JSON per line,
 // newest first), SHOTS (a folder).
-import { chromium } from "playwright-core";
-import { mkdtempSync, readFileSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { check, open, scrollToTheBeginning as scrollAll } from "./launch.mjs";
 
 const { BASE, SERIES, EXPECTED, SHOTS } = process.env;
 const expected = readFileSync(EXPECTED, "utf8").split("\n").filter(Boolean);
 mkdirSync(SHOTS, { recursive: true });
-
-function check(ok, message) {
-  if (!ok) {
-    console.error(`FAILED: ${message}`);
-    process.exit(1);
-  }
-}
 
 // Before-page answers the server gave (any status), from its metrics.
 async function beforePagesServed() {
@@ -32,15 +24,7 @@ async function beforePagesServed() {
 }
 
 async function scrollToTheBeginning(page, pass) {
-  for (let i = 0; i < 500; i++) {
-    const done = await page.evaluate(() => {
-      window.scrollTo(0, document.body.scrollHeight);
-      return document.getElementById("end").textContent.includes("beginning");
-    });
-    if (done) break;
-    await page.waitForTimeout(50);
-  }
-  const shown = await page.$$eval("li.event code", (codes) => codes.map((c) => c.textContent));
+  const shown = await scrollAll(page);
   const status = await page.$eval("#status", (s) => s.textContent);
   if (shown.length !== expected.length) console.error(`status: ${status}`);
   check(shown.length === expected.length, `${pass}: ${shown.length} events shown, ${expected.length} expected`);
@@ -51,17 +35,8 @@ async function scrollToTheBeginning(page, pass) {
   console.log(`${pass}: ${shown.length} events, newest first, exactly the series`);
 }
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-  ],
-});
 // A persistent profile would be closer to a user's, but a context keeps its HTTP cache across reloads too.
-const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
-const page = await context.newPage();
-page.on("pageerror", (e) => check(false, `page error: ${e}`));
+const { browser, page } = await open();
 
 const url = `${BASE}/?series=${SERIES}`;
 const served0 = await beforePagesServed();

@@ -63,22 +63,14 @@ fn the_viewer_scrolls_back_through_cached_pages_and_shows_new_events() {
     std::fs::write(&expected_file, expected).unwrap();
 
     let server = Server::start(dir.path(), &["--max-page-entries", "20"]);
-    let shots = root.join("target/browser-artifacts");
-    let out = Command::new("node")
-        .arg(browser_dir.join("scroll.mjs"))
-        .env("BASE", format!("http://{}", server.addr))
-        .env("SERIES", "viewer")
-        .env("EXPECTED", &expected_file)
-        .env("SHOTS", &shots)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run(
+        &browser_dir.join("scroll.mjs"),
+        &server,
+        &[
+            ("SERIES", "viewer"),
+            ("EXPECTED", expected_file.to_str().unwrap()),
+        ],
     );
-    assert!(out.status.success(), "{said}");
-    eprintln!("{said}screenshots in {}", shots.display());
 }
 
 #[test]
@@ -114,18 +106,29 @@ fn the_viewers_filter_lives_in_its_url_and_the_timeline_stacks_by_a_field() {
         .unwrap();
 
     let server = Server::start(&data, &[]);
-    let shots = root.join("target/browser-artifacts");
+    run(
+        &browser_dir.join("filter.mjs"),
+        &server,
+        &[
+            ("SERIES", "month"),
+            ("FILTER", "level:error"),
+            ("EXPECTED", expected_file.to_str().unwrap()),
+            ("TYPED", "ms<100 request"),
+            ("TYPED_FIRST", &typed_first),
+            ("GROUP", "host"),
+            ("GROUPS", "3"),
+        ],
+    );
+}
+
+/// Runs a browser script against the server (`BASE`, `SHOTS` and `env` set), failing with what it said.
+fn run(script: &Path, server: &Server, env: &[(&str, &str)]) {
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
     let out = Command::new("node")
-        .arg(browser_dir.join("filter.mjs"))
+        .arg(script)
         .env("BASE", format!("http://{}", server.addr))
-        .env("SERIES", "month")
-        .env("FILTER", "level:error")
-        .env("EXPECTED", &expected_file)
-        .env("TYPED", "ms<100 request")
-        .env("TYPED_FIRST", &typed_first)
-        .env("GROUP", "host")
-        .env("GROUPS", "3")
         .env("SHOTS", &shots)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let said = format!(

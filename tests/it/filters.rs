@@ -516,11 +516,15 @@ fn members_whose_summary_rules_a_filter_out_are_not_inflated() {
     assert_eq!(counts(&server), (members, 0));
 }
 
-#[test]
-fn the_sealer_writes_summaries_that_skip_members() {
-    let tmp = TempDir::new("filter-seal");
-    // Twenty events of the last 20 s, taken with a 30 s lateness; then a clock a minute ahead seals them.
-    let server = Server::start(tmp.path(), &["--chunk-seconds", "1", "--lateness", "30"]);
+/// Twenty events of the last 20 s, one of them an error, taken with a 30 s lateness; then a clock a minute
+/// ahead seals them. The server, still running, and the time of the events.
+fn sealed_twenty(data: &Path, extra: &[&str]) -> (Server, i64) {
+    let args: Vec<&str> = ["--chunk-seconds", "1", "--lateness", "30"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let server = Server::start(data, &args);
     let t = now_ms();
     let body: String = (0..20)
         .map(|i| {
@@ -534,9 +538,18 @@ fn the_sealer_writes_summaries_that_skip_members() {
     let res = server.post_ndjson("/api/series/live/events", &body);
     assert_eq!(res.status, 202, "{}", res.text());
     server.stop();
-    let server = Server::start_fast(tmp.path(), &["--clock-offset-ms", "60000"]);
+    let args: Vec<&str> = ["--clock-offset-ms", "60000"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let server = Server::start_fast(data, &args);
     server.wait_sealed("live", t);
-    let sums = std::fs::read_dir(tmp.path().join("live"))
+    (server, t)
+}
+
+fn summary_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -545,8 +558,17 @@ fn the_sealer_writes_summaries_that_skip_members() {
                 .extension()
                 .is_some_and(|x| x == "sum")
         })
-        .count();
-    assert!(sums >= 1, "no summaries written");
+        .count()
+}
+
+#[test]
+fn the_sealer_writes_summaries_that_skip_members_unless_told_not_to() {
+    let tmp = TempDir::new("filter-seal");
+    let (server, t) = sealed_twenty(tmp.path(), &[]);
+    assert!(
+        summary_files(&tmp.path().join("live")) >= 1,
+        "no summaries written"
+    );
     let url = format!(
         "/api/series/live/export?from={}&to={}&where=level:error",
         iso(t - 60_000),
@@ -555,4 +577,54 @@ fn the_sealer_writes_summaries_that_skip_members() {
     let found = get(&server, &url).text();
     assert_eq!(found.lines().count(), 1, "{found}");
     assert!(counter(&server, "hourglass_members_skipped_total") >= 15);
+
+    // Without summaries: none written, every member read, the same answer.
+    let off = TempDir::new("filter-seal-off");
+    let (server, t) = sealed_twenty(off.path(), &["--member-summaries", "false"]);
+    assert_eq!(summary_files(&off.path().join("live")), 0);
+    let url = format!(
+        "/api/series/live/export?from={}&to={}&where=level:error",
+        iso(t - 60_000),
+        iso(t + 1_000)
+    );
+    assert_eq!(get(&server, &url).text().lines().count(), 1);
+    assert_eq!(counter(&server, "hourglass_members_skipped_total"), 0);
+    assert!(counter(&server, "hourglass_members_scanned_total") >= 20);
+}
+
+#[test]
+fn a_filtered_head_held_by_prefer_wait_answers_when_a_match_arrives() {
+    let tmp = TempDir::new("filter-wait");
+    let server = Server::start_fast(tmp.path(), &[]);
+    let post = |level: &str| {
+        let body = format!("{{\"ts\":{},\"level\":\"{level}\"}}\n", now_ms());
+        assert_eq!(
+            server.post_ndjson("/api/series/w/events", &body).status,
+            202
+        );
+    };
+    post("info");
+    let head = "/api/series/w/data?where=level:error";
+    let first = get(&server, head);
+    assert_eq!(first.json()["count"], 0);
+    let etag = first.header("etag").unwrap().to_string();
+    let addr = server.addr;
+    let began = std::time::Instant::now();
+    let held = std::thread::spawn(move || {
+        let headers = [("Prefer", "wait=20"), ("If-None-Match", etag.as_str())];
+        request(addr, "GET", head, &headers, b"").unwrap()
+    });
+    // Events the filter does not match change the series, not the filtered head: the request stays held.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    post("info");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(!held.is_finished(), "answered before a match arrived");
+    post("error");
+    let res = held.join().unwrap();
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.header("preference-applied"), Some("wait=20"));
+    let body = res.json();
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["events"][0]["level"], "error");
+    assert!(began.elapsed() < std::time::Duration::from_secs(10));
 }

@@ -216,7 +216,8 @@ impl Export {
                     let (seq, text) = done_rx.recv().map_err(|_| {
                         StoreError::Storage("an export thread stopped".to_string(), None)
                     })?;
-                    ordered.put(seq, Piece::Text(text?));
+                    // A failure waits for its turn too: what comes before it goes out first.
+                    ordered.put(seq, text.map_or_else(Piece::Failed, Piece::Text));
                     ordered.write(out, self.format)
                 };
             let mut cursor = width.align_down(self.from);
@@ -317,6 +318,8 @@ enum Piece {
     Joined(Bytes, u32, u64),
     /// Every event before this time has been written.
     Reached(Millis),
+    /// Reading this part failed: the export stops here.
+    Failed(StoreError),
 }
 
 /// Pieces put back in order: parts are read on several threads and finish in any order.
@@ -360,6 +363,7 @@ impl Ordered {
                 }
                 Piece::Joined(data, crc, len) => out.joined(data, crc, len)?,
                 Piece::Reached(t) => out.sink.reached(t),
+                Piece::Failed(e) => return Err(e.into()),
             }
         }
         Ok(())

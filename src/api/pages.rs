@@ -315,7 +315,7 @@ pub fn from_memory(
         .into_iter()
         .filter_map(|(key, value)| Some((key, value?)));
     state.tokens.check_read(headers).ok()?;
-    let mut req = PageRequest::new(headers, params).ok()?;
+    let req = PageRequest::new(headers, params).ok()?;
     let page = PageRef::Before {
         end: req.t?,
         part: req.part,
@@ -327,7 +327,6 @@ pub fn from_memory(
             return None;
         }
         let (res, _) = filtered_from_memory(state, &req, page, &filtering)?;
-        req.filtering = Some(filtering);
         return Some((res, path.route));
     }
     let at = state.store.locate_cached(&req.series, page).ok()??;

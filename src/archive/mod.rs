@@ -811,23 +811,43 @@ impl SeriesArchive {
     }
 
     /// Whether a sealed member may hold every token of `tokens` (`summary::token_hashes`): false only when its
-    /// summary says it cannot. Members without one (written before summaries, imported, or in hours that only
-    /// the object store holds) may. Blocking: an hour's summaries are read when first asked for.
+    /// summary says it cannot. Members without one (written before summaries or with them off) may, and so do
+    /// all of an hour whose summaries cannot be read now (they are asked for again next time). Blocking: an
+    /// hour's summaries are read when first asked for, from the folder or, for an hour it no longer holds (and on
+    /// a replica), from the object store.
     pub fn may_hold(&self, entry: &IndexEntry, tokens: &[u64]) -> bool {
-        if tokens.is_empty() || !self.folder {
+        if tokens.is_empty() {
             return true;
         }
         let hour = entry.meta.chunk_start.hour();
-        let summaries = self.cache.summaries.get_with((self.id, hour), || {
-            let path = summaries_path(&self.dir, hour);
-            Arc::new(HourSummaries::read(&path).unwrap_or_else(|e| {
-                tracing::warn!(file = %shown(&path), error = %e, "member summaries not read");
-                HourSummaries::default()
-            }))
+        let summaries = self.cache.summaries.try_get_with((self.id, hour), || {
+            self.read_summaries(hour).map(Arc::new).inspect_err(|e| {
+                tracing::warn!(series = %series_of(&self.dir), hour = %hour.stem(), error = %e, "member summaries not read");
+            })
         });
-        summaries
-            .of(&entry.meta)
-            .is_none_or(|bloom| bloom.may_contain_all(tokens))
+        match summaries {
+            Ok(s) => s
+                .of(&entry.meta)
+                .is_none_or(|bloom| bloom.may_contain_all(tokens)),
+            Err(_) => true,
+        }
+    }
+
+    /// An hour's member summaries: the folder's sidecar when the folder holds the hour, else the store's object
+    /// (none when neither has any).
+    fn read_summaries(&self, hour: Hour) -> Result<HourSummaries, ArchiveError> {
+        if self.is_local(hour) || self.remote.is_none() {
+            let path = summaries_path(&self.dir, hour);
+            return HourSummaries::read(&path).map_err(io_at(&path));
+        }
+        let Some((remote, series)) = &self.remote else {
+            return Ok(HourSummaries::default());
+        };
+        Ok(remote
+            .get(&remote.summaries(series, hour))?
+            .map_or_else(HourSummaries::default, |(bytes, _)| {
+                HourSummaries::parse(&bytes)
+            }))
     }
 
     /// Takes an hour's new index into memory: the cache, its summary, the totals. When it is a new hour, the
@@ -982,6 +1002,15 @@ impl SeriesArchive {
         let path = self.archive_path(hour);
         remote.create_from_file(&remote.archive(series, hour), &path)?;
         remote.create(&remote.index(series, hour), index::encode(&index).into())?;
+        // Its members' summaries, when they were written: a complete hour's no longer change.
+        let sums = summaries_path(&self.dir, hour);
+        match fs::read(&sums) {
+            Ok(bytes) => {
+                remote.create(&remote.summaries(series, hour), bytes.into())?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(&sums)(e)),
+        }
         Ok(())
     }
 

@@ -159,6 +159,10 @@ impl Remote {
         self.path(series, &format!("{}.idx", hour.stem()))
     }
 
+    pub fn summaries(&self, series: &str, hour: Hour) -> ObjectPath {
+        self.path(series, &format!("{}.sum", hour.stem()))
+    }
+
     pub fn hours(&self, series: &str) -> ObjectPath {
         self.path(series, super::HOURS_FILE)
     }
@@ -424,7 +428,7 @@ impl Remote {
             .collect())
     }
 
-    /// Deletes a series' archive and index objects of the hours before `from`; returns how many went.
+    /// Deletes a series' archive, index and summaries objects of the hours before `from`; returns how many went.
     pub fn delete_hours_before(&self, series: &str, from: Hour) -> Result<usize, RemoteError> {
         let folder = self.path(series, "");
         let listed = self.block(self.store.list_with_delimiter(Some(&folder)));
@@ -433,7 +437,8 @@ impl Remote {
             let name = o.location.filename().unwrap_or_default();
             let stem = name
                 .strip_suffix(".json.gz")
-                .or_else(|| name.strip_suffix(".idx"));
+                .or_else(|| name.strip_suffix(".idx"))
+                .or_else(|| name.strip_suffix(".sum"));
             stem.and_then(Hour::parse_stem).is_some_and(|h| h < from)
         });
         let mut deleted = 0;

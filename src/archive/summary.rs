@@ -234,13 +234,17 @@ impl HourSummaries {
 
     /// Reads a sidecar: every whole, intact record up to the first that is not; none when there is no file.
     pub fn read(path: &Path) -> io::Result<HourSummaries> {
-        let data = match std::fs::read(path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HourSummaries::default()),
-            Err(e) => return Err(e),
-        };
+        match std::fs::read(path) {
+            Ok(data) => Ok(HourSummaries::parse(&data)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(HourSummaries::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A sidecar's records (its file, or its object on the store), up to the first that is not whole and intact.
+    pub fn parse(data: &[u8]) -> HourSummaries {
         let mut out = HourSummaries::default();
-        let mut rest = &data[..];
+        let mut rest = data;
         while rest.len() >= 8 {
             let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
             let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
@@ -257,7 +261,7 @@ impl HourSummaries {
             out.members.insert(key, (sealed_at, member_len, bloom));
             rest = &rest[8 + len..];
         }
-        Ok(out)
+        out
     }
 }
 

@@ -143,8 +143,11 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         inner.persist_settings(name, |_| {})?;
         tracing::info!(series = name, "series created");
     }
-    let (archive, width, closing, chunks) = {
+    let (archive, width, closing, chunks, summarise) = {
         let mut st = lock(&inner.state);
+        // Summaries are worth their time only while sealing keeps up: past half the backlog bound the sealer
+        // leaves them out (those members are read by filters), so that they never cost ingest its capacity.
+        let summarise = inner.cfg.member_summaries && st.backlog < inner.cfg.max_backlog_bytes / 2;
         let Some(s) = st.series.get_mut(name) else {
             return Ok(());
         };
@@ -161,7 +164,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
             // Its first events arrived since the look above: its folder comes first, at the next pass.
             return Ok(());
         }
-        (s.archive.clone(), s.width, s.closing, chunks)
+        (s.archive.clone(), s.width, s.closing, chunks, summarise)
     };
     if inner.cfg.panic_in.as_deref() == Some("seal") {
         panic!("told to (--panic-in seal)");
@@ -186,7 +189,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 &mut *lines,
                 cfg.max_member_entries,
                 cfg.gzip_level,
-                cfg.member_summaries,
+                summarise,
             )
             .map_err(|e| StoreError::Storage(format!("reading the log: {e}"), Some(e.kind())))?;
             let (members, summaries) = summary::split(members);

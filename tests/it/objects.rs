@@ -142,7 +142,8 @@ fn a_writer_uploads_complete_hours_and_serves_them_from_the_store_as_from_its_fo
         let last = *seeded.hours.last().unwrap();
         wait_uploaded(&server, last + HOUR);
 
-        // Each hour is an object valid for zcat, beside its index; the summaries and the settings.
+        // Each hour is an object valid for zcat, beside its index and its members' summaries; the hours'
+        // summaries and the settings.
         let objects = store.list();
         let mut expected: Vec<String> = seeded
             .hours
@@ -151,6 +152,7 @@ fn a_writer_uploads_complete_hours_and_serves_them_from_the_store_as_from_its_fo
                 [
                     format!("p/s/{}.idx", stem(h)),
                     format!("p/s/{}.json.gz", stem(h)),
+                    format!("p/s/{}.sum", stem(h)),
                 ]
             })
             .collect();

@@ -103,6 +103,36 @@ fn a_replica_walks_back_through_its_upstream_and_the_store_and_shows_what_the_wr
                 "{kind:?} {u}: not the writer's answer"
             );
         }
+        // Filters skip members on the replica too: the writer uploads each hour's member summaries with it.
+        assert!(
+            store.list().iter().any(|name| name.ends_with(".sum")),
+            "{kind:?}: no summaries on the store"
+        );
+        let none = format!(
+            "/api/series/{SERIES}/export?from={}&to={}&where=level:error",
+            from / 1000,
+            to / 1000
+        );
+        let filtered = rep.get(&none);
+        assert!(
+            seen(&filtered) == seen(&w.get(&none)) && filtered.body.is_empty(),
+            "{kind:?}: {:?}",
+            filtered.headers
+        );
+        assert!(
+            filtered
+                .header("cache-control")
+                .unwrap()
+                .contains("immutable")
+        );
+        let metrics = rep.get("/metrics").text();
+        let skipped: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("hourglass_members_skipped_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(skipped >= 3 * 30, "{kind:?}: {skipped} members skipped");
+
         // A POST through the replica lands at the writer.
         let r = rep.post_ndjson(
             &format!("/api/series/{SERIES}/events"),

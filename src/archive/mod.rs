@@ -892,6 +892,7 @@ impl SeriesArchive {
             let kept = hours.split_off(&keep_from);
             for hour in hours.keys() {
                 self.cache.indexes.invalidate(&(self.id, *hour));
+                self.cache.summaries.invalidate(&(self.id, *hour));
             }
             *hours = kept;
             *lock_write(&self.totals) = Summary::of(&hours);

@@ -435,7 +435,7 @@ fn grouped_and_aggregated_histograms_equal_a_reference_and_are_final_when_sealed
 }
 
 /// A counter of `/metrics`.
-fn counter(server: &Server, name: &str) -> u64 {
+pub fn counter(server: &Server, name: &str) -> u64 {
     let text = get(server, "/metrics").text();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))

@@ -125,12 +125,7 @@ fn a_replica_walks_back_through_its_upstream_and_the_store_and_shows_what_the_wr
                 .unwrap()
                 .contains("immutable")
         );
-        let metrics = rep.get("/metrics").text();
-        let skipped: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("hourglass_members_skipped_total "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0);
+        let skipped = crate::filters::counter(&rep, "hourglass_members_skipped_total");
         assert!(skipped >= 3 * 30, "{kind:?}: {skipped} members skipped");
 
         // A POST through the replica lands at the writer.

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::conditional::Validators;
 use super::error::{self, ApiError};
 use super::filters::Filtering;
-use super::{AppState, SeriesPath, pages};
+use super::{AppState, SeriesPath, blocking, pages};
 use crate::bulk::aggregate::{self, Agg, Aggregation, HistogramError};
 use crate::bulk::export::{self, Encoding, Export, ExportError, Format, Sink};
 use crate::store::{SeriesName, StoreError};
@@ -69,12 +69,7 @@ async fn caching(
         state.store.watermark(name).ok_or_else(|| unknown(name))?;
     if to > sealed && to <= swept {
         let (store, name) = (state.store.clone(), name.clone());
-        (sealed, generation) =
-            tokio::task::spawn_blocking(move || store.final_watermark(&name, to))
-                .await
-                .map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                })??;
+        (sealed, generation) = blocking(move || Ok(store.final_watermark(&name, to)?)).await?;
     }
     let mut h = HeaderMap::new();
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
@@ -309,11 +304,7 @@ pub async fn manifest_get(State(state): State<AppState>, r: Ranged) -> Result<Re
     let (sealed, _, _) = state.store.watermark(&name).ok_or_else(|| unknown(&name))?;
     let store = state.store.clone();
     let series = name.clone();
-    let hours = tokio::task::spawn_blocking(move || store.hours_of(&series, from, to, sealed))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    let hours = blocking(move || Ok(store.hours_of(&series, from, to, sealed)?)).await?;
     // Each hour's URL asks for what this request asked for.
     let mut extra = String::new();
     for key in ["format", "fields"] {
@@ -569,7 +560,7 @@ pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<R
         Caching::Send(h) => h,
     };
     let store = state.store.clone();
-    let buckets = tokio::task::spawn_blocking(move || {
+    let buckets = blocking(move || {
         if reads {
             return aggregate::histogram(&store, &name, (from, to, step), &what).map_err(|e| match e {
                 HistogramError::TooManyGroups(m) => ApiError::bad_request(m),
@@ -583,8 +574,7 @@ pub async fn histogram_get(State(state): State<AppState>, r: Ranged) -> Result<R
             .map(|(i, n)| json!({"start": time::format_rfc3339(from + i as Millis * step), "count": n}))
             .collect())
     })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    .await?;
     let mut body = json!({"step_seconds": step / 1000, "buckets": buckets});
     if !query.is_empty() {
         body["filter"] = json!(query);

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
-use super::{AppState, SeriesPath};
+use super::{AppState, SeriesPath, blocking};
 use crate::ingest::parse::{self, Format, TimeSpec, TimeUnit};
 use crate::ingest::wal::BatchKey;
 use crate::store::SeriesName;
@@ -114,15 +114,6 @@ async fn ingest(
         answer["replayed"] = json!(true);
     }
     Ok((StatusCode::ACCEPTED, Json(answer)))
-}
-
-/// Runs CPU work (inflating, parsing) off the async threads.
-pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
 /// A request body, read within `--max-body-bytes` and `--request-timeout` and inflated when it came compressed

@@ -30,6 +30,15 @@ use crate::store::{SeriesName, Store};
 use auth::Tokens;
 use error::ApiError;
 
+/// Runs blocking work (inflating, parsing, reading storage) off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
 /// What every handler gets: one `Arc`, so that a clone per request costs one increment.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);

@@ -455,11 +455,7 @@ async fn answer(
         // An hour index to read first: off the async threads.
         None => {
             let (store, name) = (state.store.clone(), name.clone());
-            tokio::task::spawn_blocking(move || store.locate(&name, page))
-                .await
-                .map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                })??
+            super::blocking(move || Ok(store.locate(&name, page)?)).await?
         }
     };
     if let Some(answer) = final_from_memory(state, req, &at) {
@@ -474,15 +470,11 @@ async fn answer(
     let level = state.gzip_level;
     let rendered = {
         let (name, at) = (name.clone(), at.clone());
-        tokio::task::spawn_blocking(move || {
-            store
-                .read_page(&name, &at)
-                .map(|lines| render(&name, &at, lines, repr, level, private))
+        super::blocking(move || {
+            let lines = store.read_page(&name, &at)?;
+            Ok(render(&name, &at, lines, repr, level, private))
         })
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??
+        .await?
     };
     let rendered = Arc::new(rendered);
     if let Some(identity) = identity {
@@ -518,12 +510,13 @@ async fn answer_filtered(
         crate::metrics::add(&state.metrics.cache_misses, 1);
     }
     let (store, series, filter) = (state.store.clone(), name.clone(), filtering.filter.clone());
-    let found = tokio::task::spawn_blocking(move || match page {
-        PageRef::After { start } => store.scan_forward(&series, start, &filter, limits),
-        _ => store.scan_back(&series, page, &filter, limits),
+    let found = super::blocking(move || {
+        Ok(match page {
+            PageRef::After { start } => store.scan_forward(&series, start, &filter, limits)?,
+            _ => store.scan_back(&series, page, &filter, limits)?,
+        })
     })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    .await?;
     let found_identity = found
         .is_final
         .then(|| {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sketches_ddsketch::{Config, DDSketch};
 
 use crate::filter::{self, Filter};
-use crate::store::{PageRef, Read, SeriesName, Store, StoreError};
+use crate::store::{Read, SeriesName, Store, StoreError};
 use crate::time::Millis;
 
 /// The most (bucket, value) counts a `group_by` may hold; past it the request is refused.
@@ -305,30 +305,13 @@ pub fn each_part(
     tokens: &[u64],
     mut visit: impl FnMut(Millis, &[u8]) -> bool,
 ) -> Result<(), StoreError> {
-    let width = store
-        .width_of(name)
-        .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?
-        .millis();
-    let mut cursor = from;
-    while cursor < to {
-        let at = store.locate(name, PageRef::After { start: cursor })?;
-        let Some(start) = at.start.filter(|&s| at.parts > 0 && s < to) else {
+    for part in store.parts(name, from, to)? {
+        let part = part?;
+        if let Read::Lines(lines) = store.read_for(name, &part.at, tokens)?
+            && !visit(part.start, &lines.lines)
+        {
             break;
-        };
-        let end = start + width;
-        for part in 0..at.parts {
-            let page = PageRef::Before {
-                end,
-                part: Some(part),
-            };
-            let at = store.locate(name, page)?;
-            if let Read::Lines(lines) = store.read_for(name, &at, tokens)?
-                && !visit(start, &lines.lines)
-            {
-                return Ok(());
-            }
         }
-        cursor = end;
     }
     Ok(())
 }

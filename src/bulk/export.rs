@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::archive::member::{self, FINAL_BLOCK};
 use crate::filter::Filter;
 use crate::ingest::parse::event_time;
-use crate::store::{Located, PageRef, SeriesName, Store, StoreError};
+use crate::store::{Located, PartAt, SeriesName, Store, StoreError};
 use crate::time::{self, Millis};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -165,9 +165,6 @@ impl Export {
         };
         store.check_kept(&self.name, self.from)?;
         out.start()?;
-        let width = store
-            .width_of(&self.name)
-            .ok_or_else(|| StoreError::UnknownSeries(self.name.to_string()))?;
         match self.format {
             Format::Json => out.text(b"[".to_vec())?,
             Format::Csv => out.text(csv_header(&self.fields))?,
@@ -220,20 +217,15 @@ impl Export {
                     ordered.put(seq, text.map_or_else(Piece::Failed, Piece::Text));
                     ordered.write(out, self.format)
                 };
-            let mut cursor = width.align_down(self.from);
-            while cursor < self.to {
-                let at = store.locate(&self.name, PageRef::After { start: cursor })?;
-                let Some(start) = at.start.filter(|&s| at.parts > 0 && s < self.to) else {
-                    break;
-                };
-                let end = start + width.millis();
+            for part in store.parts(&self.name, self.from, self.to)? {
+                let PartAt {
+                    at,
+                    start,
+                    end,
+                    last,
+                } = part?;
                 let whole = start >= self.from && end <= self.to;
-                for part in 0..at.parts {
-                    let page = PageRef::Before {
-                        end,
-                        part: Some(part),
-                    };
-                    let at = store.locate(&self.name, page)?;
+                'part: {
                     if pass_through
                         && let Some((meta, stored)) = store.read_stored(&self.name, &at)?
                         && meta.first_ts >= self.from
@@ -242,11 +234,11 @@ impl Export {
                     {
                         let data = Bytes::from(stored).slice(data);
                         ordered.push(Piece::Joined(data, crc, meta.raw_len));
-                        continue;
+                        break 'part;
                     }
                     // Parts a filter cannot match are left out here, without a round trip to a thread.
                     if store.skips(&self.name, &at, &tokens)?.is_some() {
-                        continue;
+                        break 'part;
                     }
                     while in_flight >= window {
                         take_one(&mut ordered, &mut out)?;
@@ -258,9 +250,10 @@ impl Export {
                     })?;
                     in_flight += 1;
                 }
-                ordered.push(Piece::Reached(end.min(self.to)));
-                ordered.write(&mut out, self.format)?;
-                cursor = end;
+                if last {
+                    ordered.push(Piece::Reached(end.min(self.to)));
+                    ordered.write(&mut out, self.format)?;
+                }
             }
             drop(job_tx);
             for _ in 0..in_flight {

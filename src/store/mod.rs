@@ -39,7 +39,7 @@ use crate::metrics::{self, Histogram};
 use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
 use chunk::OpenChunk;
 pub use import::{ImportChunk, Imported};
-pub use read::{HourPiece, Located, PageLines, PageRef, Read};
+pub use read::{HourPiece, Located, PageLines, PageRef, PartAt, Parts, Read};
 pub use scan::{Filtered, ScanLimits};
 pub use series::{Generation, SeriesName, Settings};
 

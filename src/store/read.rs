@@ -621,6 +621,108 @@ fn read_open(
     })
 }
 
+/// One part of a chunk as a walk over a range visits it: located, with its chunk's bounds.
+pub struct PartAt {
+    pub at: Located,
+    /// The chunk `[start, end)`.
+    pub start: Millis,
+    pub end: Millis,
+    /// The chunk's last part.
+    pub last: bool,
+}
+
+/// The parts of the non-empty chunks that start in a range, in time order (`Store::parts`). Memory alone
+/// but for hour indexes `locate` reads; stops at the first error.
+pub struct Parts<'a> {
+    store: &'a Store,
+    name: &'a SeriesName,
+    width: Millis,
+    /// Where the next chunk is looked for, and the range's end.
+    cursor: Millis,
+    to: Millis,
+    /// The chunk being walked: its start, its next part and how many it has.
+    chunk: Option<(Millis, u32, u32)>,
+    done: bool,
+}
+
+impl Iterator for Parts<'_> {
+    type Item = Result<PartAt, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let step = match self.chunk {
+                Some((start, k, n)) if k < n => {
+                    self.chunk = Some((start, k + 1, n));
+                    let end = start + self.width;
+                    let page = PageRef::Before { end, part: Some(k) };
+                    self.store.locate(self.name, page).map(|at| {
+                        Some(PartAt {
+                            at,
+                            start,
+                            end,
+                            last: k + 1 == n,
+                        })
+                    })
+                }
+                Some((start, ..)) => {
+                    self.cursor = start + self.width;
+                    self.chunk = None;
+                    Ok(None)
+                }
+                None if self.cursor >= self.to => {
+                    self.done = true;
+                    Ok(None)
+                }
+                None => self
+                    .store
+                    .locate(self.name, PageRef::After { start: self.cursor })
+                    .map(|at| {
+                        match at.start.filter(|&s| at.parts > 0 && s < self.to) {
+                            Some(start) => self.chunk = Some((start, 0, at.parts)),
+                            None => self.done = true,
+                        }
+                        None
+                    }),
+            };
+            match step {
+                Ok(Some(part)) => return Some(Ok(part)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl Store {
+    /// The parts of the non-empty chunks that start in `[from, to)` (`from` taken down to a chunk boundary),
+    /// in time order: what exports, histograms that read events and filtered `after` pages walk.
+    pub fn parts<'a>(
+        &'a self,
+        name: &'a SeriesName,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Parts<'a>, StoreError> {
+        let width = self
+            .width_of(name)
+            .ok_or_else(|| StoreError::UnknownSeries(name.to_string()))?;
+        Ok(Parts {
+            store: self,
+            name,
+            width: width.millis(),
+            cursor: width.align_down(from),
+            to,
+            chunk: None,
+            done: false,
+        })
+    }
+}
+
 /// One hour of an export manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HourPiece {

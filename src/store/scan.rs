@@ -135,7 +135,6 @@ impl Store {
         let (_, generation, retained_from) = self.scan_basis(name)?;
         let tokens = filter.tokens();
         let first = self.locate(name, PageRef::After { start })?;
-        let width = first.width.millis();
         let mut out = Filtered {
             from: Some(start),
             to: Some(start),
@@ -143,29 +142,21 @@ impl Store {
             ..Filtered::empty(generation, retained_from)
         };
         let mut cursor = start;
-        let mut ended = false;
-        loop {
-            let at = self.locate(name, PageRef::After { start: cursor })?;
-            let Some(chunk) = at.start.filter(|_| at.parts > 0) else {
-                ended = true;
-                break;
-            };
-            let end = chunk + width;
-            for part in 0..at.parts {
-                let page = PageRef::Before {
-                    end,
-                    part: Some(part),
-                };
-                let read = self.read_for(name, &self.locate(name, page)?, &tokens)?;
-                out.scanned += read.bytes();
-                if let Read::Lines(lines) = read {
-                    out.count += keep(filter, &lines.lines, &mut out.lines);
-                }
+        let mut ended = true;
+        for part in self.parts(name, start, Millis::MAX)? {
+            let part = part?;
+            let read = self.read_for(name, &part.at, &tokens)?;
+            out.scanned += read.bytes();
+            if let Read::Lines(lines) = read {
+                out.count += keep(filter, &lines.lines, &mut out.lines);
             }
-            cursor = end;
-            out.to = Some(end);
-            if out.count >= limits.limit || out.scanned >= limits.budget {
-                break;
+            if part.last {
+                cursor = part.end;
+                out.to = Some(part.end);
+                if out.count >= limits.limit || out.scanned >= limits.budget {
+                    ended = false;
+                    break;
+                }
             }
         }
         // An `after` page with nothing in it is the end of the road, as unfiltered.

@@ -106,8 +106,7 @@ async fn bulk(
     let received = crate::api::ingest::receive(state, headers, body).await?;
     let fields = state.shippers.elastic.clone();
     let (parts, request) =
-        crate::api::ingest::blocking(move || read(&received.bytes, path_index.as_deref(), &fields))
-            .await?;
+        crate::api::blocking(move || read(&received.bytes, path_index.as_deref(), &fields)).await?;
     if request.items.is_empty() {
         return Err(ApiError::bad_request("the body holds no actions"));
     }
@@ -117,8 +116,7 @@ async fn bulk(
             .unwrap_or_else(|| ApiError::bad_request("the body holds no actions")));
     }
     let answer =
-        crate::api::ingest::blocking(move || Ok(results(began, &request, &stored, &wanted)))
-            .await?;
+        crate::api::blocking(move || Ok(results(began, &request, &stored, &wanted))).await?;
     let mut res = Body::from(answer).into_response();
     *res.status_mut() = StatusCode::OK;
     Ok(product(res))

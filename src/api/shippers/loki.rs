@@ -86,7 +86,7 @@ async fn push(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(), A
     let labels = state.shippers.loki.clone();
     let limit = state.max_body_bytes;
     let intake = state.intake.clone();
-    let (parts, _inflated_room) = crate::api::ingest::blocking(move || {
+    let (parts, _inflated_room) = crate::api::blocking(move || {
         let (streams, room) = if json {
             (from_json(&received.bytes)?, None)
         } else {

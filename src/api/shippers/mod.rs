@@ -137,7 +137,7 @@ pub async fn store(state: &AppState, parts: Parts) -> Result<Vec<Stored>, ApiErr
             Events::Written(_) => TimeSpec::default(),
         })
         .collect();
-    let parsed = super::ingest::blocking(move || parse_parts(parts, specs, received)).await?;
+    let parsed = super::blocking(move || parse_parts(parts, specs, received)).await?;
     for (part, parsed) in &parsed {
         state
             .store

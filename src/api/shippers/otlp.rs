@@ -252,7 +252,7 @@ async fn export(
     let received = crate::api::ingest::receive(state, headers, body).await?;
     let attributes = state.shippers.otlp.clone();
     let t = crate::time::now();
-    let parts = crate::api::ingest::blocking(move || {
+    let parts = crate::api::blocking(move || {
         let request = if json {
             json::request(&received.bytes).map_err(|e| {
                 ApiError::bad_request(format!("body: not an OTLP ExportLogsServiceRequest in JSON: {e}"))

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::ingest::nats::NatsConfig;
 use crate::store::StoreConfig;
 use crate::time::{ChunkWidth, HOUR, SECOND};
 
@@ -95,6 +96,15 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the bound address is printed).
     #[arg(long, env = "HOURGLASS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// The write-ahead log: `nats://host:port[,host:port…]/STREAM[?replicas=N]` puts it on a NATS JetStream
+    /// stream (created with N replicas if missing), so a batch is acknowledged once the stream has stored it,
+    /// and a writer started on the same stream takes it over from the one before. Default: `_wal/` in the data
+    /// folder, fsync'd.
+    #[arg(long, env = "HOURGLASS_LOG_URL", value_parser = NatsConfig::parse, conflicts_with = "replica")]
+    pub log: Option<NatsConfig>,
+    /// This node's name, in what it writes to a replicated log. Default: the host name and the listen port.
+    #[arg(long, env = "HOURGLASS_NODE")]
+    pub node: Option<String>,
     /// Bearer token required for writes (none: writes are open).
     #[arg(long, env = "HOURGLASS_WRITE_TOKEN", hide_env_values = true)]
     pub write_token: Option<String>,
@@ -278,6 +288,11 @@ impl ServeArgs {
     /// The store's settings: `StoreArgs`' and, with `--replica`, how often to look at the object store.
     pub fn store_config(&self) -> StoreConfig {
         let mut cfg = self.store.store_config();
+        cfg.log = self.log.clone();
+        cfg.node = self.node.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}:{}", host.trim(), self.listen.port())
+        });
         cfg.replica = self
             .replica
             .then(|| std::time::Duration::from_millis(self.refresh_ms));
@@ -319,6 +334,8 @@ impl StoreArgs {
             replica: None,
             cache_dir: None,
             cache_bytes: 0,
+            log: None,
+            node: String::new(),
             panic_in: self.panic_in.clone(),
         }
     }

@@ -73,6 +73,8 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %e, "object store unavailable on a request");
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
+            // Logged by the commit thread, once.
+            StoreError::LogUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
             // Logged once, by the archive, when found.
             StoreError::Damaged(_) => (StatusCode::INTERNAL_SERVER_ERROR, "damaged_data"),
         };
@@ -81,7 +83,9 @@ impl From<StoreError> for ApiError {
             StoreError::ClockBehind { watermark, now, .. } => {
                 error.retry_after = Some(crate::store::clears_in_secs(watermark, now));
             }
-            StoreError::Unavailable(_) => error.retry_after = Some(5),
+            StoreError::Unavailable(_) | StoreError::LogUnavailable(_) => {
+                error.retry_after = Some(5)
+            }
             _ => {}
         }
         error

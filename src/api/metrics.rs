@@ -615,6 +615,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         let body = axum::Json(serde_json::json!({"status": "stopping"}));
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
+    if let Some(trouble) = state.store.log_trouble() {
+        let body = axum::Json(serde_json::json!({"status": "not ready", "reason": trouble}));
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     let behind = state.store.clock_behind();
     let mut body = serde_json::json!({"status": "ready"});
     if !behind.is_empty() {

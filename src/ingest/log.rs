@@ -1,6 +1,6 @@
 //! The write-ahead log behind an interface: what the store asks of wherever acknowledged batches are kept
-//! until their chunks are sealed. `wal::Wal` (segments in the data folder's `_wal/`) is the one implementation
-//! today; a replicated log, so that any node can take writes, goes behind the same calls. Records are
+//! until their chunks are sealed. `wal::Wal` (segments in the data folder's `_wal/`) and `nats::NatsLog` (a JetStream stream, with a
+//! local spool to read lines back from) are its implementations. Records are
 //! `wal::encode`d batches; a line is found again by the `LineRef` the log's `Position` gave it
 //! (`wal::line_refs`), which only that log interprets.
 
@@ -24,6 +24,10 @@ pub trait Log: Send {
     fn collect(&mut self, sealed: &dyn Fn(&str, Millis) -> bool) -> usize;
     /// A reader of this log's lines by reference.
     fn lines(&self) -> Box<dyn Lines>;
+    /// Why the log takes no more appends, if it does not (a replicated log another writer took over).
+    fn trouble(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Reads lines back by reference. One per thread; `fresh` makes another.

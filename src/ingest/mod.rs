@@ -3,5 +3,6 @@
 //! them lives in `store`.
 
 pub mod log;
+pub mod nats;
 pub mod parse;
 pub mod wal;

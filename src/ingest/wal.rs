@@ -29,6 +29,8 @@ use super::parse::Batch;
 use crate::time::Millis;
 
 const SEGMENT_BYTES: u64 = 64 << 20;
+/// A spool's segments are smaller: what it lets go of also leaves the replicated log, sooner.
+const SPOOL_SEGMENT_BYTES: u64 = 8 << 20;
 const KIND_EVENTS: u8 = 1;
 const KIND_KEYED: u8 = 2;
 const KIND_END: u8 = 3;
@@ -55,6 +57,10 @@ pub struct Wal {
     /// An append failed and could not be cut back: the segment may hold refused bytes past `len`, so nothing
     /// more is appended to it; the next append starts a segment that says where this one ends.
     poisoned: bool,
+    /// Whether appends are fsync'd: a spool (`Wal::open_spool`) is a local copy of a replicated log, which
+    /// is what makes a batch durable, so its appends are not.
+    sync: bool,
+    segment_bytes: u64,
 }
 
 /// What replay found wrong in a segment and set aside.
@@ -152,11 +158,28 @@ pub struct Position {
 
 /// A failed read or write of the log. Shown with the segment's name under `_wal/`, never the machine's path.
 #[derive(Debug, thiserror::Error)]
-#[error("write-ahead log _wal/{}: {source}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())]
+#[error("write-ahead log {}: {source}", log_name(path))]
 pub struct WalError {
     pub path: PathBuf,
     #[source]
     pub source: io::Error,
+}
+
+/// A log file as `_wal/{file}` (a spool's as `_spool/{file}`), or a replicated log as `nats:{stream}`.
+fn log_name(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    if name.starts_with("nats:") {
+        return name.into_owned();
+    }
+    let folder = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .filter(|f| *f == "_spool")
+        .map_or("_wal", |_| "_spool");
+    format!("{folder}/{name}")
 }
 
 fn at(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -169,8 +192,23 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 impl Wal {
     /// Opens the log folder, hands every intact record to `replay` in write order, sets damaged records and torn
     /// tails aside, and starts a fresh segment for new appends. Returns the log and what was repaired.
-    pub fn open(
+    pub fn open(dir: &Path, replay: impl FnMut(Replayed)) -> Result<(Wal, Vec<Repair>), WalError> {
+        Wal::open_with(dir, true, SEGMENT_BYTES, replay)
+    }
+
+    /// Opens a spool: the same segments and replay, but appends are not fsync'd and segments are smaller.
+    /// What it holds is durable elsewhere (`ingest::nats`) and copied back into it at start.
+    pub fn open_spool(
         dir: &Path,
+        replay: impl FnMut(Replayed),
+    ) -> Result<(Wal, Vec<Repair>), WalError> {
+        Wal::open_with(dir, false, SPOOL_SEGMENT_BYTES, replay)
+    }
+
+    fn open_with(
+        dir: &Path,
+        sync: bool,
+        rotate_at: u64,
         mut replay: impl FnMut(Replayed),
     ) -> Result<(Wal, Vec<Repair>), WalError> {
         crate::durable::create_dir_all(dir).map_err(at(dir))?;
@@ -260,6 +298,8 @@ impl Wal {
             len,
             segments,
             poisoned: false,
+            sync,
+            segment_bytes: rotate_at,
         };
         Ok((wal, repairs))
     }
@@ -278,6 +318,26 @@ impl Wal {
 
     pub fn segments(&self) -> usize {
         self.segments.len()
+    }
+
+    /// The oldest segment still kept (the current one when it is the only one).
+    pub fn oldest_segment(&self) -> Option<u64> {
+        self.segments.first().map(|s| s.id)
+    }
+
+    /// Takes back an append that began at `at` and was then refused elsewhere (its replicated copy failed):
+    /// cut off when it is in the current segment, which otherwise takes no more appends (see `poisoned`).
+    pub fn cut_back(&mut self, at: Position) {
+        let current = self.segments.last().map_or(0, |s| s.id as u32);
+        let cut = if at.segment == current && at.offset <= self.len {
+            self.file.set_len(at.offset).map(|()| self.len = at.offset)
+        } else {
+            Err(io::Error::other("the append is not in the current segment"))
+        };
+        if let Err(e) = cut {
+            tracing::error!(error = %e, "write-ahead log: a refused append could not be cut back; the next append starts a new segment");
+            self.poisoned = true;
+        }
     }
 
     fn current_path(&self) -> PathBuf {
@@ -372,10 +432,11 @@ impl Log for Wal {
         if self.poisoned {
             self.start_segment()?;
         }
+        let sync = self.sync;
         let result = self
             .file
             .write_all_at(records, self.len)
-            .and_then(|()| self.file.sync_data());
+            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
         match result {
             Ok(()) => {
                 let at = Position {
@@ -416,7 +477,7 @@ impl Log for Wal {
 
     /// Starts a new segment once the current one is full.
     fn rotate_if_full(&mut self) -> Result<(), WalError> {
-        if self.len < SEGMENT_BYTES {
+        if self.len < self.segment_bytes {
             return Ok(());
         }
         self.start_segment()

@@ -135,6 +135,8 @@ fn commit_group(inner: &Inner, log: &Mutex<Box<dyn Log>>, group: Vec<Job>, recor
             if let Err(e) = log.rotate_if_full() {
                 tracing::error!(error = %e, "write-ahead log rotation failed; appending to the full segment");
             }
+        } else {
+            *lock(&inner.log_trouble) = log.trouble();
         }
         result
     };
@@ -209,6 +211,10 @@ fn commit_group(inner: &Inner, log: &Mutex<Box<dyn Log>>, group: Vec<Job>, recor
                 accepted: job.parsed.batch.len(),
                 replayed: false,
             }),
+            // A replicated log that cannot be reached, or will not take more: try again later (503).
+            Err(e) if e.source.kind() == std::io::ErrorKind::NotConnected => {
+                Err(StoreError::LogUnavailable(e.to_string()))
+            }
             Err(e) => Err(StoreError::Storage(e.to_string(), Some(e.source.kind()))),
         };
         let _ = job.reply.send(answer);

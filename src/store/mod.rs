@@ -33,6 +33,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::archive::{self, IndexCache, Remote, SeriesArchive};
 use crate::ingest::log::{Lines, Log};
+use crate::ingest::nats::{NatsConfig, NatsLog};
 use crate::ingest::parse::{Parsed, Position, TimeSpec};
 use crate::ingest::wal::{self, BatchKey, Logged, Wal};
 use crate::metrics::{self, Histogram};
@@ -78,6 +79,10 @@ pub struct StoreConfig {
     /// A replica's disk cache of what it read from the store (`None`: none), and its bound in bytes.
     pub cache_dir: Option<PathBuf>,
     pub cache_bytes: u64,
+    /// The write-ahead log on a JetStream stream (`--log nats://…`); `None`: the local log in `_wal/`.
+    pub log: Option<NatsConfig>,
+    /// This node's name (`--node`): in its fence on a replicated log and its connection's name.
+    pub node: String,
     /// For tests of supervision only: the thread (`commit` or `seal`) that panics at its first piece of work.
     pub panic_in: Option<String>,
 }
@@ -144,6 +149,10 @@ pub enum StoreError {
     /// The object store did not answer, or failed: worth retrying; nothing was decided.
     #[error("the object store is unavailable: {0}")]
     Unavailable(String),
+    /// A replicated log could not take a batch (unreachable, out of room, or taken over by another writer):
+    /// the batch is not stored.
+    #[error("the log is unavailable: {0}")]
+    LogUnavailable(String),
     #[error("data folder {0} is in use by another hourglass process")]
     DataInUse(PathBuf),
 }
@@ -455,6 +464,8 @@ struct Inner {
     metrics: StoreMetrics,
     /// The last append to the log failed: said once, not at every refused group (a full disk).
     log_failing: AtomicBool,
+    /// Why the log takes no appends at all any more (`Log::trouble`), for `/readyz`; set by the commit thread.
+    log_trouble: Mutex<Option<String>>,
     /// Passes of the sealer so far, for `Store::wait_for_sealer`.
     passes: AtomicU64,
     /// The data folder's lock (a replica has no folder).
@@ -496,6 +507,7 @@ impl Inner {
             stop_signal: Condvar::new(),
             metrics,
             log_failing: AtomicBool::new(false),
+            log_trouble: Mutex::new(None),
             passes: AtomicU64::new(0),
             _lock: lock,
         }
@@ -606,6 +618,33 @@ fn open_remote(cfg: &StoreConfig) -> Result<Option<Arc<Remote>>, StoreError> {
     Ok(Some(Arc::new(remote)))
 }
 
+/// With `--log nats://`, a local log left from serving without it must hold nothing that is not sealed: its
+/// batches are acknowledged, and only that log has them. One that holds nothing more is removed, as
+/// collection would.
+fn refuse_local_log(data: &Path, series: &BTreeMap<String, Series>) -> Result<(), StoreError> {
+    let dir = data.join("_wal");
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut unsealed = 0usize;
+    Wal::open(&dir, |r| {
+        let sealed = series.get(&r.series).map_or(Millis::MIN, |s| s.sealed);
+        unsealed += r.events.iter().filter(|e| e.ts >= sealed).count();
+    })?;
+    if unsealed > 0 {
+        return Err(StoreError::storage(
+            format!(
+                "the data folder's local log (_wal/) holds {unsealed} events not sealed yet: serve the folder \
+                 once without --log until they are sealed (a lateness past their time), then start with --log"
+            ),
+            None,
+        ));
+    }
+    fs::remove_dir_all(&dir)
+        .and_then(|()| crate::durable::sync_dir(data))
+        .map_err(|e| StoreError::storage(format!("_wal: {e}"), Some(e.kind())))
+}
+
 /// Starts a store thread, `hourglass-{name}`, whose death by panic ends the process (`AbortOnPanic`).
 fn supervised(
     name: &'static str,
@@ -688,10 +727,29 @@ impl Store {
 
         let now = time::now();
         let mut missing = Vec::new();
-        let (wal, repairs) = Wal::open(&data.join("_wal"), |r| match series.get_mut(&r.series) {
-            Some(s) => replay_into(s, &r),
-            None => missing.push(r),
-        })?;
+        let (log, repairs): (Box<dyn Log>, _) = match &cfg.log {
+            None => {
+                let (wal, repairs) =
+                    Wal::open(&data.join("_wal"), |r| match series.get_mut(&r.series) {
+                        Some(s) => replay_into(s, &r),
+                        None => missing.push(r),
+                    })?;
+                (Box::new(wal), repairs)
+            }
+            Some(nats) => {
+                refuse_local_log(&data, &series)?;
+                let runtime = tokio::runtime::Handle::try_current()
+                    .map_err(|_| StoreError::storage("a replicated log needs a runtime", None))?;
+                let spool = data.join("_spool");
+                let (log, repairs) = NatsLog::open(nats, &cfg.node, &spool, runtime, |r| {
+                    match series.get_mut(&r.series) {
+                        Some(s) => replay_into(s, &r),
+                        None => missing.push(r),
+                    }
+                })?;
+                (Box::new(log), repairs)
+            }
+        };
         let metrics = StoreMetrics::default();
         for repair in repairs {
             tracing::error!("{repair}");
@@ -729,7 +787,7 @@ impl Store {
         let inner = Arc::new(Inner::new(
             cfg,
             series,
-            Some(Box::new(wal)),
+            Some(log),
             Some(lock_file),
             indexes,
             remote,
@@ -1010,6 +1068,11 @@ impl Store {
         while passes() < wanted && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// Why this store's log takes no more writes, if it does not (another writer took a replicated log over).
+    pub fn log_trouble(&self) -> Option<String> {
+        lock(&self.inner.log_trouble).clone()
     }
 
     /// Series whose sealed watermark is ahead of the clock (a clock that went back), and by how much.

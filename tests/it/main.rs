@@ -14,6 +14,8 @@ mod hostile;
 mod ingest;
 mod live;
 mod metrics;
+mod nats;
+mod natsd;
 mod objects;
 mod pages;
 mod recovery;

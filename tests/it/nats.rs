@@ -1,0 +1,322 @@
+//! The write-ahead log on NATS JetStream (`--log nats://`), against a real 3-server cluster (`natsd`):
+//! acknowledged batches survive `kill -9` of the node and of a NATS server, exactly once; a second writer on
+//! the stream fences the first, which then takes no more writes, and replays everything the first acknowledged;
+//! the stream lets go of what is sealed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::natsd::Cluster;
+use crate::support::{Server, TempDir, hourglass, now_ms, request};
+
+const SERIES: &str = "/api/series/js/events";
+
+/// A node on `log` with 1 s chunks and `lateness` seconds of lateness.
+fn start(data: &Path, log: &str, node: &str, lateness: u32) -> Server {
+    let lateness = lateness.to_string();
+    let args = [
+        "--chunk-seconds",
+        "1",
+        "--lateness",
+        &lateness,
+        "--log",
+        log,
+        "--node",
+        node,
+    ];
+    Server::start(data, &args)
+}
+
+/// A batch of `n` events of batch number `b`, each naming its batch and place.
+fn batch(b: u64, n: usize) -> String {
+    let t = now_ms();
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"ts\":{t},\"b\":{b},\"i\":{i},\"pad\":\"{}\"}}\n",
+                "x".repeat(64)
+            )
+        })
+        .collect()
+}
+
+/// What became of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Posted {
+    Acked,
+    /// An attempt got no answer (the node was killed) and a later one was refused as late: stored whole
+    /// once, or not at all.
+    Unknown,
+}
+
+/// Posts batch `b` under its own Idempotency-Key until it is acknowledged: a 503 (a NATS server lost, a
+/// leader being elected) or no answer (the node down) is tried again, up to `patience`.
+fn post(addr: &Mutex<SocketAddr>, b: u64, n: usize, patience: Duration) -> Posted {
+    let body = batch(b, n);
+    let key = format!("batch-{b}");
+    let deadline = Instant::now() + patience;
+    let mut unanswered = false;
+    loop {
+        let to = *addr.lock().unwrap();
+        let answer = request(
+            to,
+            "POST",
+            SERIES,
+            &[
+                ("Content-Type", "application/x-ndjson"),
+                ("Idempotency-Key", &key),
+            ],
+            body.as_bytes(),
+        );
+        match answer {
+            Ok(r) if r.status == 202 => return Posted::Acked,
+            Ok(r) if r.status == 400 && unanswered => return Posted::Unknown,
+            Ok(r) => assert_eq!(r.status, 503, "batch {b}: {}", r.text()),
+            Err(_) => unanswered = true,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "batch {b} was never acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn acked(addr: &Mutex<SocketAddr>, b: u64, n: usize) {
+    assert_eq!(
+        post(addr, b, n, Duration::from_secs(10)),
+        Posted::Acked,
+        "batch {b}"
+    );
+}
+
+/// Every event of the series, exported once sealed: how many times each (batch, place) is there.
+fn stored(server: &Server, from: i64) -> HashMap<(u64, u64), usize> {
+    let to = now_ms() + 60_000;
+    server.wait_sealed("js", to - 60_000);
+    let res = server.get(&format!(
+        "/api/series/js/export?from={}&to={}",
+        from / 1000 - 1,
+        to / 1000
+    ));
+    assert_eq!(res.status, 200, "{}", res.text());
+    let mut counts = HashMap::new();
+    for line in res.text().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let key = (v["b"].as_u64().unwrap(), v["i"].as_u64().unwrap());
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Every acknowledged batch is there whole and once, an unknown one whole once or not at all, nothing else.
+fn assert_exactly_once(counts: &HashMap<(u64, u64), usize>, posted: &[(u64, Posted)], n: usize) {
+    let mut batches: std::collections::HashSet<u64> = counts.keys().map(|&(b, _)| b).collect();
+    for &(b, outcome) in posted {
+        let present = batches.remove(&b);
+        if outcome == Posted::Unknown && !present {
+            continue;
+        }
+        for i in 0..n as u64 {
+            assert_eq!(
+                counts.get(&(b, i)),
+                Some(&1),
+                "event {i} of batch {b} ({outcome:?})"
+            );
+        }
+    }
+    assert!(
+        batches.is_empty(),
+        "batches stored but never sent: {batches:?}"
+    );
+}
+
+#[test]
+fn acknowledged_batches_survive_kill_9_of_the_node_and_of_a_nats_server_exactly_once() {
+    let test =
+        "nats::acknowledged_batches_survive_kill_9_of_the_node_and_of_a_nats_server_exactly_once";
+    let Some(mut cluster) = Cluster::start(test, 3) else {
+        return;
+    };
+    let log = cluster.log_url("survive", 3);
+    let dir = TempDir::new("nats-survive");
+    let from = now_ms();
+    // Lateness long enough for a retry to reach the restarted node before its batch is late.
+    let server = start(dir.path(), &log, "a", 5);
+    let addr = Arc::new(Mutex::new(server.addr));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let posted: Arc<Mutex<Vec<(u64, Posted)>>> = Arc::default();
+    const N: usize = 20;
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop, next, posted) =
+                (addr.clone(), stop.clone(), next.clone(), posted.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let b = next.fetch_add(1, Ordering::Relaxed);
+                    let outcome = post(&addr, b, N, Duration::from_secs(30));
+                    posted.lock().unwrap().push((b, outcome));
+                }
+            })
+        })
+        .collect();
+    let acked_now = || posted.lock().unwrap().len();
+    let wait_for_more = |more: usize| {
+        let target = acked_now() + more;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked_now() < target {
+            assert!(
+                Instant::now() < deadline,
+                "ingest stopped at {} batches",
+                acked_now()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_more(50);
+    // One NATS server goes: the stream keeps a quorum and ingest goes on.
+    cluster.kill9(0);
+    wait_for_more(50);
+    // The node goes, mid-ingest; it comes back on the same folder and reads its log back from the stream.
+    server.kill9();
+    let server = start(dir.path(), &log, "a", 5);
+    *addr.lock().unwrap() = server.addr;
+    wait_for_more(50);
+    // The lost server comes back and catches up.
+    cluster.resume(0);
+    wait_for_more(50);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let posted = posted.lock().unwrap().clone();
+    assert_exactly_once(&stored(&server, from), &posted, N);
+    server.stop();
+}
+
+#[test]
+fn a_second_writer_on_the_stream_fences_the_first_and_replays_what_it_acknowledged() {
+    let test =
+        "nats::a_second_writer_on_the_stream_fences_the_first_and_replays_what_it_acknowledged";
+    let Some(cluster) = Cluster::start(test, 3) else {
+        return;
+    };
+    let log = cluster.log_url("fence", 3);
+    let (dir_a, dir_b) = (TempDir::new("nats-a"), TempDir::new("nats-b"));
+    let from = now_ms();
+    // A long lateness at the first: nothing it takes is sealed, all of it is in the stream only.
+    let a = start(dir_a.path(), &log, "a", 3600);
+    let a_addr = Mutex::new(a.addr);
+    for b in 0..10 {
+        acked(&a_addr, b, 5);
+    }
+    let b = start(dir_b.path(), &log, "b", 1);
+    // The first writer is fenced: its next batch is refused (and stored nowhere), and it says it is not ready.
+    let refused = a.post_ndjson(SERIES, &batch(100, 5));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("took the log over"),
+        "{}",
+        refused.text()
+    );
+    let ready = a.get("/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.text().contains("took the log over"),
+        "{}",
+        ready.text()
+    );
+    // The second takes writes and has everything the first acknowledged, once.
+    let b_addr = Mutex::new(b.addr);
+    for n in 10..15 {
+        acked(&b_addr, n, 5);
+    }
+    let posted: Vec<(u64, Posted)> = (0..15).map(|b| (b, Posted::Acked)).collect();
+    assert_exactly_once(&stored(&b, from), &posted, 5);
+    assert_eq!(b.get("/readyz").status, 200);
+    b.stop();
+    a.kill9();
+}
+
+#[test]
+fn the_stream_lets_go_of_what_is_sealed_and_a_restart_reads_the_rest() {
+    let test = "nats::the_stream_lets_go_of_what_is_sealed_and_a_restart_reads_the_rest";
+    let Some(cluster) = Cluster::start(test, 3) else {
+        return;
+    };
+    let log = cluster.log_url("purge", 1);
+    let dir = TempDir::new("nats-purge");
+    let from = now_ms();
+    let server = start(dir.path(), &log, "a", 1);
+    let addr = Mutex::new(server.addr);
+    // About 20 MB in batches of 1,000 events: past two spool segments of 8 MiB.
+    const N: usize = 1000;
+    let batches = 200;
+    for b in 0..batches {
+        acked(&addr, b, N);
+    }
+    let posted = batch(0, N).len() as u64 * batches;
+    assert!(posted > 16 << 20, "{posted} bytes");
+    // Once sealed, the segments holding it are collected and the stream purged below what is kept: at most
+    // the spool's newest segments stay.
+    server.wait_sealed("js", now_ms());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = batches;
+    let purged = loop {
+        // More batches, more seals: the sealer collects the log as it goes.
+        acked(&addr, sent, N);
+        sent += 1;
+        let state = cluster.stream_state("purge").unwrap();
+        if state.first_seq > 1 && state.bytes < posted / 2 {
+            break state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never purged: {state:?} of {posted} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(purged.last_seq > batches, "{purged:?}");
+    // A restart reads back only what the stream still holds, and loses nothing.
+    server.kill9();
+    let server = start(dir.path(), &log, "a", 1);
+    let posted: Vec<(u64, Posted)> = (0..sent).map(|b| (b, Posted::Acked)).collect();
+    assert_exactly_once(&stored(&server, from), &posted, N);
+    server.stop();
+}
+
+#[test]
+fn a_folder_whose_local_log_holds_unsealed_events_is_refused_a_replicated_log() {
+    let dir = TempDir::new("nats-local");
+    let server = Server::start(dir.path(), &["--chunk-seconds", "1", "--lateness", "3600"]);
+    assert_eq!(server.post_ndjson(SERIES, &batch(0, 3)).status, 202);
+    server.kill9();
+    // Refused before any server is asked: the local log's batches are acknowledged and only it has them.
+    let data = dir.path().to_str().unwrap();
+    let out = hourglass(&[
+        "serve",
+        "--data",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+        "--log",
+        "nats://127.0.0.1:1/x",
+    ]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("_wal/) holds 3 events not sealed yet"),
+        "{said}"
+    );
+    // Served without it, the events are there still.
+    let server = Server::start(dir.path(), &["--chunk-seconds", "1", "--lateness", "3600"]);
+    assert_eq!(server.get("/api/series/js").json()["unsealed_events"], 3);
+    server.stop();
+}

@@ -366,7 +366,7 @@ impl Collector for Scrape {
             (
                 (
                     "hourglass_fsyncs",
-                    "Appends to the write-ahead log, each ending in one fdatasync (group commit).",
+                    "Appends to the write-ahead log, each ending in one fdatasync (group commit; with --log nats://, one publish).",
                     None,
                 ),
                 &store.fsyncs,
@@ -478,7 +478,7 @@ impl Collector for Scrape {
             e,
             (
                 "hourglass_fsync_duration",
-                "Time of a log append and its fdatasync.",
+                "Time of a log append and its fdatasync (with --log nats://, of its publish until the stream acknowledged it).",
                 Some(Unit::Seconds),
             ),
             &store.fsync_seconds,
@@ -495,7 +495,7 @@ impl Collector for Scrape {
             ),
             &ConstGauge::new(lag as f64 / 1000.0),
         )?;
-        let gauges: [(Describe, ConstGauge<i64>); 5] = [
+        let gauges: [(Describe, ConstGauge<i64>); 7] = [
             (
                 (
                     "hourglass_upload_backlog_archives",
@@ -503,6 +503,22 @@ impl Collector for Scrape {
                     None,
                 ),
                 ConstGauge::new(get(&store.upload_backlog_hours) as i64),
+            ),
+            (
+                (
+                    "hourglass_log_pending_messages",
+                    "With --log nats://: messages the stream still holds, not all of whose events are sealed yet.",
+                    None,
+                ),
+                ConstGauge::new(get(&store.log_pending_messages) as i64),
+            ),
+            (
+                (
+                    "hourglass_log_pending",
+                    "With --log nats://: bytes of those messages.",
+                    Some(Unit::Bytes),
+                ),
+                ConstGauge::new(get(&store.log_pending_bytes) as i64),
             ),
             (
                 (

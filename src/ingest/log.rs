@@ -24,6 +24,10 @@ pub trait Log: Send {
     fn collect(&mut self, sealed: &dyn Fn(&str, Millis) -> bool) -> usize;
     /// A reader of this log's lines by reference.
     fn lines(&self) -> Box<dyn Lines>;
+    /// What a replicated log still holds of this writer's (messages, bytes), as last read: `None` for the local log.
+    fn pending(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// Why the log takes no more appends, if it does not (a replicated log another writer took over).
     fn trouble(&self) -> Option<String> {
         None

@@ -42,6 +42,8 @@ const HEADER_ROOM: usize = 1024;
 /// How long a publish is tried again (a server lost, a leader being elected) before this writer gives up:
 /// the group's clients wait meanwhile, since a refusal must mean "not stored".
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+/// How often collection asks the stream what it holds, for `/metrics`.
+const PENDING_EVERY: Duration = Duration::from_secs(1);
 /// How long opening waits for the servers and JetStream (starting beside them).
 const OPEN_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -124,6 +126,9 @@ pub struct NatsLog {
     firsts: VecDeque<(u32, u64)>,
     /// Everything below this sequence has been purged from the subject.
     purged_below: u64,
+    /// What the stream held when last asked (messages, bytes), and when that was.
+    pending: Option<(u64, u64)>,
+    asked: Option<Instant>,
     /// Why this writer takes no more appends: another one fenced it, or a publish went unanswered so long
     /// that whether it is stored is unknown until a restart reads the stream back.
     trouble: Option<String>,
@@ -192,6 +197,8 @@ impl NatsLog {
                 piece,
                 firsts,
                 purged_below: copied.first.unwrap_or(fence),
+                pending: None,
+                asked: None,
                 trouble: None,
             },
             repairs,
@@ -348,7 +355,21 @@ impl Log for NatsLog {
     fn collect(&mut self, sealed: &dyn Fn(&str, Millis) -> bool) -> usize {
         let removed = self.spool.collect(sealed);
         self.purge();
+        if self.asked.is_none_or(|t| t.elapsed() >= PENDING_EVERY) {
+            self.asked = Some(Instant::now());
+            let stream = &mut self.stream;
+            if let Ok(info) = self
+                .runtime
+                .block_on(async move { stream.info().await.cloned() })
+            {
+                self.pending = Some((info.state.messages, info.state.bytes));
+            }
+        }
         removed
+    }
+
+    fn pending(&self) -> Option<(u64, u64)> {
+        self.pending
     }
 
     fn lines(&self) -> Box<dyn Lines> {

@@ -219,6 +219,9 @@ pub struct StoreMetrics {
     pub hours_uploaded: AtomicU64,
     pub upload_failures: AtomicU64,
     pub upload_backlog_hours: AtomicU64,
+    /// With a replicated log: what its stream still holds (`Log::pending`), as the sealer last read it.
+    pub log_pending_messages: AtomicU64,
+    pub log_pending_bytes: AtomicU64,
 }
 
 /// The answer to an accepted batch.

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Inner, OpenChunk, StoreError, lock};
@@ -216,8 +217,19 @@ fn collect_log(inner: &Inner) {
     let Some(log) = &inner.log else {
         return;
     };
-    let removed =
-        lock(log).collect(&|series, newest| sealed.get(series).is_some_and(|&s| newest < s));
+    let mut log = lock(log);
+    let removed = log.collect(&|series, newest| sealed.get(series).is_some_and(|&s| newest < s));
+    if let Some((messages, bytes)) = log.pending() {
+        inner
+            .metrics
+            .log_pending_messages
+            .store(messages, Ordering::Relaxed);
+        inner
+            .metrics
+            .log_pending_bytes
+            .store(bytes, Ordering::Relaxed);
+    }
+    drop(log);
     if removed > 0 {
         tracing::debug!(segments = removed, "write-ahead log segments removed");
     }

@@ -284,6 +284,13 @@ fn the_stream_lets_go_of_what_is_sealed_and_a_restart_reads_the_rest() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(purged.last_seq > batches, "{purged:?}");
+    // /metrics says what the stream holds, as the sealer last asked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::filters::counter(&server, "hourglass_log_pending_bytes") >= posted / 2 {
+        assert!(Instant::now() < deadline, "pending bytes never fell");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(crate::filters::counter(&server, "hourglass_log_pending_messages") > 0);
     // A restart reads back only what the stream still holds, and loses nothing.
     server.kill9();
     let server = start(dir.path(), &log, "a", 1);

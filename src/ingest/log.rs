@@ -24,6 +24,11 @@ pub trait Log: Send {
     fn collect(&mut self, sealed: &dyn Fn(&str, Millis) -> bool) -> usize;
     /// A reader of this log's lines by reference.
     fn lines(&self) -> Box<dyn Lines>;
+    /// Whether raises of closing boundaries must be logged (`wal::encode_close`) before they are made: for a
+    /// log that another writer may take over, which must then seal exactly what this one would have.
+    fn marks(&self) -> bool {
+        false
+    }
     /// What a replicated log still holds of this writer's (messages, bytes), as last read: `None` for the local log.
     fn pending(&self) -> Option<(u64, u64)> {
         None

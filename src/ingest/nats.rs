@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use tokio::runtime::Handle;
 
 use super::log::{Lines, Log};
-use super::wal::{Position, Repair, Replayed, Wal, WalError};
+use super::wal::{Entry, Position, Repair, Wal, WalError};
 use crate::time::Millis;
 
 const GROUP: &str = "Hg-Group";
@@ -151,7 +151,7 @@ impl NatsLog {
         node: &str,
         spool_dir: &Path,
         runtime: Handle,
-        replay: impl FnMut(Replayed),
+        replay: impl FnMut(Entry),
     ) -> Result<(NatsLog, Vec<Repair>), WalError> {
         let subject = cfg.subject();
         let (js, stream, piece) = runtime.block_on(connect(cfg, node))?;
@@ -169,7 +169,9 @@ impl NatsLog {
             source: e,
         })?;
         let copied = runtime
-            .block_on(copy_all(&stream, &subject, fence, spool_dir))
+            .block_on(patiently("reading the stream back", || {
+                copy_groups(&stream, &subject, fence, spool_dir)
+            }))
             .map_err(|e| nats_error(cfg, format!("reading the stream back: {e}")))?;
         let (spool, repairs) = Wal::open_spool(spool_dir, replay)?;
         let mut firsts = VecDeque::new();
@@ -372,6 +374,10 @@ impl Log for NatsLog {
         self.pending
     }
 
+    fn marks(&self) -> bool {
+        true
+    }
+
     fn lines(&self) -> Box<dyn Lines> {
         self.spool.lines()
     }
@@ -393,22 +399,17 @@ async fn connect(
         .map(|s| s.parse())
         .collect::<Result<_, _>>()
         .map_err(|e| nats_error(cfg, format!("a server address: {e}")))?;
-    let deadline = Instant::now() + OPEN_PATIENCE;
-    let client = loop {
+    let client = patiently("connecting", || async {
         let connecting = async_nats::ConnectOptions::new()
             .name(format!("hourglass {node}"))
             .connect(servers.clone());
         match tokio::time::timeout(Duration::from_secs(5), connecting).await {
-            Ok(Ok(client)) => break client,
-            Ok(Err(e)) if Instant::now() >= deadline => {
-                return Err(nats_error(cfg, format!("connecting: {e}")));
-            }
-            Err(_) if Instant::now() >= deadline => {
-                return Err(nats_error(cfg, "connecting: no server answered"));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(connected) => connected.map_err(|e| e.to_string()),
+            Err(_) => Err("no server answered".to_string()),
         }
-    };
+    })
+    .await
+    .map_err(|e| nats_error(cfg, format!("connecting: {e}")))?;
     let piece = client
         .server_info()
         .max_payload
@@ -428,33 +429,44 @@ async fn connect(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    let stream = loop {
-        match js.get_or_create_stream(config.clone()).await {
-            Ok(stream) => break stream,
-            Err(e) if Instant::now() >= deadline => {
-                return Err(nats_error(cfg, format!("the stream: {e}")));
-            }
-            // JetStream may still be electing its leaders.
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
+    let stream = patiently("finding the stream", || {
+        js.get_or_create_stream(config.clone())
+    })
+    .await
+    .map_err(|e| nats_error(cfg, format!("the stream: {e}")))?;
     Ok((js, stream, piece))
+}
+
+/// Runs `attempt` until it works or `OPEN_PATIENCE` has passed (servers starting beside this one, JetStream
+/// electing its leaders, a server lost moments ago): its last error then.
+async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = Instant::now() + OPEN_PATIENCE;
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "{what}: trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// Publishes this writer's fence (expecting nothing: it takes over whoever was before). Its sequence.
 async fn fence(js: &jetstream::Context, subject: &str, node: &str) -> Result<u64, String> {
-    let deadline = Instant::now() + OPEN_PATIENCE;
-    loop {
+    let ack = patiently("publishing the fence", || async {
         let message = jetstream::message::PublishMessage::build()
             .header(FENCE, node)
             .payload(Bytes::new());
-        let sent = async { js.send_publish(subject.to_string(), message).await?.await };
-        match sent.await {
-            Ok(ack) => return Ok(ack.sequence),
-            Err(e) if Instant::now() >= deadline => return Err(e.to_string()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+        js.send_publish(subject.to_string(), message).await?.await
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(ack.sequence)
 }
 
 /// What `copy_groups` copied.
@@ -463,27 +475,6 @@ struct Copied {
     first: Option<u64>,
     groups: u64,
     bytes: u64,
-}
-
-/// `copy_groups`, tried again while JetStream cannot serve a consumer yet (a server lost moments ago, its
-/// leaders being elected), up to `OPEN_PATIENCE`.
-async fn copy_all(
-    stream: &stream::Stream,
-    subject: &str,
-    fence: u64,
-    dir: &Path,
-) -> Result<Copied, String> {
-    let deadline = Instant::now() + OPEN_PATIENCE;
-    loop {
-        match copy_groups(stream, subject, fence, dir).await {
-            Ok(copied) => return Ok(copied),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the stream back failed: trying again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
 }
 
 /// Copies every whole group of `subject` below the fence into the spool's first segment, in order.

@@ -7,7 +7,11 @@
 //! `kind=1(u8) series_len(u8) series count(u32)` then per event `ts(i64) len(u32) line`; a batch sent with an
 //! `Idempotency-Key` is `kind=2(u8) series_len(u8) series key_len(u8) key digest(u64) count(u32)` then the same.
 //! Every segment but the first begins with `kind=3(u8) segment(u64) len(u64)`: where the segment before it
-//! ends. Bytes past that end were never acknowledged (an append that failed and could not be cut back), so
+//! ends. `kind=4(u8) series_len(u8) series boundary(i64) at(i64)` says the series' closing boundary was raised
+//! to `boundary` at `at` (written where another writer may take the log over: `Log::marks`).
+//! `kind=5(u8) series_len(u8) series width_secs(u32) created(i64)` says a series was made (by its first batch,
+//! in the same append), so a series remade from the log keeps its width and its creation time, which its
+//! ETags name. Bytes past that end were never acknowledged (an append that failed and could not be cut back), so
 //! replay never reads them.
 //!
 //! Replay tells damage from a torn tail. A whole record whose checksum fails, followed by intact records, is
@@ -34,6 +38,8 @@ const SPOOL_SEGMENT_BYTES: u64 = 8 << 20;
 const KIND_EVENTS: u8 = 1;
 const KIND_KEYED: u8 = 2;
 const KIND_END: u8 = 3;
+const KIND_CLOSE: u8 = 4;
+const KIND_SERIES: u8 = 5;
 const FRAME: usize = 8;
 /// A `KIND_END` record, frame included.
 const END_RECORD: usize = FRAME + 1 + 8 + 8;
@@ -142,7 +148,31 @@ pub struct BatchKey {
     pub digest: u64,
 }
 
-/// A replayed record: one batch of one series.
+/// A replayed record.
+pub enum Entry {
+    Batch(Replayed),
+    Close(Close),
+    Made(Made),
+}
+
+/// A series made with `width_secs` at `created`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Made {
+    pub series: String,
+    pub width_secs: u32,
+    pub created: Millis,
+}
+
+/// A series' closing boundary raised to `boundary` at `at`: nothing below it is taken from then on, and
+/// chunks below it sealed after say `at` as their seal time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Close {
+    pub series: String,
+    pub boundary: Millis,
+    pub at: Millis,
+}
+
+/// A replayed batch of one series.
 pub struct Replayed {
     pub series: String,
     pub key: Option<BatchKey>,
@@ -192,7 +222,7 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 impl Wal {
     /// Opens the log folder, hands every intact record to `replay` in write order, sets damaged records and torn
     /// tails aside, and starts a fresh segment for new appends. Returns the log and what was repaired.
-    pub fn open(dir: &Path, replay: impl FnMut(Replayed)) -> Result<(Wal, Vec<Repair>), WalError> {
+    pub fn open(dir: &Path, replay: impl FnMut(Entry)) -> Result<(Wal, Vec<Repair>), WalError> {
         Wal::open_with(dir, true, SEGMENT_BYTES, replay)
     }
 
@@ -200,7 +230,7 @@ impl Wal {
     /// What it holds is durable elsewhere (`ingest::nats`) and copied back into it at start.
     pub fn open_spool(
         dir: &Path,
-        replay: impl FnMut(Replayed),
+        replay: impl FnMut(Entry),
     ) -> Result<(Wal, Vec<Repair>), WalError> {
         Wal::open_with(dir, false, SPOOL_SEGMENT_BYTES, replay)
     }
@@ -209,7 +239,7 @@ impl Wal {
         dir: &Path,
         sync: bool,
         rotate_at: u64,
-        mut replay: impl FnMut(Replayed),
+        mut replay: impl FnMut(Entry),
     ) -> Result<(Wal, Vec<Repair>), WalError> {
         crate::durable::create_dir_all(dir).map_err(at(dir))?;
         let mut ids: Vec<u64> = fs::read_dir(dir)
@@ -257,12 +287,18 @@ impl Wal {
                     });
                 }
             }
-            let scan = read_records(&bytes, id, |r| {
-                if let Some(max) = r.events.iter().map(|e| e.ts).max() {
-                    let e = newest.entry(Arc::from(r.series.as_str())).or_insert(max);
+            let scan = read_records(&bytes, id, |entry| {
+                // A raise of the closing boundary is kept like an event at the boundary, until sealed past.
+                let (series, max) = match &entry {
+                    Entry::Batch(r) => (&r.series, r.events.iter().map(|e| e.ts).max()),
+                    Entry::Close(c) => (&c.series, Some(c.boundary)),
+                    Entry::Made(m) => (&m.series, None),
+                };
+                if let Some(max) = max {
+                    let e = newest.entry(Arc::from(series.as_str())).or_insert(max);
                     *e = (*e).max(max);
                 }
-                replay(r);
+                replay(entry);
             });
             for range in &scan.damaged {
                 repairs.push(set_aside(
@@ -508,15 +544,12 @@ impl Log for Wal {
 
 /// Appends one framed record for `batch` of `series` to `out`.
 pub fn encode(series: &str, key: Option<&BatchKey>, batch: &Batch, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; FRAME]);
-    out.push(if key.is_some() {
+    let kind = if key.is_some() {
         KIND_KEYED
     } else {
         KIND_EVENTS
-    });
-    out.push(series.len() as u8);
-    out.extend_from_slice(series.as_bytes());
+    };
+    let start = begin(kind, series, out);
     if let Some(k) = key {
         out.push(k.key.len() as u8);
         out.extend_from_slice(k.key.as_bytes());
@@ -529,6 +562,32 @@ pub fn encode(series: &str, key: Option<&BatchKey>, batch: &Batch, out: &mut Vec
         out.extend_from_slice(line);
     }
     frame(out, start);
+}
+
+/// Appends one framed record saying that `series`' closing boundary was raised to `boundary` at `at`.
+pub fn encode_close(series: &str, boundary: Millis, at: Millis, out: &mut Vec<u8>) {
+    let start = begin(KIND_CLOSE, series, out);
+    out.extend_from_slice(&boundary.to_le_bytes());
+    out.extend_from_slice(&at.to_le_bytes());
+    frame(out, start);
+}
+
+/// Appends one framed record saying that `series` was made with `width_secs` at `created`.
+pub fn encode_made(series: &str, width_secs: u32, created: Millis, out: &mut Vec<u8>) {
+    let start = begin(KIND_SERIES, series, out);
+    out.extend_from_slice(&width_secs.to_le_bytes());
+    out.extend_from_slice(&created.to_le_bytes());
+    frame(out, start);
+}
+
+/// Begins a record of `kind` about `series` (its frame to be filled in by `frame`): where it starts.
+fn begin(kind: u8, series: &str, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME]);
+    out.push(kind);
+    out.push(series.len() as u8);
+    out.extend_from_slice(series.as_bytes());
+    start
 }
 
 /// Where `encode` put the lines of `batch`, given where its record begins: the one other place that knows the
@@ -564,7 +623,7 @@ struct Scan {
 
 /// One record, decoded.
 enum Record {
-    Batch(Replayed),
+    Entry(Entry),
     /// The segment before this one ends at `len`.
     End {
         segment: u64,
@@ -574,7 +633,7 @@ enum Record {
 
 /// Reads every intact record of `bytes` (segment `segment`) in order, handing each batch to `each`, skipping
 /// damaged stretches (see the module's rules).
-fn read_records(bytes: &[u8], segment: u64, mut each: impl FnMut(Replayed)) -> Scan {
+fn read_records(bytes: &[u8], segment: u64, mut each: impl FnMut(Entry)) -> Scan {
     let mut scan = Scan {
         damaged: Vec::new(),
         tail: None,
@@ -582,8 +641,8 @@ fn read_records(bytes: &[u8], segment: u64, mut each: impl FnMut(Replayed)) -> S
     let mut at = 0;
     while at < bytes.len() {
         if let Some((record, next)) = record_at(bytes, at, segment) {
-            if let Record::Batch(r) = record {
-                each(r);
+            if let Record::Entry(e) = record {
+                each(e);
             }
             at = next;
             continue;
@@ -611,7 +670,7 @@ fn record_at(bytes: &[u8], at: usize, segment: u64) -> Option<(Record, usize)> {
     // Cheap before the checksum: what every payload begins with.
     if !matches!(
         payload.first(),
-        Some(&(KIND_EVENTS | KIND_KEYED | KIND_END))
+        Some(&(KIND_EVENTS | KIND_KEYED | KIND_END | KIND_CLOSE | KIND_SERIES))
     ) {
         return None;
     }
@@ -657,30 +716,43 @@ fn tail_kind(tail: &[u8]) -> RepairKind {
 fn decode(p: &[u8], at: Position) -> Option<Record> {
     let mut r = Reader(p);
     let kind = r.take(1)?[0];
-    if kind == KIND_END {
-        let segment = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-        let len = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-        return r.0.is_empty().then_some(Record::End { segment, len });
-    }
-    if kind != KIND_EVENTS && kind != KIND_KEYED {
-        return None;
-    }
-    let name_len = usize::from(r.take(1)?[0]);
-    let series = std::str::from_utf8(r.take(name_len)?).ok()?.to_string();
+    let record = match kind {
+        KIND_END => Record::End {
+            segment: r.u64()?,
+            len: r.u64()?,
+        },
+        KIND_CLOSE => Record::Entry(Entry::Close(Close {
+            series: r.short_str()?.to_string(),
+            boundary: r.i64()?,
+            at: r.i64()?,
+        })),
+        KIND_SERIES => Record::Entry(Entry::Made(Made {
+            series: r.short_str()?.to_string(),
+            width_secs: r.u32()?,
+            created: r.i64()?,
+        })),
+        KIND_EVENTS | KIND_KEYED => return decode_batch(kind, r, p.len(), at),
+        _ => return None,
+    };
+    r.0.is_empty().then_some(record)
+}
+
+/// The rest of a batch's payload (`payload_len` bytes in all, beginning at `at`) after its kind.
+fn decode_batch(kind: u8, mut r: Reader, payload_len: usize, at: Position) -> Option<Record> {
+    let series = r.short_str()?.to_string();
     let key = if kind == KIND_KEYED {
-        let key_len = usize::from(r.take(1)?[0]);
-        let key = std::str::from_utf8(r.take(key_len)?).ok()?.into();
-        let digest = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let key = r.short_str()?.into();
+        let digest = r.u64()?;
         Some(BatchKey { key, digest })
     } else {
         None
     };
-    let count = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
-    let mut events = Vec::with_capacity(count.min(p.len() / 12));
+    let count = r.u32()? as usize;
+    let mut events = Vec::with_capacity(count.min(payload_len / 12));
     for _ in 0..count {
-        let ts = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
-        let len = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
-        let offset = at.offset + (p.len() - r.0.len()) as u64;
+        let ts = r.i64()?;
+        let len = r.u32()?;
+        let offset = at.offset + (payload_len - r.0.len()) as u64;
         r.take(len as usize)?;
         let line = LineRef {
             segment: at.segment,
@@ -689,11 +761,12 @@ fn decode(p: &[u8], at: Position) -> Option<Record> {
         };
         events.push(Logged { ts, line });
     }
-    r.0.is_empty().then_some(Record::Batch(Replayed {
-        series,
-        key,
-        events,
-    }))
+    r.0.is_empty()
+        .then_some(Record::Entry(Entry::Batch(Replayed {
+            series,
+            key,
+            events,
+        })))
 }
 
 /// Reads lines back from log segments by their references, coalescing neighbours into one `pread`.
@@ -778,6 +851,28 @@ impl<'a> Reader<'a> {
         self.0 = rest;
         Some(head)
     }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        self.array().map(i64::from_le_bytes)
+    }
+
+    /// A string of at most 255 bytes after its length byte (a series name, a key).
+    fn short_str(&mut self) -> Option<&'a str> {
+        let len = usize::from(self.take(1)?[0]);
+        std::str::from_utf8(self.take(len)?).ok()
+    }
 }
 
 #[cfg(test)]
@@ -812,7 +907,11 @@ mod tests {
 
     fn replayed(bytes: &[u8]) -> (Vec<Millis>, Scan) {
         let mut seen = Vec::new();
-        let scan = read_records(bytes, 7, |r| seen.push(r.events[0].ts));
+        let scan = read_records(bytes, 7, |e| {
+            if let Entry::Batch(r) = e {
+                seen.push(r.events[0].ts)
+            }
+        });
         (seen, scan)
     }
 
@@ -828,9 +927,31 @@ mod tests {
         encode("alpha", None, &a, &mut bytes);
         let first_len = bytes.len();
         encode("beta", Some(&key), &b, &mut bytes);
+        let before_close = bytes.len();
+        encode_close("beta", 7_000, 9_000, &mut bytes);
+        encode_made("beta", 10, 5_000, &mut bytes);
         let mut seen = Vec::new();
-        let scan = read_records(&bytes, 7, |r| seen.push(r));
+        let mut closes = Vec::new();
+        let mut made = Vec::new();
+        let scan = read_records(&bytes, 7, |e| match e {
+            Entry::Batch(r) => seen.push(r),
+            Entry::Close(c) => closes.push(c),
+            Entry::Made(m) => made.push(m),
+        });
+        let beta = Made {
+            series: "beta".into(),
+            width_secs: 10,
+            created: 5_000,
+        };
+        assert_eq!(made, [beta]);
         assert!(scan.damaged.is_empty() && scan.tail.is_none());
+        let close = Close {
+            series: "beta".into(),
+            boundary: 7_000,
+            at: 9_000,
+        };
+        assert_eq!(closes, [close]);
+        let bytes = &bytes[..before_close];
         assert_eq!(
             (seen[0].series.as_str(), seen[1].series.as_str()),
             ("alpha", "beta")
@@ -970,7 +1091,12 @@ mod tests {
         );
         drop(wal);
         let mut seen = Vec::new();
-        let (_, repairs) = Wal::open(&dir, |r| seen.push(r.events[0].ts)).unwrap();
+        let (_, repairs) = Wal::open(&dir, |e| {
+            if let Entry::Batch(r) = e {
+                seen.push(r.events[0].ts)
+            }
+        })
+        .unwrap();
         assert_eq!(seen, [0, 1, 2, 4]);
         assert_eq!(repairs.len(), 1, "{repairs:?}");
         assert_eq!(

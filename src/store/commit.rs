@@ -111,6 +111,15 @@ fn commit_group(inner: &Inner, log: &Mutex<Box<dyn Log>>, group: Vec<Job>, recor
         starts.push(records.len() as u64);
         wal::encode(&job.series, job.key.as_ref(), &job.parsed.batch, records);
     }
+    // Where and when the series this group makes were made, after its batches (their offsets stand).
+    if !made.is_empty() {
+        let st = lock(&inner.state);
+        for name in &made {
+            if let Some(s) = st.series.get(&**name) {
+                wal::encode_made(name, s.width.secs(), s.created, records);
+            }
+        }
+    }
     let written = if accepted.is_empty() {
         Ok(wal::Position {
             segment: 0,

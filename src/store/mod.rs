@@ -19,7 +19,7 @@ mod seal;
 pub mod series;
 mod upload;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -292,6 +292,10 @@ struct Series {
     /// Batches stored under an `Idempotency-Key`, until their newest event falls below `closing`: from then on a
     /// retry is refused as late, so it can never be stored twice.
     keys: HashMap<Box<str>, Keyed>,
+    /// Raises of `closing` not sealed past yet, oldest first: (boundary, when). A chunk's seal time is when
+    /// the first raise past its end was made, so that a writer replaying a replicated log's raises seals it
+    /// byte for byte as the writer before it did.
+    raises: VecDeque<(Millis, Millis)>,
 }
 
 /// What a retry with the same key is answered.
@@ -375,7 +379,27 @@ impl Series {
             sealing: BTreeMap::new(),
             changes: watch::channel(0).0,
             keys: HashMap::new(),
+            raises: VecDeque::new(),
         }
+    }
+
+    /// Raises the closing boundary to `boundary` (made at `at`), if that is a raise.
+    fn raise(&mut self, boundary: Millis, at: Millis) {
+        if boundary > self.closing {
+            self.closing = boundary;
+            self.raises.push_back((boundary, at));
+            // A retry of these batches is refused as late from now on: their keys are not needed.
+            self.keys.retain(|_, k| k.newest >= boundary);
+        }
+    }
+
+    /// The seal time of the chunk that ends at `end`: when the closing boundary was first raised past it
+    /// (`now` for a chunk whose raise this process did not see: one made before a restart of the local log).
+    fn sealed_at(&self, end: Millis, now: Millis) -> Millis {
+        self.raises
+            .iter()
+            .find(|&&(boundary, _)| boundary >= end)
+            .map_or(now, |&(_, at)| at)
     }
 
     /// Takes settings just persisted: the watermark and the retention boundary only move forward.
@@ -549,6 +573,26 @@ impl Inner {
         )
     }
 
+    /// Logs that a series was made (its width and creation time), where the log wants it (`Log::marks`): a
+    /// writer that takes the log over makes it the same. A series made by its first batch is logged with it.
+    fn log_made(&self, name: &str) -> Result<(), StoreError> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let made = {
+            let st = lock(&self.state);
+            st.series.get(name).map(|s| (s.width.secs(), s.created))
+        };
+        let mut log = lock(log);
+        let Some((width, created)) = made.filter(|_| log.marks()) else {
+            return Ok(());
+        };
+        let mut record = Vec::new();
+        wal::encode_made(name, width, created, &mut record);
+        log.append(&record)?;
+        Ok(())
+    }
+
     /// Forgets a series made in memory whose folder could not be made, unless it is persisted after all, holds
     /// events, or a batch checked against it may still be on its way to the log (then it stays, and is
     /// persisted before anything of it is sealed).
@@ -621,6 +665,36 @@ fn open_remote(cfg: &StoreConfig) -> Result<Option<Arc<Remote>>, StoreError> {
     Ok(Some(Arc::new(remote)))
 }
 
+/// Before a writer that took a log over takes a batch: every series' closing boundary raised to where the
+/// clock puts it, logged first. The writer before may have swept idle series that far without logging it.
+fn raise_to_clock(
+    log: &mut dyn Log,
+    series: &mut BTreeMap<String, Series>,
+    lateness: Millis,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let mut records = Vec::new();
+    let mut raised = Vec::new();
+    for s in series.values() {
+        let target = s.width.align_down(now - lateness);
+        if target > s.closing {
+            wal::encode_close(&s.name, target, now, &mut records);
+            raised.push((s.name.clone(), target));
+        }
+    }
+    if raised.is_empty() {
+        return Ok(());
+    }
+    log.append(&records)?;
+    for (name, target) in raised {
+        log.note(&name, target);
+        if let Some(s) = series.get_mut(&*name) {
+            s.raise(target, now);
+        }
+    }
+    Ok(())
+}
+
 /// With `--log nats://`, a local log left from serving without it must hold nothing that is not sealed: its
 /// batches are acknowledged, and only that log has them. One that holds nothing more is removed, as
 /// collection would.
@@ -630,9 +704,11 @@ fn refuse_local_log(data: &Path, series: &BTreeMap<String, Series>) -> Result<()
         return Ok(());
     }
     let mut unsealed = 0usize;
-    Wal::open(&dir, |r| {
-        let sealed = series.get(&r.series).map_or(Millis::MIN, |s| s.sealed);
-        unsealed += r.events.iter().filter(|e| e.ts >= sealed).count();
+    Wal::open(&dir, |e| {
+        if let wal::Entry::Batch(r) = e {
+            let sealed = series.get(&r.series).map_or(Millis::MIN, |s| s.sealed);
+            unsealed += r.events.iter().filter(|e| e.ts >= sealed).count();
+        }
     })?;
     if unsealed > 0 {
         return Err(StoreError::storage(
@@ -730,26 +806,32 @@ impl Store {
 
         let now = time::now();
         let mut missing = Vec::new();
+        let mut closes = Vec::new();
+        let mut made: HashMap<String, wal::Made> = HashMap::new();
+        if cfg.log.is_some() {
+            refuse_local_log(&data, &series)?;
+        }
+        let replay = |entry| match entry {
+            wal::Entry::Batch(r) => match series.get_mut(&r.series) {
+                Some(s) => replay_into(s, &r),
+                None => missing.push(r),
+            },
+            // Applied once every series is there.
+            wal::Entry::Close(c) => closes.push(c),
+            wal::Entry::Made(m) => {
+                made.insert(m.series.clone(), m);
+            }
+        };
         let (log, repairs): (Box<dyn Log>, _) = match &cfg.log {
             None => {
-                let (wal, repairs) =
-                    Wal::open(&data.join("_wal"), |r| match series.get_mut(&r.series) {
-                        Some(s) => replay_into(s, &r),
-                        None => missing.push(r),
-                    })?;
+                let (wal, repairs) = Wal::open(&data.join("_wal"), replay)?;
                 (Box::new(wal), repairs)
             }
             Some(nats) => {
-                refuse_local_log(&data, &series)?;
                 let runtime = tokio::runtime::Handle::try_current()
                     .map_err(|_| StoreError::storage("a replicated log needs a runtime", None))?;
                 let spool = data.join("_spool");
-                let (log, repairs) = NatsLog::open(nats, &cfg.node, &spool, runtime, |r| {
-                    match series.get_mut(&r.series) {
-                        Some(s) => replay_into(s, &r),
-                        None => missing.push(r),
-                    }
-                })?;
+                let (log, repairs) = NatsLog::open(nats, &cfg.node, &spool, runtime, replay)?;
                 (Box::new(log), repairs)
             }
         };
@@ -766,25 +848,53 @@ impl Store {
         // Log records of a series whose folder is gone (a crash before a new series' folder was made, or a folder
         // deleted): the folder comes back, with a watermark below its oldest event, so that none is lost.
         let mut oldest: BTreeMap<&str, Millis> = BTreeMap::new();
+        // A series made without a batch yet (`ensure_series`) is made again too, with nothing below the clock.
+        for name in made.keys().filter(|n| !series.contains_key(n.as_str())) {
+            oldest.insert(name.as_str(), Millis::MAX);
+        }
         for r in &missing {
             let t = r.events.iter().map(|e| e.ts).min().unwrap_or(Millis::MAX);
             let o = oldest.entry(r.series.as_str()).or_insert(t);
             *o = (*o).min(t);
         }
-        let width = cfg.default_width;
         for (name, oldest) in oldest {
             let name = SeriesName::parse(name).map_err(|e| StoreError::storage(e, None))?;
-            tracing::warn!(series = %name, "log names a series with no folder: recreating it");
+            // As it was made, when the log says so (a log another writer took over, a folder lost).
+            let (width, created) = made
+                .get(name.as_str())
+                .and_then(|m| Some((ChunkWidth::from_secs(m.width_secs).ok()?, m.created)))
+                .unwrap_or((cfg.default_width, now));
+            if cfg.log.is_none() {
+                tracing::warn!(series = %name, "log names a series with no folder: recreating it");
+            }
             let first = width.align_down(now - cfg.lateness);
             let sealed = first.min(width.align_down(oldest));
             let dir = data.join(name.as_str());
-            let s = create_series(&dir, &name, width, now, sealed, &indexes, remote.as_ref())?;
+            let s = create_series(
+                &dir,
+                &name,
+                width,
+                created,
+                sealed,
+                &indexes,
+                remote.as_ref(),
+            )?;
             series.insert(name.as_str().to_string(), s);
         }
         for r in missing {
             if let Some(s) = series.get_mut(r.series.as_str()) {
                 replay_into(s, &r);
             }
+        }
+        // Raises of a series with nothing left in the log raise nothing: it has nothing to seal.
+        for c in closes {
+            if let Some(s) = series.get_mut(c.series.as_str()) {
+                s.raise(c.boundary, c.at);
+            }
+        }
+        let mut log = log;
+        if log.marks() {
+            raise_to_clock(&mut *log, &mut series, cfg.lateness, now)?;
         }
         let (tx, rx) = mpsc::sync_channel(cfg.max_queued_batches.max(1));
         let inner = Arc::new(Inner::new(
@@ -945,6 +1055,10 @@ impl Store {
                         settings.time_unit = t.unit;
                     }
                 };
+                if created && let Err(e) = inner.log_made(name.as_str()) {
+                    inner.forget_unpersisted(name.as_str());
+                    return Err(e);
+                }
                 // Made here, or by a first batch still on its way to the log: either way it exists from now on.
                 match inner.persist_settings(name.as_str(), set_time) {
                     Ok(Some(_)) => {
@@ -1259,6 +1373,7 @@ fn load_series(
         sealing: BTreeMap::new(),
         changes: watch::channel(0).0,
         keys: HashMap::new(),
+        raises: VecDeque::new(),
     })
 }
 

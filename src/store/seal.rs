@@ -22,7 +22,7 @@ use crate::archive::SeriesArchive;
 use crate::archive::member::{self, MemberMeta};
 use crate::archive::summary::{self, Bloom, Summarized};
 use crate::ingest::log::Lines;
-use crate::ingest::wal::LineRef;
+use crate::ingest::wal::{self, LineRef};
 use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
 
 const TICK: Duration = Duration::from_millis(100);
@@ -90,16 +90,27 @@ pub(super) fn expired(inner: &Inner, now: Millis) -> Vec<(Arc<str>, Millis, Arc<
 
 /// Seals, for every series, the chunks that are due at `now`.
 pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
+    let raises: Vec<(Arc<str>, Millis, bool)> = {
+        let st = lock(&inner.state);
+        st.series
+            .values()
+            .filter_map(|s| {
+                let target = s.width.align_down(now - inner.cfg.lateness);
+                let holds = !s.open.is_empty() || !s.sealing.is_empty();
+                (target > s.closing).then(|| (s.name.clone(), target, holds))
+            })
+            .collect()
+    };
+    log_raises(inner, &raises, now)?;
     let (checked, due) = {
         let mut st = lock(&inner.state);
         let mut due = Vec::new();
-        for s in st.series.values_mut() {
-            let target = s.width.align_down(now - inner.cfg.lateness);
-            if target > s.closing {
-                s.closing = target;
-                // A retry of these batches is refused as late from now on: their keys are not needed.
-                s.keys.retain(|_, k| k.newest >= target);
+        for (name, target, _) in &raises {
+            if let Some(s) = st.series.get_mut(&**name) {
+                s.raise(*target, now);
             }
+        }
+        for s in st.series.values() {
             if s.closing > s.swept || !s.persisted {
                 due.push(s.name.clone());
             }
@@ -127,6 +138,39 @@ pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
     result
 }
 
+/// Makes the raises of closing boundaries of series that hold events not sealed yet durable in the log before
+/// they are made, where the log wants them (`Log::marks`): a writer that takes the log over then refuses what
+/// this one refused, and seals each of those chunks with the seal time this one gave it. A raise that could not
+/// be logged is not made, so nothing is sealed past it. Raises of series with nothing to seal are not logged (a
+/// writer taking over raises those by its own clock), so idle series cost the log nothing.
+fn log_raises(
+    inner: &Inner,
+    raises: &[(Arc<str>, Millis, bool)],
+    now: Millis,
+) -> Result<(), StoreError> {
+    let Some(log) = &inner.log else {
+        return Ok(());
+    };
+    let holding: Vec<_> = raises.iter().filter(|(_, _, holds)| *holds).collect();
+    if holding.is_empty() {
+        return Ok(());
+    }
+    let mut log = lock(log);
+    if !log.marks() {
+        return Ok(());
+    }
+    let mut records = Vec::new();
+    for (name, target, _) in &holding {
+        wal::encode_close(name, *target, now, &mut records);
+    }
+    log.append(&records)?;
+    // Kept like an event at the boundary: until the series is sealed past it.
+    for (name, target, _) in &holding {
+        log.note(name, *target);
+    }
+    Ok(())
+}
+
 /// Seals one series' chunks below its closing boundary. The watermark is persisted when there were chunks to
 /// seal; with none (an idle series) only the sealer's memory moves on (`swept`), which costs no fsync: the
 /// watermark follows when an answer needs it (`Store::final_watermark`) or the next chunk is sealed.
@@ -144,6 +188,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         inner.persist_settings(name, |_| {})?;
         tracing::info!(series = name, "series created");
     }
+    let now = time::now();
     let (archive, width, closing, chunks, summarise) = {
         let mut st = lock(&inner.state);
         // Summaries are worth their time only while sealing keeps up: past half the backlog bound the sealer
@@ -156,9 +201,20 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         for (start, chunk) in std::mem::replace(&mut s.open, keep) {
             s.sealing.insert(start, Arc::new(chunk));
         }
-        let chunks: Vec<_> = s.sealing.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let chunks: Vec<_> = s
+            .sealing
+            .iter()
+            .map(|(k, v)| {
+                (
+                    *k,
+                    v.clone(),
+                    s.sealed_at(k.millis() + s.width.millis(), now),
+                )
+            })
+            .collect();
         if chunks.is_empty() {
             s.swept = s.swept.max(s.closing);
+            s.raises.clear();
             return Ok(());
         }
         if !s.persisted {
@@ -175,7 +231,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         return Ok(());
     };
     let mut lines = lines.fresh();
-    for (start, chunk) in chunks {
+    for (start, chunk, sealed_at) in chunks {
         if archive.contains(start)? {
             tracing::debug!(
                 series = name,
@@ -189,7 +245,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 &chunk,
                 &mut *lines,
                 cfg.max_member_entries,
-                cfg.gzip_level,
+                (cfg.gzip_level, sealed_at),
                 summarise,
             )
             .map_err(|e| StoreError::Storage(format!("reading the log: {e}"), Some(e.kind())))?;
@@ -205,7 +261,17 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
         }
     }
     inner.persist_settings(name, |st| st.sealed = st.sealed.max(closing))?;
+    forget_raises(inner, name);
     Ok(())
+}
+
+/// Raises at or below what is sealed are not needed for a seal time any more.
+fn forget_raises(inner: &Inner, name: &str) {
+    let mut st = lock(&inner.state);
+    if let Some(s) = st.series.get_mut(name) {
+        let swept = s.swept.max(s.sealed);
+        s.raises.retain(|&(boundary, _)| boundary > swept);
+    }
 }
 
 fn collect_log(inner: &Inner) {
@@ -244,13 +310,12 @@ fn encode_chunk(
     chunk: &OpenChunk,
     lines: &mut dyn Lines,
     max_entries: usize,
-    level: u32,
+    (level, sealed_at): (u32, Millis),
     summarise: bool,
 ) -> std::io::Result<Vec<Summarized>> {
     // An index, not a copy of the events: a chunk can hold millions.
     let order = chunk.time_order();
     let parts: Vec<&[u32]> = order.chunks(max_entries.max(1)).collect();
-    let sealed_at = time::now();
     let encode_part = |p: usize, lines: &mut dyn Lines, raw: &mut Vec<u8>| {
         let part = parts[p];
         raw.clear();

@@ -327,3 +327,71 @@ fn a_folder_whose_local_log_holds_unsealed_events_is_refused_a_replicated_log() 
     assert_eq!(server.get("/api/series/js").json()["unsealed_events"], 3);
     server.stop();
 }
+
+/// Final pages as a comparable list: URL, ETag, Last-Modified, Link and body.
+type Finals = Vec<(String, String, String, String, Vec<u8>)>;
+
+fn finals(server: &Server) -> Finals {
+    crate::support::walk(server, "js")
+        .into_iter()
+        .filter(|(_, p)| {
+            p.header("cache-control")
+                .is_some_and(|c| c.contains("immutable"))
+        })
+        .map(|(u, p)| {
+            let h = |name| p.header(name).unwrap_or_default().to_string();
+            (u, h("etag"), h("last-modified"), h("link"), p.body.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_first_did() {
+    let test = "nats::a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_first_did";
+    let Some(cluster) = Cluster::start(test, 3) else {
+        return;
+    };
+    let log = cluster.log_url("again", 3);
+    let (dir_a, dir_b) = (TempDir::new("nats-again-a"), TempDir::new("nats-again-b"));
+    // Parts of 4 events: chunks of several members each.
+    let start_node = |dir: &Path, node: &str| {
+        let args = [
+            "--chunk-seconds",
+            "1",
+            "--lateness",
+            "1",
+            "--max-page-entries",
+            "4",
+        ];
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--log", &log, "--node", node]);
+        Server::start(dir, &args)
+    };
+    let a = start_node(dir_a.path(), "a");
+    let a_addr = Mutex::new(a.addr);
+    for b in 0..8 {
+        acked(&a_addr, b, 5);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    a.wait_sealed("js", now_ms());
+    let before = finals(&a);
+    assert!(before.len() >= 4, "{} final pages", before.len());
+    // The first writer is gone with its folder; a second one has only the stream.
+    a.kill9();
+    drop(dir_a);
+    let b = start_node(dir_b.path(), "b");
+    b.wait_sealed("js", now_ms());
+    let after = finals(&b);
+    for page in &before {
+        assert!(
+            after.contains(page),
+            "{} changed or went: {:?}",
+            page.0,
+            after
+                .iter()
+                .find(|p| p.0 == page.0)
+                .map(|p| (&p.1, &p.2, &p.3))
+        );
+    }
+    b.stop();
+}

@@ -39,7 +39,7 @@ const ARCHIVE_SUFFIX: &str = ".json.gz";
 const SIDECAR_SUFFIX: &str = ".idx";
 const SUMMARIES_SUFFIX: &str = ".sum";
 /// The summaries of a series' complete hours (see `hours`).
-const HOURS_FILE: &str = "hours.idx";
+pub const HOURS_FILE: &str = "hours.idx";
 /// An hour archive being rewritten by an import; renamed over the archive when whole.
 const REWRITE_SUFFIX: &str = ".json.gz.rewrite";
 

@@ -17,6 +17,7 @@ mod replica;
 mod scan;
 mod seal;
 pub mod series;
+mod takeover;
 mod upload;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -665,65 +666,6 @@ fn open_remote(cfg: &StoreConfig) -> Result<Option<Arc<Remote>>, StoreError> {
     Ok(Some(Arc::new(remote)))
 }
 
-/// Before a writer that took a log over takes a batch: every series' closing boundary raised to where the
-/// clock puts it, logged first. The writer before may have swept idle series that far without logging it.
-fn raise_to_clock(
-    log: &mut dyn Log,
-    series: &mut BTreeMap<String, Series>,
-    lateness: Millis,
-    now: Millis,
-) -> Result<(), StoreError> {
-    let mut records = Vec::new();
-    let mut raised = Vec::new();
-    for s in series.values() {
-        let target = s.width.align_down(now - lateness);
-        if target > s.closing {
-            wal::encode_close(&s.name, target, now, &mut records);
-            raised.push((s.name.clone(), target));
-        }
-    }
-    if raised.is_empty() {
-        return Ok(());
-    }
-    log.append(&records)?;
-    for (name, target) in raised {
-        log.note(&name, target);
-        if let Some(s) = series.get_mut(&*name) {
-            s.raise(target, now);
-        }
-    }
-    Ok(())
-}
-
-/// With `--log nats://`, a local log left from serving without it must hold nothing that is not sealed: its
-/// batches are acknowledged, and only that log has them. One that holds nothing more is removed, as
-/// collection would.
-fn refuse_local_log(data: &Path, series: &BTreeMap<String, Series>) -> Result<(), StoreError> {
-    let dir = data.join("_wal");
-    if !dir.exists() {
-        return Ok(());
-    }
-    let mut unsealed = 0usize;
-    Wal::open(&dir, |e| {
-        if let wal::Entry::Batch(r) = e {
-            let sealed = series.get(&r.series).map_or(Millis::MIN, |s| s.sealed);
-            unsealed += r.events.iter().filter(|e| e.ts >= sealed).count();
-        }
-    })?;
-    if unsealed > 0 {
-        return Err(StoreError::storage(
-            format!(
-                "the data folder's local log (_wal/) holds {unsealed} events not sealed yet: serve the folder \
-                 once without --log until they are sealed (a lateness past their time), then start with --log"
-            ),
-            None,
-        ));
-    }
-    fs::remove_dir_all(&dir)
-        .and_then(|()| crate::durable::sync_dir(data))
-        .map_err(|e| StoreError::storage(format!("_wal: {e}"), Some(e.kind())))
-}
-
 /// Starts a store thread, `hourglass-{name}`, whose death by panic ends the process (`AbortOnPanic`).
 fn supervised(
     name: &'static str,
@@ -798,19 +740,31 @@ impl Store {
 
         let indexes = IndexCache::new(cfg.index_cache_bytes);
         let remote = open_remote(&cfg)?;
-        let mut series = BTreeMap::new();
-        for (name, dir) in series_dirs(&data)? {
-            let s = load_series(&name, &dir, &indexes, remote.as_ref())?;
-            series.insert(name.as_str().to_string(), s);
+        let load_all = || -> Result<BTreeMap<String, Series>, StoreError> {
+            let mut series = BTreeMap::new();
+            for (name, dir) in series_dirs(&data)? {
+                let s = load_series(&name, &dir, &indexes, remote.as_ref())?;
+                series.insert(name.as_str().to_string(), s);
+            }
+            Ok(series)
+        };
+        let mut series = load_all()?;
+        if cfg.log.is_some() {
+            takeover::refuse_local_log(&data, &series)?;
+            if let Some(remote) = &remote {
+                let made = takeover::rebuild_from_store(&data, remote)?;
+                tracing::info!(
+                    series = made,
+                    "data folder made again from the object store"
+                );
+                series = load_all()?;
+            }
         }
 
         let now = time::now();
         let mut missing = Vec::new();
         let mut closes = Vec::new();
         let mut made: HashMap<String, wal::Made> = HashMap::new();
-        if cfg.log.is_some() {
-            refuse_local_log(&data, &series)?;
-        }
         let replay = |entry| match entry {
             wal::Entry::Batch(r) => match series.get_mut(&r.series) {
                 Some(s) => replay_into(s, &r),
@@ -894,7 +848,7 @@ impl Store {
         }
         let mut log = log;
         if log.marks() {
-            raise_to_clock(&mut *log, &mut series, cfg.lateness, now)?;
+            takeover::raise_to_clock(&mut *log, &mut series, cfg.lateness, now)?;
         }
         let (tx, rx) = mpsc::sync_channel(cfg.max_queued_batches.max(1));
         let inner = Arc::new(Inner::new(

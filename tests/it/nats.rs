@@ -1,7 +1,8 @@
 //! The write-ahead log on NATS JetStream (`--log nats://`), against a real 3-server cluster (`natsd`):
 //! acknowledged batches survive `kill -9` of the node and of a NATS server, exactly once; a second writer on
 //! the stream fences the first, which then takes no more writes, and replays everything the first acknowledged;
-//! the stream lets go of what is sealed.
+//! the stream lets go of what is sealed; a writer taking over on a fresh folder, from the stream alone or from
+//! the object store and the stream, serves every final page of the one before byte for byte.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -393,5 +394,113 @@ fn a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_f
                 .map(|p| (&p.1, &p.2, &p.3))
         );
     }
+    b.stop();
+}
+
+#[test]
+fn a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream() {
+    let test = "nats::a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream";
+    let Some(cluster) = Cluster::start(test, 3) else {
+        return;
+    };
+    let Some(store) = crate::stores::Store::start(test, crate::stores::Kind::Azurite) else {
+        return;
+    };
+    const HOUR: i64 = 3_600_000;
+    let log = cluster.log_url("takeover", 3);
+    let archive = store.url("takeover");
+    let tmp = TempDir::new("nats-takeover");
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let start_node = |dir: &Path, node: &str, lateness: &str| {
+        let args = [
+            "--chunk-seconds",
+            "1",
+            "--lateness",
+            lateness,
+            "--max-page-entries",
+            "4",
+            "--archive",
+            &archive,
+            "--log",
+            &log,
+            "--node",
+            node,
+        ];
+        Server::start_env(
+            dir,
+            &args,
+            &store.env(),
+            &tmp.path().join(format!("{node}.log")),
+        )
+    };
+    // Events in three hours before the last complete one, and now, taken with a lateness that lets them in.
+    let a = start_node(&dir_a, "a", "18000");
+    let this_hour = now_ms().div_euclid(HOUR) * HOUR;
+    let mut sent = 0u64;
+    for k in (2..5).rev() {
+        let start = this_hour - k * HOUR;
+        let body: String = (0..12)
+            .map(|n| {
+                sent += 1;
+                format!(
+                    "{{\"ts\":{},\"b\":{sent},\"i\":0}}\n",
+                    start + (n + 1) * 60_000
+                )
+            })
+            .collect();
+        assert_eq!(a.post_ndjson(SERIES, &body).status, 202);
+    }
+    a.stop();
+    // The same writer with a short lateness seals it all and uploads the complete hours, and takes events
+    // of now, whose chunks are sealed in its folder only.
+    let a = start_node(&dir_a, "a", "1");
+    let now_batch: String = (0..12)
+        .map(|_| {
+            sent += 1;
+            format!("{{\"ts\":{},\"b\":{sent},\"i\":0}}\n", now_ms())
+        })
+        .collect();
+    assert_eq!(a.post_ndjson(SERIES, &now_batch).status, 202);
+    let uploaded_through = |s: &Server| {
+        let info = s.get("/api/series/js").json();
+        info["uploaded_through"]
+            .as_str()
+            .map(crate::support::parse_time)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while uploaded_through(&a) < Some(this_hour - HOUR) {
+        assert!(Instant::now() < deadline, "not uploaded: {}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.wait_sealed("js", now_ms());
+    let before = finals(&a);
+    assert!(before.len() >= 12, "{} final pages", before.len());
+    // What is uploaded has left the stream: the next writer can have it from the object store only.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.stream_state("takeover").unwrap().first_seq <= 2 {
+        assert!(Instant::now() < deadline, "never purged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Gone, folder and all: the next writer has the object store and the stream.
+    a.kill9();
+    std::fs::remove_dir_all(&dir_a).unwrap();
+    let b = start_node(&dir_b, "b", "1");
+    b.wait_sealed("js", now_ms());
+    assert!(uploaded_through(&b) >= Some(this_hour - HOUR));
+    let after = finals(&b);
+    for page in &before {
+        assert!(
+            after.contains(page),
+            "{} changed or went: {:?}",
+            page.0,
+            after
+                .iter()
+                .find(|p| p.0 == page.0)
+                .map(|p| (&p.1, &p.2, &p.3))
+        );
+    }
+    let counts = stored(&b, this_hour - 5 * HOUR);
+    assert_eq!(counts.len() as u64, sent, "every event, once: {counts:?}");
+    assert!(counts.values().all(|&n| n == 1));
     b.stop();
 }

@@ -105,6 +105,14 @@ pub struct ServeArgs {
     /// This node's name, in what it writes to a replicated log. Default: the host name and the listen port.
     #[arg(long, env = "HOURGLASS_NODE")]
     pub node: Option<String>,
+    /// With --log: how long the log's lease (which node writes) lasts unless renewed; a standby takes over a
+    /// writer that stopped renewing within about this, plus its store's opening.
+    #[arg(long, env = "HOURGLASS_LEASE_MS", default_value_t = 6000, value_parser = clap::value_parser!(u64).range(1000..=600_000))]
+    pub lease_ms: u64,
+    /// With --log: where the other nodes send requests to this one while it writes (`http://host:port`).
+    /// Default: the listen address.
+    #[arg(long, env = "HOURGLASS_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Bearer token required for writes (none: writes are open).
     #[arg(long, env = "HOURGLASS_WRITE_TOKEN", hide_env_values = true)]
     pub write_token: Option<String>,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod durable;
 pub mod filter;
 pub mod ingest;
+pub mod lease;
 pub mod metrics;
 pub mod server;
 pub mod store;

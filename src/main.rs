@@ -70,6 +70,9 @@ async fn run(cli: Cli) -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     hourglass::time::set_clock_offset(args.clock_offset_ms);
+    if let Some(log) = args.log.clone() {
+        return serve_node(args, log).await;
+    }
     let store = server::open_store(args.store_config()).await?;
     let shutdown = server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -84,5 +87,29 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send +
         _ => tracing::info!(%addr, data = %args.store.data.display(), "serving"),
     }
     server::run(listener, store, &args, shutdown).await?;
+    Ok(())
+}
+
+/// One of the nodes on a replicated log: listening at once (standing by until it holds the log's lease).
+async fn serve_node(
+    args: ServeArgs,
+    log: hourglass::ingest::nats::NatsConfig,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let shutdown = server::shutdown_signal();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    println!("listening on {addr}");
+    std::io::stdout().flush()?;
+    let me = hourglass::lease::Holder {
+        node: args.store_config().node,
+        url: args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}")),
+    };
+    tracing::info!(%addr, node = %me.node, stream = %log.stream, "serving as a node of a replicated log");
+    let ttl = std::time::Duration::from_millis(args.lease_ms);
+    let lease = hourglass::lease::Lease::open(&log, me, ttl).await?;
+    server::run_node(listener, &args, lease, shutdown).await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::api::auth::Tokens;
 use crate::api::{self, AppState, Shared};
 use crate::config::ServeArgs;
+use crate::lease::{Lease, Renewal};
 use crate::store::{Store, StoreConfig, StoreError};
 
 pub async fn open_store(cfg: StoreConfig) -> Result<Store, StoreError> {
@@ -34,6 +36,108 @@ pub async fn run(
         // Release held requests first: graceful shutdown waits for every request in flight.
         let _ = stop.send(true);
     };
+    let front = front(&store, args, stopping)?;
+    let served = serve(listener, front, limits(args), shutdown).await;
+    tracing::info!("no more requests; stopping the store");
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .ok();
+    served
+}
+
+/// Serves as one of several nodes on a replicated log: standing by (every request sent to the lease's
+/// holder) until this node takes the lease, then opening its store and serving as `run` does. It keeps the
+/// lease while it serves; a renewal refused (another node holds it) or unanswered for the lease's whole
+/// time ends the process at once, since another writer may be taking over. A clean stop lets the lease go
+/// after the store is stopped, so that a standby takes over without waiting for it to expire.
+pub async fn run_node(
+    listener: TcpListener,
+    args: &ServeArgs,
+    lease: Lease,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, mut stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let node = api::standby::Node::default();
+    let served = tokio::spawn(serve(listener, node.clone(), limits(args), shutdown));
+    let look = lease.ttl / 3;
+    let revision = loop {
+        if *stopping.borrow() {
+            return served.await.unwrap_or(Ok(()));
+        }
+        if let Some(revision) = lease.take().await {
+            break revision;
+        }
+        node.set_holder(lease.holder().await);
+        let _ = tokio::time::timeout(look, stopping.changed()).await;
+    };
+    node.set_holder(None);
+    tracing::info!(node = %lease.me.node, "this node holds the log's lease: opening the store");
+    let lease = Arc::new(lease);
+    let revision = Arc::new(std::sync::atomic::AtomicU64::new(revision));
+    let keeping = tokio::spawn(keep(lease.clone(), revision.clone()));
+    let store = match open_store(args.store_config()).await {
+        Ok(store) => store,
+        Err(e) => {
+            keeping.abort();
+            lease.release(revision.load(Ordering::Acquire)).await;
+            return Err(std::io::Error::other(e.to_string()));
+        }
+    };
+    node.serve(front(&store, args, stopping.clone())?);
+    tracing::info!("serving as the log's writer");
+    let served = served.await.unwrap_or(Ok(()));
+    tracing::info!("no more requests; stopping the store");
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .ok();
+    keeping.abort();
+    lease.release(revision.load(Ordering::Acquire)).await;
+    served
+}
+
+/// Renews the lease every third of its time, for as long as it runs; ends the process once it may have lost
+/// it.
+async fn keep(lease: Arc<Lease>, revision: Arc<std::sync::atomic::AtomicU64>) {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(lease.ttl / 3).await;
+        match lease.renew(revision.load(Ordering::Acquire)).await {
+            Ok(r) => {
+                revision.store(r, Ordering::Release);
+                renewed = Instant::now();
+            }
+            Err(Renewal::Unanswered(e)) if renewed.elapsed() < lease.ttl => {
+                tracing::warn!(error = %e, "renewing the lease failed: trying again");
+            }
+            Err(why) => {
+                tracing::error!(?why, "this node lost the log's lease: stopping at once");
+                eprintln!(
+                    "hourglass: lost the log's lease ({why:?}); stopping so that a supervisor starts it again"
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+fn limits(args: &ServeArgs) -> Limits {
+    Limits {
+        header_timeout: args.request_timeout(),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        max_connections: args.max_connections as usize,
+    }
+}
+
+/// The service that answers a store's requests, with the flags' settings.
+fn front(
+    store: &Store,
+    args: &ServeArgs,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<api::Front> {
     let replica = if args.replica {
         let upstream = args.upstream.as_ref().map(api::replica::Upstream::new);
         let upstream = upstream.transpose().map_err(std::io::Error::other)?;
@@ -65,17 +169,7 @@ pub async fn run(
             elastic: args.elastic_series_field.clone(),
         },
     });
-    let limits = Limits {
-        header_timeout: args.request_timeout(),
-        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
-        max_connections: args.max_connections as usize,
-    };
-    let served = serve(listener, api::Front::new(state), limits, shutdown).await;
-    tracing::info!("no more requests; stopping the store");
-    tokio::task::spawn_blocking(move || store.shutdown())
-        .await
-        .ok();
-    served
+    Ok(api::Front::new(state))
 }
 
 /// What bounds the accept loop.
@@ -94,12 +188,22 @@ struct Limits {
 /// connections forever. At most `max_connections` are served at once: past that the loop waits for one to
 /// close, and further clients wait in the kernel's queue. A failing accept (out of file descriptors) is retried
 /// after a pause that doubles, up to a second, rather than in a tight loop.
-async fn serve(
+async fn serve<S>(
     listener: TcpListener,
-    front: api::Front,
+    front: S,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     const FIRST_PAUSE: Duration = Duration::from_millis(5);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.header_read_timeout(limits.header_timeout);

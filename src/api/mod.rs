@@ -15,6 +15,7 @@ pub mod pages;
 pub mod replica;
 mod series;
 pub mod shippers;
+pub mod standby;
 mod ui;
 
 use std::sync::Arc;

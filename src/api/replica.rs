@@ -47,7 +47,7 @@ impl Upstream {
     }
 
     /// Sends a request on as it came (but for hop-by-hop headers) and its answer back as it comes.
-    async fn forward(&self, req: Request) -> Response {
+    pub async fn forward(&self, req: Request) -> Response {
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri

@@ -393,23 +393,9 @@ async fn connect(
     cfg: &NatsConfig,
     node: &str,
 ) -> Result<(jetstream::Context, stream::Stream, usize), WalError> {
-    let servers: Vec<async_nats::ServerAddr> = cfg
-        .servers
-        .iter()
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e| nats_error(cfg, format!("a server address: {e}")))?;
-    let client = patiently("connecting", || async {
-        let connecting = async_nats::ConnectOptions::new()
-            .name(format!("hourglass {node}"))
-            .connect(servers.clone());
-        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
-            Ok(connected) => connected.map_err(|e| e.to_string()),
-            Err(_) => Err("no server answered".to_string()),
-        }
-    })
-    .await
-    .map_err(|e| nats_error(cfg, format!("connecting: {e}")))?;
+    let client = connect_client(cfg, node)
+        .await
+        .map_err(|e| nats_error(cfg, e))?;
     let piece = client
         .server_info()
         .max_payload
@@ -437,9 +423,30 @@ async fn connect(
     Ok((js, stream, piece))
 }
 
+/// A connection to the log's servers, waiting up to `OPEN_PATIENCE` for one to answer.
+pub async fn connect_client(cfg: &NatsConfig, node: &str) -> Result<async_nats::Client, String> {
+    let servers: Vec<async_nats::ServerAddr> = cfg
+        .servers
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("a server address: {e}"))?;
+    patiently("connecting", || async {
+        let connecting = async_nats::ConnectOptions::new()
+            .name(format!("hourglass {node}"))
+            .connect(servers.clone());
+        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            Ok(connected) => connected.map_err(|e| e.to_string()),
+            Err(_) => Err("no server answered".to_string()),
+        }
+    })
+    .await
+    .map_err(|e| format!("connecting: {e}"))
+}
+
 /// Runs `attempt` until it works or `OPEN_PATIENCE` has passed (servers starting beside this one, JetStream
 /// electing its leaders, a server lost moments ago): its last error then.
-async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+pub async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
     mut attempt: impl FnMut() -> F,
 ) -> Result<T, E> {

@@ -1,8 +1,9 @@
 //! The write-ahead log on NATS JetStream (`--log nats://`), against a real 3-server cluster (`natsd`):
-//! acknowledged batches survive `kill -9` of the node and of a NATS server, exactly once; a second writer on
-//! the stream fences the first, which then takes no more writes, and replays everything the first acknowledged;
-//! the stream lets go of what is sealed; a writer taking over on a fresh folder, from the stream alone or from
-//! the object store and the stream, serves every final page of the one before byte for byte.
+//! acknowledged batches survive `kill -9` of the node and of a NATS server, exactly once; standbys take writes
+//! and reads for the lease's holder, and take over from a writer paused past its lease (which stops when it
+//! resumes) and from a killed one; the stream lets go of what is sealed; a writer taking over on a fresh folder,
+//! from the stream alone or from the object store and the stream, serves every final page of the one before
+//! byte for byte.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,13 +20,25 @@ use crate::support::{Server, TempDir, hourglass, now_ms, request};
 const SERIES: &str = "/api/series/js/events";
 
 /// A node on `log` with 1 s chunks and `lateness` seconds of lateness.
+/// Leases of tests that take over from a writer: short, so that a standby takes over in seconds.
+const LEASE_MS: &str = "1500";
+
+/// A node on `log` with 1 s chunks and `lateness` seconds of lateness.
 fn start(data: &Path, log: &str, node: &str, lateness: u32) -> Server {
+    start_leased(data, log, node, lateness, LEASE_MS)
+}
+
+/// `start` with a lease of `lease_ms`: a long one where NATS servers are killed under a writer that must not
+/// lose its lease while JetStream elects new leaders.
+fn start_leased(data: &Path, log: &str, node: &str, lateness: u32, lease_ms: &str) -> Server {
     let lateness = lateness.to_string();
     let args = [
         "--chunk-seconds",
         "1",
         "--lateness",
         &lateness,
+        "--lease-ms",
+        lease_ms,
         "--log",
         log,
         "--node",
@@ -54,6 +67,8 @@ enum Posted {
     /// An attempt got no answer (the node was killed) and a later one was refused as late: stored whole
     /// once, or not at all.
     Unknown,
+    /// Refused every time (503s while there was no writer, then as late): never stored.
+    Refused,
 }
 
 /// Posts batch `b` under its own Idempotency-Key until it is acknowledged: a 503 (a NATS server lost, a
@@ -77,13 +92,37 @@ fn post(addr: &Mutex<SocketAddr>, b: u64, n: usize, patience: Duration) -> Poste
         );
         match answer {
             Ok(r) if r.status == 202 => return Posted::Acked,
-            Ok(r) if r.status == 400 && unanswered => return Posted::Unknown,
-            Ok(r) => assert_eq!(r.status, 503, "batch {b}: {}", r.text()),
+            Ok(r) if r.status == 422 && r.text().contains("late_event") => {
+                return if unanswered {
+                    Posted::Unknown
+                } else {
+                    Posted::Refused
+                };
+            }
+            // 503: no writer yet, or the log cannot take it; 502: sent on to a writer that is gone.
+            Ok(r) => assert!([502, 503].contains(&r.status), "batch {b}: {}", r.text()),
             Err(_) => unanswered = true,
         }
         assert!(
             Instant::now() < deadline,
             "batch {b} was never acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `server` holds the log's lease and serves as its writer.
+fn wait_writing(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = server.get("/readyz");
+        if ready.status == 200 && ready.json().get("role").is_none() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never the writer: {}",
+            ready.text()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -121,7 +160,11 @@ fn assert_exactly_once(counts: &HashMap<(u64, u64), usize>, posted: &[(u64, Post
     let mut batches: std::collections::HashSet<u64> = counts.keys().map(|&(b, _)| b).collect();
     for &(b, outcome) in posted {
         let present = batches.remove(&b);
-        if outcome == Posted::Unknown && !present {
+        assert!(
+            !(outcome == Posted::Refused && present),
+            "batch {b} was refused, and stored"
+        );
+        if outcome != Posted::Acked && !present {
             continue;
         }
         for i in 0..n as u64 {
@@ -149,7 +192,8 @@ fn acknowledged_batches_survive_kill_9_of_the_node_and_of_a_nats_server_exactly_
     let dir = TempDir::new("nats-survive");
     let from = now_ms();
     // Lateness long enough for a retry to reach the restarted node before its batch is late.
-    let server = start(dir.path(), &log, "a", 5);
+    let server = start_leased(dir.path(), &log, "a", 5, "20000");
+    wait_writing(&server);
     let addr = Arc::new(Mutex::new(server.addr));
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
@@ -187,7 +231,7 @@ fn acknowledged_batches_survive_kill_9_of_the_node_and_of_a_nats_server_exactly_
     wait_for_more(50);
     // The node goes, mid-ingest; it comes back on the same folder and reads its log back from the stream.
     server.kill9();
-    let server = start(dir.path(), &log, "a", 5);
+    let server = start_leased(dir.path(), &log, "a", 5, "20000");
     *addr.lock().unwrap() = server.addr;
     wait_for_more(50);
     // The lost server comes back and catches up.
@@ -202,48 +246,122 @@ fn acknowledged_batches_survive_kill_9_of_the_node_and_of_a_nats_server_exactly_
     server.stop();
 }
 
+/// `kill -STOP` or `kill -CONT` of a process.
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Which of `nodes` writes, once one does (the others stand by and name it).
+fn writer_of(nodes: &[&Server]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            let ready = n.get("/readyz");
+            if ready.status == 200 && ready.json().get("role").is_none() {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no writer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
-fn a_second_writer_on_the_stream_fences_the_first_and_replays_what_it_acknowledged() {
-    let test =
-        "nats::a_second_writer_on_the_stream_fences_the_first_and_replays_what_it_acknowledged";
+fn standbys_take_writes_and_take_over_from_a_paused_then_a_killed_writer_with_every_batch_once() {
+    let test = "nats::standbys_take_writes_and_take_over_from_a_paused_then_a_killed_writer_with_every_batch_once";
     let Some(cluster) = Cluster::start(test, 3) else {
         return;
     };
-    let log = cluster.log_url("fence", 3);
-    let (dir_a, dir_b) = (TempDir::new("nats-a"), TempDir::new("nats-b"));
-    let from = now_ms();
-    // A long lateness at the first: nothing it takes is sealed, all of it is in the stream only.
-    let a = start(dir_a.path(), &log, "a", 3600);
-    let a_addr = Mutex::new(a.addr);
-    for b in 0..10 {
-        acked(&a_addr, b, 5);
+    let log = cluster.log_url("failover", 3);
+    let dirs: Vec<TempDir> = (0..3)
+        .map(|i| TempDir::new(&format!("nats-node{i}")))
+        .collect();
+    let a = start(dirs[0].path(), &log, "a", 2);
+    wait_writing(&a);
+    let b = start(dirs[1].path(), &log, "b", 2);
+    let c = start(dirs[2].path(), &log, "c", 2);
+    // Standbys say who writes, and send what they get to it.
+    for standby in [&b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while standby.get("/readyz").json().get("writer") != Some(&Value::from("a")) {
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                standby.get("/readyz").text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    let b = start(dir_b.path(), &log, "b", 1);
-    // The first writer is fenced: its next batch is refused (and stored nowhere), and it says it is not ready.
-    let refused = a.post_ndjson(SERIES, &batch(100, 5));
-    assert_eq!(refused.status, 503, "{}", refused.text());
-    assert!(
-        refused.text().contains("took the log over"),
-        "{}",
-        refused.text()
-    );
-    let ready = a.get("/readyz");
-    assert_eq!(ready.status, 503);
-    assert!(
-        ready.text().contains("took the log over"),
-        "{}",
-        ready.text()
-    );
-    // The second takes writes and has everything the first acknowledged, once.
-    let b_addr = Mutex::new(b.addr);
-    for n in 10..15 {
-        acked(&b_addr, n, 5);
+    let addrs: Vec<Mutex<SocketAddr>> = [&a, &b, &c].iter().map(|s| Mutex::new(s.addr)).collect();
+    let mut posted = Vec::new();
+    for n in 0..12u64 {
+        acked(&addrs[n as usize % 3], n, 5);
+        posted.push((n, Posted::Acked));
     }
-    let posted: Vec<(u64, Posted)> = (0..15).map(|b| (b, Posted::Acked)).collect();
-    assert_exactly_once(&stored(&b, from), &posted, 5);
-    assert_eq!(b.get("/readyz").status, 200);
-    b.stop();
-    a.kill9();
+    // Reads too: the same pages from a standby as from the writer.
+    let bodies = |s: &Server| -> Vec<(String, Vec<u8>)> {
+        crate::support::walk(s, "js")
+            .into_iter()
+            .map(|(u, p)| (u, p.body))
+            .collect()
+    };
+    let from_a = bodies(&a);
+    assert!(!from_a.is_empty());
+    assert_eq!(bodies(&b), from_a);
+
+    // The writer is paused past its lease: a standby takes the lease, fences the log and writes.
+    signal(a.pid(), "-STOP");
+    let paused = Instant::now();
+    let second = writer_of(&[&b, &c]);
+    let took = paused.elapsed();
+    let second_addr = Mutex::new([&b, &c][second].addr);
+    for n in 12..20u64 {
+        acked(&second_addr, n, 5);
+        posted.push((n, Posted::Acked));
+    }
+    // Resumed, the old writer finds its lease gone and stops; nothing it does reaches the stream.
+    signal(a.pid(), "-CONT");
+    let mut a = a;
+    let exit = a
+        .wait_exit(Duration::from_secs(10))
+        .expect("the paused writer stops");
+    assert!(!exit.success());
+
+    // The second writer is killed during ingest sent to the last standby: it takes over.
+    let (second, third) = if second == 0 { (b, c) } else { (c, b) };
+    let third_addr = Arc::new(Mutex::new(third.addr));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (addr, stop) = (third_addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut done = Vec::new();
+                let mut n = 100 + w * 1000;
+                while !stop.load(Ordering::Relaxed) {
+                    done.push((n, post(&addr, n, 5, Duration::from_secs(30))));
+                    n += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    second.kill9();
+    let killed = Instant::now();
+    wait_writing(&third);
+    let failover = killed.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        posted.extend(w.join().unwrap());
+    }
+    eprintln!("failover: paused writer replaced in {took:?}, killed writer in {failover:?}");
+    assert_exactly_once(&stored(&third, now_ms() - 600_000), &posted, 5);
+    third.stop();
 }
 
 #[test]
@@ -256,6 +374,7 @@ fn the_stream_lets_go_of_what_is_sealed_and_a_restart_reads_the_rest() {
     let dir = TempDir::new("nats-purge");
     let from = now_ms();
     let server = start(dir.path(), &log, "a", 1);
+    wait_writing(&server);
     let addr = Mutex::new(server.addr);
     // About 20 MB in batches of 1,000 events: past two spool segments of 8 MiB.
     const N: usize = 1000;
@@ -302,11 +421,16 @@ fn the_stream_lets_go_of_what_is_sealed_and_a_restart_reads_the_rest() {
 
 #[test]
 fn a_folder_whose_local_log_holds_unsealed_events_is_refused_a_replicated_log() {
+    let test = "nats::a_folder_whose_local_log_holds_unsealed_events_is_refused_a_replicated_log";
+    let Some(cluster) = Cluster::start(test, 3) else {
+        return;
+    };
+    let log = cluster.log_url("local", 1);
     let dir = TempDir::new("nats-local");
     let server = Server::start(dir.path(), &["--chunk-seconds", "1", "--lateness", "3600"]);
     assert_eq!(server.post_ndjson(SERIES, &batch(0, 3)).status, 202);
     server.kill9();
-    // Refused before any server is asked: the local log's batches are acknowledged and only it has them.
+    // Refused: the local log's batches are acknowledged and only it has them.
     let data = dir.path().to_str().unwrap();
     let out = hourglass(&[
         "serve",
@@ -315,7 +439,7 @@ fn a_folder_whose_local_log_holds_unsealed_events_is_refused_a_replicated_log() 
         "--listen",
         "127.0.0.1:0",
         "--log",
-        "nats://127.0.0.1:1/x",
+        &log,
     ]);
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
@@ -365,10 +489,11 @@ fn a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_f
             "4",
         ];
         let mut args: Vec<&str> = args.to_vec();
-        args.extend(["--log", &log, "--node", node]);
+        args.extend(["--lease-ms", "1500", "--log", &log, "--node", node]);
         Server::start(dir, &args)
     };
     let a = start_node(dir_a.path(), "a");
+    wait_writing(&a);
     let a_addr = Mutex::new(a.addr);
     for b in 0..8 {
         acked(&a_addr, b, 5);
@@ -419,6 +544,8 @@ fn a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream() 
             lateness,
             "--max-page-entries",
             "4",
+            "--lease-ms",
+            "1500",
             "--archive",
             &archive,
             "--log",
@@ -435,6 +562,7 @@ fn a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream() 
     };
     // Events in three hours before the last complete one, and now, taken with a lateness that lets them in.
     let a = start_node(&dir_a, "a", "18000");
+    wait_writing(&a);
     let this_hour = now_ms().div_euclid(HOUR) * HOUR;
     let mut sent = 0u64;
     for k in (2..5).rev() {
@@ -454,6 +582,7 @@ fn a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream() 
     // The same writer with a short lateness seals it all and uploads the complete hours, and takes events
     // of now, whose chunks are sealed in its folder only.
     let a = start_node(&dir_a, "a", "1");
+    wait_writing(&a);
     let now_batch: String = (0..12)
         .map(|_| {
             sent += 1;

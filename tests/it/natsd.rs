@@ -21,6 +21,9 @@ struct Node {
 pub struct Cluster {
     dir: TempDir,
     nodes: Vec<Node>,
+    /// Clusters take turns: three servers electing leaders beside other clusters on two cores make elections
+    /// (and so the tests' waits) slow.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 /// What a stream holds, as a server reports it.
@@ -48,6 +51,8 @@ impl Cluster {
             );
             return None;
         }
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let nodes = (0..n)
             .map(|_| Node {
                 port: free_port(),
@@ -59,6 +64,7 @@ impl Cluster {
         let mut cluster = Cluster {
             dir: TempDir::new("nats"),
             nodes,
+            _turn: turn,
         };
         for i in 0..n {
             cluster.resume(i);

@@ -633,3 +633,122 @@ fn a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream() 
     assert!(counts.values().all(|&n| n == 1));
     b.stop();
 }
+
+/// The nodes running.
+fn live(nodes: &[Option<Server>]) -> Vec<&Server> {
+    nodes.iter().flatten().collect()
+}
+
+/// One cycle of the cluster torture: what was killed, and how long until a node wrote again.
+#[derive(Debug)]
+enum Cycle {
+    Writer(Duration),
+    Nats,
+}
+
+/// Cluster crash torture: three nodes and three NATS servers, batches sent to every node all along, and at
+/// every cycle a random kill: the writer (`kill -9`, started again as a standby once another writes) or a NATS
+/// server (`kill -9`, started again a moment later). Ingest must go on through every cycle; at the end each
+/// acknowledged batch is stored exactly once, whole, and a refused one never. `HOURGLASS_CLUSTER_CYCLES` sets the cycles (default 20); the
+/// failover times are printed (`benches/cluster.sh`).
+#[test]
+fn a_cluster_torture_of_killed_writers_and_nats_servers_loses_nothing() {
+    use rand::Rng;
+    let test = "nats::a_cluster_torture_of_killed_writers_and_nats_servers_loses_nothing";
+    let cycles: usize = std::env::var("HOURGLASS_CLUSTER_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let Some(mut cluster) = Cluster::start(test, 3) else {
+        return;
+    };
+    let log = cluster.log_url("torture", 3);
+    let dirs: Vec<TempDir> = (0..3)
+        .map(|i| TempDir::new(&format!("torture{i}")))
+        .collect();
+    let names = ["a", "b", "c"];
+    // A lateness past a failover: batches retried across one are mostly taken, not refused as late.
+    let lateness = 10;
+    let mut nodes: Vec<Option<Server>> = (0..3)
+        .map(|i| Some(start(dirs[i].path(), &log, names[i], lateness)))
+        .collect();
+    let addrs: Arc<Vec<Mutex<SocketAddr>>> = Arc::new(
+        nodes
+            .iter()
+            .map(|n| Mutex::new(n.as_ref().unwrap().addr))
+            .collect(),
+    );
+    writer_of(&live(&nodes));
+    let stop = Arc::new(AtomicBool::new(false));
+    let posted: Arc<Mutex<Vec<(u64, Posted)>>> = Arc::default();
+    let senders: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (addrs, stop, posted) = (addrs.clone(), stop.clone(), posted.clone());
+            std::thread::spawn(move || {
+                let mut n = w << 32;
+                let mut rng = rand::rng();
+                while !stop.load(Ordering::Relaxed) {
+                    let to = &addrs[rng.random_range(0..addrs.len())];
+                    let outcome = post(to, n, 5, Duration::from_secs(60));
+                    posted.lock().unwrap().push((n, outcome));
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut rng = rand::rng();
+    let mut done = Vec::new();
+    for cycle in 0..cycles {
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
+        if rng.random_bool(0.6) {
+            let w = writer_of(&live(&nodes));
+            let i = nodes
+                .iter()
+                .position(|n| n.as_ref().is_some_and(|s| s.addr == live(&nodes)[w].addr))
+                .unwrap();
+            nodes[i].take().unwrap().kill9();
+            let killed = Instant::now();
+            writer_of(&live(&nodes));
+            done.push(Cycle::Writer(killed.elapsed()));
+            let again = start(dirs[i].path(), &log, names[i], lateness);
+            *addrs[i].lock().unwrap() = again.addr;
+            nodes[i] = Some(again);
+        } else {
+            let k = rng.random_range(0..3);
+            cluster.kill9(k);
+            std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
+            cluster.resume(k);
+            done.push(Cycle::Nats);
+        }
+        let so_far = posted.lock().unwrap().len();
+        assert!(so_far > cycle, "ingest stopped after {so_far} batches");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let w = writer_of(&live(&nodes));
+    let writer = live(&nodes)[w];
+    let posted = posted.lock().unwrap().clone();
+    assert_exactly_once(&stored(writer, now_ms() - 3_600_000), &posted, 5);
+    let mut times: Vec<Duration> = done
+        .iter()
+        .filter_map(|c| match c {
+            Cycle::Writer(t) => Some(*t),
+            Cycle::Nats => None,
+        })
+        .collect();
+    times.sort();
+    let acked = posted.iter().filter(|(_, p)| *p == Posted::Acked).count();
+    eprintln!(
+        "cluster torture: {cycles} cycles ({} writers killed, {} NATS servers), {} batches sent, {acked} acknowledged; failover p50 {:?}, max {:?}",
+        times.len(),
+        cycles - times.len(),
+        posted.len(),
+        times.get(times.len() / 2),
+        times.last()
+    );
+    for node in nodes.into_iter().flatten() {
+        node.kill9();
+    }
+}

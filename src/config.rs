@@ -97,10 +97,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HOURGLASS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// The write-ahead log: `nats://host:port[,host:port…]/STREAM[?replicas=N]` puts it on a NATS JetStream
-    /// stream (created with N replicas if missing), so a batch is acknowledged once the stream has stored it,
-    /// and a writer started on the same stream takes it over from the one before. Default: `_wal/` in the data
-    /// folder, fsync'd.
-    #[arg(long, env = "HOURGLASS_LOG_URL", value_parser = NatsConfig::parse, conflicts_with = "replica")]
+    /// stream (created with N replicas if missing), so a batch is acknowledged once the stream has stored it;
+    /// several nodes may share it (the one holding its lease writes, the others send requests to it). Needs
+    /// --archive. Default: `_wal/` in the data folder, fsync'd.
+    #[arg(long, env = "HOURGLASS_LOG_URL", value_parser = NatsConfig::parse, conflicts_with = "replica", requires = "archive")]
     pub log: Option<NatsConfig>,
     /// This node's name, in what it writes to a replicated log. Default: the host name and the listen port.
     #[arg(long, env = "HOURGLASS_NODE")]

@@ -274,10 +274,10 @@ fn forget_raises(inner: &Inner, name: &str) {
     }
 }
 
-/// Lets the log go of what is durable in the archive: sealed, or, for a replicated log with an object store
-/// (which a writer on another folder may take over), uploaded.
+/// Lets the log go of what is durable in the archive: sealed, or, for a replicated log (which a writer on
+/// another folder may take over), uploaded.
 fn collect_log(inner: &Inner) {
-    let uploaded = inner.cfg.log.is_some() && inner.remote.is_some();
+    let uploaded = inner.cfg.log.is_some();
     let sealed: HashMap<String, Millis> = lock(&inner.state)
         .series
         .iter()

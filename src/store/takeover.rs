@@ -1,12 +1,12 @@
 //! What a writer does when it opens a replicated log (`--log nats://`), which another writer may have held:
-//! its data folder is a cache it rebuilds, never a source of truth. With an object store the series' sealed
-//! past comes from there (their settings and hour summaries; archives are read from the store as for any
+//! its data folder is a cache it rebuilds, never a source of truth. The series' sealed past comes from the
+//! object store (which a replicated log needs) (their settings and hour summaries; archives are read from the store as for any
 //! uploaded hour) and everything after `uploaded_through` from the log, sealed again byte for byte; before its
 //! first batch it raises every closing boundary to its clock, logged, since the writer before may have swept
 //! idle series that far without logging it. A local log left in the folder must hold nothing unsealed.
 //!
-//! Must not: take a local series folder for the truth once an object store is there (the writer before may
-//! have sealed and uploaded more), or raise a boundary it has not logged.
+//! Must not: take a local series folder for the truth (the writer before may have sealed and uploaded more),
+//! or raise a boundary it has not logged.
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,9 +1,9 @@
-//! The write-ahead log on NATS JetStream (`--log nats://`), against a real 3-server cluster (`natsd`):
-//! acknowledged batches survive `kill -9` of the node and of a NATS server, exactly once; standbys take writes
-//! and reads for the lease's holder, and take over from a writer paused past its lease (which stops when it
-//! resumes) and from a killed one; the stream lets go of what is sealed; a writer taking over on a fresh folder,
-//! from the stream alone or from the object store and the stream, serves every final page of the one before
-//! byte for byte.
+//! The write-ahead log on NATS JetStream (`--log nats://`), against a real 3-server cluster (`natsd`) and
+//! Azurite for the sealed past: acknowledged batches survive `kill -9` of the node and of a NATS server,
+//! exactly once; standbys take writes and reads for the lease's holder, and take over from a writer paused
+//! past its lease (which stops when it resumes) and from a killed one; a writer taking over on a fresh folder,
+//! from the stream alone or from the object store and the stream (what is uploaded having left the stream),
+//! serves every final page of the one before byte for byte; a cluster crash torture.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::natsd::Cluster;
-use crate::support::{Server, TempDir, hourglass, now_ms, request};
+use crate::support::{Server, TempDir, now_ms, request};
 
 const SERIES: &str = "/api/series/js/events";
 
@@ -23,28 +23,49 @@ const SERIES: &str = "/api/series/js/events";
 /// Leases of tests that take over from a writer: short, so that a standby takes over in seconds.
 const LEASE_MS: &str = "1500";
 
-/// A node on `log` with 1 s chunks and `lateness` seconds of lateness.
-fn start(data: &Path, log: &str, node: &str, lateness: u32) -> Server {
-    start_leased(data, log, node, lateness, LEASE_MS)
+/// What every test here runs against: a NATS cluster and an object store (Azurite) for the sealed past.
+struct Setup {
+    cluster: Cluster,
+    store: crate::stores::Store,
+    archive: String,
+    logs: TempDir,
 }
 
-/// `start` with a lease of `lease_ms`: a long one where NATS servers are killed under a writer that must not
-/// lose its lease while JetStream elects new leaders.
-fn start_leased(data: &Path, log: &str, node: &str, lateness: u32, lease_ms: &str) -> Server {
-    let lateness = lateness.to_string();
-    let args = [
-        "--chunk-seconds",
-        "1",
-        "--lateness",
-        &lateness,
-        "--lease-ms",
-        lease_ms,
-        "--log",
-        log,
-        "--node",
-        node,
-    ];
-    Server::start(data, &args)
+/// The cluster and the store, `None` (after `missing`) where either is not installed.
+fn setup(test: &str, prefix: &str) -> Option<Setup> {
+    let cluster = Cluster::start(test, 3)?;
+    let store = crate::stores::Store::start(test, crate::stores::Kind::Azurite)?;
+    Some(Setup {
+        archive: store.url(prefix),
+        cluster,
+        store,
+        logs: TempDir::new("nats-logs"),
+    })
+}
+
+impl Setup {
+    /// A node on `log` with 1 s chunks, `lateness` seconds of lateness and the short lease.
+    fn start(&self, data: &Path, log: &str, node: &str, lateness: u32) -> Server {
+        self.start_with(data, log, node, lateness, &["--lease-ms", LEASE_MS])
+    }
+
+    /// `start` with other flags: a long lease where NATS servers are killed under a writer that must not
+    /// lose its lease while JetStream elects new leaders, or smaller parts.
+    fn start_with(
+        &self,
+        data: &Path,
+        log: &str,
+        node: &str,
+        lateness: u32,
+        extra: &[&str],
+    ) -> Server {
+        let lateness = lateness.to_string();
+        let mut args = vec!["--chunk-seconds", "1", "--lateness", &lateness];
+        args.extend(["--archive", &self.archive, "--log", log, "--node", node]);
+        args.extend(extra);
+        let log_file = self.logs.path().join(format!("{node}.log"));
+        Server::start_env(data, &args, &self.store.env(), &log_file)
+    }
 }
 
 /// A batch of `n` events of batch number `b`, each naming its batch and place.
@@ -185,14 +206,14 @@ fn assert_exactly_once(counts: &HashMap<(u64, u64), usize>, posted: &[(u64, Post
 fn acknowledged_batches_survive_kill_9_of_the_node_and_of_a_nats_server_exactly_once() {
     let test =
         "nats::acknowledged_batches_survive_kill_9_of_the_node_and_of_a_nats_server_exactly_once";
-    let Some(mut cluster) = Cluster::start(test, 3) else {
+    let Some(mut s) = setup(test, "survive") else {
         return;
     };
-    let log = cluster.log_url("survive", 3);
+    let log = s.cluster.log_url("survive", 3);
     let dir = TempDir::new("nats-survive");
     let from = now_ms();
     // Lateness long enough for a retry to reach the restarted node before its batch is late.
-    let server = start_leased(dir.path(), &log, "a", 5, "20000");
+    let server = s.start_with(dir.path(), &log, "a", 5, &["--lease-ms", "20000"]);
     wait_writing(&server);
     let addr = Arc::new(Mutex::new(server.addr));
     let stop = Arc::new(AtomicBool::new(false));
@@ -227,15 +248,15 @@ fn acknowledged_batches_survive_kill_9_of_the_node_and_of_a_nats_server_exactly_
     };
     wait_for_more(50);
     // One NATS server goes: the stream keeps a quorum and ingest goes on.
-    cluster.kill9(0);
+    s.cluster.kill9(0);
     wait_for_more(50);
     // The node goes, mid-ingest; it comes back on the same folder and reads its log back from the stream.
     server.kill9();
-    let server = start_leased(dir.path(), &log, "a", 5, "20000");
+    let server = s.start_with(dir.path(), &log, "a", 5, &["--lease-ms", "20000"]);
     *addr.lock().unwrap() = server.addr;
     wait_for_more(50);
     // The lost server comes back and catches up.
-    cluster.resume(0);
+    s.cluster.resume(0);
     wait_for_more(50);
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -260,7 +281,10 @@ fn writer_of(nodes: &[&Server]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for (i, n) in nodes.iter().enumerate() {
-            let ready = n.get("/readyz");
+            // A node that stopped by itself (it lost its lease) does not answer.
+            let Ok(ready) = request(n.addr, "GET", "/readyz", &[], b"") else {
+                continue;
+            };
             if ready.status == 200 && ready.json().get("role").is_none() {
                 return i;
             }
@@ -273,17 +297,17 @@ fn writer_of(nodes: &[&Server]) -> usize {
 #[test]
 fn standbys_take_writes_and_take_over_from_a_paused_then_a_killed_writer_with_every_batch_once() {
     let test = "nats::standbys_take_writes_and_take_over_from_a_paused_then_a_killed_writer_with_every_batch_once";
-    let Some(cluster) = Cluster::start(test, 3) else {
+    let Some(s) = setup(test, "failover") else {
         return;
     };
-    let log = cluster.log_url("failover", 3);
+    let log = s.cluster.log_url("failover", 3);
     let dirs: Vec<TempDir> = (0..3)
         .map(|i| TempDir::new(&format!("nats-node{i}")))
         .collect();
-    let a = start(dirs[0].path(), &log, "a", 2);
+    let a = s.start(dirs[0].path(), &log, "a", 2);
     wait_writing(&a);
-    let b = start(dirs[1].path(), &log, "b", 2);
-    let c = start(dirs[2].path(), &log, "c", 2);
+    let b = s.start(dirs[1].path(), &log, "b", 2);
+    let c = s.start(dirs[2].path(), &log, "c", 2);
     // Standbys say who writes, and send what they get to it.
     for standby in [&b, &c] {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -365,82 +389,33 @@ fn standbys_take_writes_and_take_over_from_a_paused_then_a_killed_writer_with_ev
 }
 
 #[test]
-fn the_stream_lets_go_of_what_is_sealed_and_a_restart_reads_the_rest() {
-    let test = "nats::the_stream_lets_go_of_what_is_sealed_and_a_restart_reads_the_rest";
-    let Some(cluster) = Cluster::start(test, 3) else {
-        return;
-    };
-    let log = cluster.log_url("purge", 1);
-    let dir = TempDir::new("nats-purge");
-    let from = now_ms();
-    let server = start(dir.path(), &log, "a", 1);
-    wait_writing(&server);
-    let addr = Mutex::new(server.addr);
-    // About 20 MB in batches of 1,000 events: past two spool segments of 8 MiB.
-    const N: usize = 1000;
-    let batches = 200;
-    for b in 0..batches {
-        acked(&addr, b, N);
-    }
-    let posted = batch(0, N).len() as u64 * batches;
-    assert!(posted > 16 << 20, "{posted} bytes");
-    // Once sealed, the segments holding it are collected and the stream purged below what is kept: at most
-    // the spool's newest segments stay.
-    server.wait_sealed("js", now_ms());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut sent = batches;
-    let purged = loop {
-        // More batches, more seals: the sealer collects the log as it goes.
-        acked(&addr, sent, N);
-        sent += 1;
-        let state = cluster.stream_state("purge").unwrap();
-        if state.first_seq > 1 && state.bytes < posted / 2 {
-            break state;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never purged: {state:?} of {posted} bytes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(purged.last_seq > batches, "{purged:?}");
-    // /metrics says what the stream holds, as the sealer last asked.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::filters::counter(&server, "hourglass_log_pending_bytes") >= posted / 2 {
-        assert!(Instant::now() < deadline, "pending bytes never fell");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(crate::filters::counter(&server, "hourglass_log_pending_messages") > 0);
-    // A restart reads back only what the stream still holds, and loses nothing.
-    server.kill9();
-    let server = start(dir.path(), &log, "a", 1);
-    let posted: Vec<(u64, Posted)> = (0..sent).map(|b| (b, Posted::Acked)).collect();
-    assert_exactly_once(&stored(&server, from), &posted, N);
-    server.stop();
-}
-
-#[test]
 fn a_folder_whose_local_log_holds_unsealed_events_is_refused_a_replicated_log() {
     let test = "nats::a_folder_whose_local_log_holds_unsealed_events_is_refused_a_replicated_log";
-    let Some(cluster) = Cluster::start(test, 3) else {
+    let Some(s) = setup(test, "local") else {
         return;
     };
-    let log = cluster.log_url("local", 1);
+    let log = s.cluster.log_url("local", 1);
     let dir = TempDir::new("nats-local");
     let server = Server::start(dir.path(), &["--chunk-seconds", "1", "--lateness", "3600"]);
     assert_eq!(server.post_ndjson(SERIES, &batch(0, 3)).status, 202);
     server.kill9();
     // Refused: the local log's batches are acknowledged and only it has them.
-    let data = dir.path().to_str().unwrap();
-    let out = hourglass(&[
-        "serve",
-        "--data",
-        data,
-        "--listen",
-        "127.0.0.1:0",
-        "--log",
-        &log,
-    ]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hourglass"))
+        .arg("serve")
+        .arg("--data")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--archive",
+            &s.archive,
+            "--log",
+            &log,
+        ])
+        .env("HOURGLASS_LOG", "warn")
+        .envs(s.store.env())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -473,24 +448,16 @@ fn finals(server: &Server) -> Finals {
 #[test]
 fn a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_first_did() {
     let test = "nats::a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_first_did";
-    let Some(cluster) = Cluster::start(test, 3) else {
+    let Some(s) = setup(test, "again") else {
         return;
     };
-    let log = cluster.log_url("again", 3);
+    let log = s.cluster.log_url("again", 3);
     let (dir_a, dir_b) = (TempDir::new("nats-again-a"), TempDir::new("nats-again-b"));
-    // Parts of 4 events: chunks of several members each.
+    // Parts of 4 events: chunks of several members each. Nothing is uploaded (the hour is not complete):
+    // the second writer has it all from the stream.
     let start_node = |dir: &Path, node: &str| {
-        let args = [
-            "--chunk-seconds",
-            "1",
-            "--lateness",
-            "1",
-            "--max-page-entries",
-            "4",
-        ];
-        let mut args: Vec<&str> = args.to_vec();
-        args.extend(["--lease-ms", "1500", "--log", &log, "--node", node]);
-        Server::start(dir, &args)
+        let extra = ["--lease-ms", LEASE_MS, "--max-page-entries", "4"];
+        s.start_with(dir, &log, node, 1, &extra)
     };
     let a = start_node(dir_a.path(), "a");
     wait_writing(&a);
@@ -525,43 +492,19 @@ fn a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_f
 #[test]
 fn a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream() {
     let test = "nats::a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream";
-    let Some(cluster) = Cluster::start(test, 3) else {
-        return;
-    };
-    let Some(store) = crate::stores::Store::start(test, crate::stores::Kind::Azurite) else {
+    let Some(s) = setup(test, "takeover") else {
         return;
     };
     const HOUR: i64 = 3_600_000;
-    let log = cluster.log_url("takeover", 3);
-    let archive = store.url("takeover");
+    let log = s.cluster.log_url("takeover", 3);
     let tmp = TempDir::new("nats-takeover");
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let start_node = |dir: &Path, node: &str, lateness: &str| {
-        let args = [
-            "--chunk-seconds",
-            "1",
-            "--lateness",
-            lateness,
-            "--max-page-entries",
-            "4",
-            "--lease-ms",
-            "1500",
-            "--archive",
-            &archive,
-            "--log",
-            &log,
-            "--node",
-            node,
-        ];
-        Server::start_env(
-            dir,
-            &args,
-            &store.env(),
-            &tmp.path().join(format!("{node}.log")),
-        )
+    let start_node = |dir: &Path, node: &str, lateness: u32| {
+        let extra = ["--lease-ms", LEASE_MS, "--max-page-entries", "4"];
+        s.start_with(dir, &log, node, lateness, &extra)
     };
     // Events in three hours before the last complete one, and now, taken with a lateness that lets them in.
-    let a = start_node(&dir_a, "a", "18000");
+    let a = start_node(&dir_a, "a", 18000);
     wait_writing(&a);
     let this_hour = now_ms().div_euclid(HOUR) * HOUR;
     let mut sent = 0u64;
@@ -581,7 +524,7 @@ fn a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream() 
     a.stop();
     // The same writer with a short lateness seals it all and uploads the complete hours, and takes events
     // of now, whose chunks are sealed in its folder only.
-    let a = start_node(&dir_a, "a", "1");
+    let a = start_node(&dir_a, "a", 1);
     wait_writing(&a);
     let now_batch: String = (0..12)
         .map(|_| {
@@ -606,14 +549,25 @@ fn a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream() 
     assert!(before.len() >= 12, "{} final pages", before.len());
     // What is uploaded has left the stream: the next writer can have it from the object store only.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.stream_state("takeover").unwrap().first_seq <= 2 {
+    while s.cluster.stream_state("takeover").unwrap().first_seq <= 2 {
         assert!(Instant::now() < deadline, "never purged");
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // /metrics says what the stream still holds, as the sealer last asked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = s.cluster.stream_state("takeover").unwrap();
+    while crate::filters::counter(&a, "hourglass_log_pending_messages") != held.messages {
+        assert!(
+            Instant::now() < deadline,
+            "pending messages never {}",
+            held.messages
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
     // Gone, folder and all: the next writer has the object store and the stream.
     a.kill9();
     std::fs::remove_dir_all(&dir_a).unwrap();
-    let b = start_node(&dir_b, "b", "1");
+    let b = start_node(&dir_b, "b", 1);
     b.wait_sealed("js", now_ms());
     assert!(uploaded_through(&b) >= Some(this_hour - HOUR));
     let after = finals(&b);
@@ -659,10 +613,10 @@ fn a_cluster_torture_of_killed_writers_and_nats_servers_loses_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let Some(mut cluster) = Cluster::start(test, 3) else {
+    let Some(mut s) = setup(test, "torture") else {
         return;
     };
-    let log = cluster.log_url("torture", 3);
+    let log = s.cluster.log_url("torture", 3);
     let dirs: Vec<TempDir> = (0..3)
         .map(|i| TempDir::new(&format!("torture{i}")))
         .collect();
@@ -670,7 +624,7 @@ fn a_cluster_torture_of_killed_writers_and_nats_servers_loses_nothing() {
     // A lateness past a failover: batches retried across one are mostly taken, not refused as late.
     let lateness = 10;
     let mut nodes: Vec<Option<Server>> = (0..3)
-        .map(|i| Some(start(dirs[i].path(), &log, names[i], lateness)))
+        .map(|i| Some(s.start(dirs[i].path(), &log, names[i], lateness)))
         .collect();
     let addrs: Arc<Vec<Mutex<SocketAddr>>> = Arc::new(
         nodes
@@ -698,8 +652,22 @@ fn a_cluster_torture_of_killed_writers_and_nats_servers_loses_nothing() {
         .collect();
     let mut rng = rand::rng();
     let mut done = Vec::new();
+    let mut stopped_by_themselves = 0;
     for cycle in 0..cycles {
         std::thread::sleep(Duration::from_millis(rng.random_range(200..800)));
+        // As a supervisor would: a node that stopped by itself (a writer that could not renew its lease while
+        // JetStream elected new leaders) is started again.
+        for i in 0..3 {
+            let exited = nodes[i]
+                .as_mut()
+                .is_some_and(|n| n.wait_exit(Duration::ZERO).is_some());
+            if exited {
+                stopped_by_themselves += 1;
+                let again = s.start(dirs[i].path(), &log, names[i], lateness);
+                *addrs[i].lock().unwrap() = again.addr;
+                nodes[i] = Some(again);
+            }
+        }
         if rng.random_bool(0.6) {
             let w = writer_of(&live(&nodes));
             let i = nodes
@@ -710,14 +678,14 @@ fn a_cluster_torture_of_killed_writers_and_nats_servers_loses_nothing() {
             let killed = Instant::now();
             writer_of(&live(&nodes));
             done.push(Cycle::Writer(killed.elapsed()));
-            let again = start(dirs[i].path(), &log, names[i], lateness);
+            let again = s.start(dirs[i].path(), &log, names[i], lateness);
             *addrs[i].lock().unwrap() = again.addr;
             nodes[i] = Some(again);
         } else {
             let k = rng.random_range(0..3);
-            cluster.kill9(k);
+            s.cluster.kill9(k);
             std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
-            cluster.resume(k);
+            s.cluster.resume(k);
             done.push(Cycle::Nats);
         }
         let so_far = posted.lock().unwrap().len();
@@ -741,7 +709,7 @@ fn a_cluster_torture_of_killed_writers_and_nats_servers_loses_nothing() {
     times.sort();
     let acked = posted.iter().filter(|(_, p)| *p == Posted::Acked).count();
     eprintln!(
-        "cluster torture: {cycles} cycles ({} writers killed, {} NATS servers), {} batches sent, {acked} acknowledged; failover p50 {:?}, max {:?}",
+        "cluster torture: {cycles} cycles ({} writers killed, {} NATS servers; {stopped_by_themselves} nodes stopped by themselves), {} batches sent, {acked} acknowledged; failover p50 {:?}, max {:?}",
         times.len(),
         cycles - times.len(),
         posted.len(),

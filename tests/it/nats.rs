@@ -445,6 +445,14 @@ fn finals(server: &Server) -> Finals {
         .collect()
 }
 
+/// Every page of `before` is in `after`, the same to the byte (ETag, Last-Modified, Link and body).
+fn assert_still_final(before: &Finals, after: &Finals) {
+    for page in before {
+        let now = after.iter().find(|p| p.0 == page.0);
+        assert_eq!(now, Some(page), "{} changed or went", page.0);
+    }
+}
+
 #[test]
 fn a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_first_did() {
     let test = "nats::a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_first_did";
@@ -475,17 +483,7 @@ fn a_writer_taking_the_log_over_on_a_fresh_folder_seals_byte_for_byte_what_the_f
     let b = start_node(dir_b.path(), "b");
     b.wait_sealed("js", now_ms());
     let after = finals(&b);
-    for page in &before {
-        assert!(
-            after.contains(page),
-            "{} changed or went: {:?}",
-            page.0,
-            after
-                .iter()
-                .find(|p| p.0 == page.0)
-                .map(|p| (&p.1, &p.2, &p.3))
-        );
-    }
+    assert_still_final(&before, &after);
     b.stop();
 }
 
@@ -571,17 +569,7 @@ fn a_writer_on_a_fresh_folder_takes_over_from_the_object_store_and_the_stream() 
     b.wait_sealed("js", now_ms());
     assert!(uploaded_through(&b) >= Some(this_hour - HOUR));
     let after = finals(&b);
-    for page in &before {
-        assert!(
-            after.contains(page),
-            "{} changed or went: {:?}",
-            page.0,
-            after
-                .iter()
-                .find(|p| p.0 == page.0)
-                .map(|p| (&p.1, &p.2, &p.3))
-        );
-    }
+    assert_still_final(&before, &after);
     let counts = stored(&b, this_hour - 5 * HOUR);
     assert_eq!(counts.len() as u64, sent, "every event, once: {counts:?}");
     assert!(counts.values().all(|&n| n == 1));

@@ -101,12 +101,18 @@ pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
             })
             .collect()
     };
-    log_raises(inner, &raises, now)?;
+    let marks = log_raises(inner, &raises, now)?;
     let (checked, due) = {
         let mut st = lock(&inner.state);
         let mut due = Vec::new();
-        for (name, target, _) in &raises {
+        for (name, target, logged) in &raises {
             if let Some(s) = st.series.get_mut(&**name) {
+                // Events came meanwhile to a series whose raise was not logged: raised at the next pass,
+                // logged then.
+                let holds = !s.open.is_empty() || !s.sealing.is_empty();
+                if marks && holds && !logged {
+                    continue;
+                }
                 s.raise(*target, now);
             }
         }
@@ -142,22 +148,23 @@ pub(super) fn seal_due(inner: &Inner, now: Millis) -> Result<(), StoreError> {
 /// they are made, where the log wants them (`Log::marks`): a writer that takes the log over then refuses what
 /// this one refused, and seals each of those chunks with the seal time this one gave it. A raise that could not
 /// be logged is not made, so nothing is sealed past it. Raises of series with nothing to seal are not logged (a
-/// writer taking over raises those by its own clock), so idle series cost the log nothing.
+/// writer taking over raises those by its own clock), so idle series cost the log nothing. Whether the log
+/// wants raises.
 fn log_raises(
     inner: &Inner,
     raises: &[(Arc<str>, Millis, bool)],
     now: Millis,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let Some(log) = &inner.log else {
-        return Ok(());
+        return Ok(false);
     };
-    let holding: Vec<_> = raises.iter().filter(|(_, _, holds)| *holds).collect();
-    if holding.is_empty() {
-        return Ok(());
-    }
     let mut log = lock(log);
     if !log.marks() {
-        return Ok(());
+        return Ok(false);
+    }
+    let holding: Vec<_> = raises.iter().filter(|(_, _, holds)| *holds).collect();
+    if holding.is_empty() {
+        return Ok(true);
     }
     let mut records = Vec::new();
     for (name, target, _) in &holding {
@@ -168,7 +175,7 @@ fn log_raises(
     for (name, target, _) in &holding {
         log.note(name, *target);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Seals one series' chunks below its closing boundary. The watermark is persisted when there were chunks to

@@ -1,4 +1,5 @@
-//! A node that does not hold the log's lease (`lease`): it answers its own health and readiness, and sends
+//! A node that does not hold the log's lease (`lease`): it answers its own health, readiness and metrics (a
+//! gauge saying it stands by: a scrape of every node counts the writer's once), and sends
 //! every other request to the holder as it came, with the holder's answer back as it comes, so that any node
 //! takes writes and serves reads with the writer's bytes, ETags and links. With no holder known (one being
 //! elected, or this node opening its store after it won), requests are `503 no_writer` with `Retry-After`.
@@ -73,6 +74,13 @@ impl Node {
                     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
                 }
             },
+            // Its own, not the writer's: a scrape of every node must not count the writer's twice.
+            "/metrics" => (
+                [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                "# HELP hourglass_standby Whether this node stands by (every request but health goes to the writer).\n\
+                 # TYPE hourglass_standby gauge\nhourglass_standby 1\n",
+            )
+                .into_response(),
             _ => match holder {
                 Some((_, upstream)) => upstream.forward(req.map(Body::new)).await,
                 None => {

@@ -336,6 +336,10 @@ fn standbys_take_writes_and_take_over_from_a_paused_then_a_killed_writer_with_ev
     let from_a = bodies(&a);
     assert!(!from_a.is_empty());
     assert_eq!(bodies(&b), from_a);
+    // Metrics are each node's own: a standby's say it stands by, and count nothing of the writer's.
+    let metrics = b.get("/metrics").text();
+    assert!(metrics.contains("hourglass_standby 1"), "{metrics}");
+    assert!(!metrics.contains("hourglass_events_accepted"), "{metrics}");
 
     // The writer is paused past its lease: a standby takes the lease, fences the log and writes.
     signal(a.pid(), "-STOP");

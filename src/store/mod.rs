@@ -748,18 +748,20 @@ impl Store {
             }
             Ok(series)
         };
-        let mut series = load_all()?;
         if cfg.log.is_some() {
-            takeover::refuse_local_log(&data, &series)?;
+            // The folder's own series are read only to judge a local log left there; then it is made again.
+            if data.join("_wal").exists() {
+                takeover::refuse_local_log(&data, &load_all()?)?;
+            }
             if let Some(remote) = &remote {
                 let made = takeover::rebuild_from_store(&data, remote)?;
                 tracing::info!(
                     series = made,
                     "data folder made again from the object store"
                 );
-                series = load_all()?;
             }
         }
+        let mut series = load_all()?;
 
         let now = time::now();
         let mut missing = Vec::new();

@@ -18,16 +18,13 @@ use crate::ingest::log::Log;
 use crate::ingest::wal::{self, Wal};
 use crate::time::{Hour, Millis};
 
-/// A local log left from serving without `--log` must hold nothing that is not sealed: its batches are
-/// acknowledged, and only that log has them. One that holds nothing more is removed, as collection would.
+/// A local log left in `data/_wal` from serving without `--log` must hold nothing that is not sealed: its
+/// batches are acknowledged, and only that log has them. One that holds nothing more is removed, as collection would.
 pub(super) fn refuse_local_log(
     data: &Path,
     series: &BTreeMap<String, Series>,
 ) -> Result<(), StoreError> {
     let dir = data.join("_wal");
-    if !dir.exists() {
-        return Ok(());
-    }
     let mut unsealed = 0usize;
     Wal::open(&dir, |e| {
         if let wal::Entry::Batch(r) = e {

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use hourglass::archive::SeriesArchive;
+use hourglass::archive::deflate::Deflater;
 use hourglass::archive::member::{self, MemberMeta};
 use hourglass::archive::summary::{self, Bloom};
 use hourglass::store::Settings;
@@ -37,8 +38,9 @@ struct Args {
     chunk_seconds: u32,
     #[arg(long, default_value_t = 5000)]
     per_part: usize,
-    #[arg(long, default_value_t = 3)]
-    level: u32,
+    /// How members are deflated: what the server writes by default.
+    #[arg(long, default_value_t = Deflater::default())]
+    level: Deflater,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -93,7 +93,7 @@ async fn export_to_output(args: ExportArgs) -> CliResult<()> {
                 } else {
                     Encoding::Identity
                 },
-                level: store_args.gzip_level,
+                deflater: store_args.gzip_level,
                 filter: filter.map(Arc::new),
             };
             export_from_folder(&store_args, job, &mut out).await?;

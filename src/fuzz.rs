@@ -75,7 +75,7 @@ fn valid_member(raw: &[u8]) -> Vec<u8> {
         raw_len: 0,
         member_len: 0,
     };
-    member::encode(meta, raw, 3).1
+    member::encode(meta, raw, Default::default()).1
 }
 
 proptest! {

@@ -154,7 +154,7 @@ fn front(
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout(),
         pages: crate::api::pages::page_cache(args.page_cache_bytes),
-        gzip_level: args.store.gzip_level,
+        deflater: args.store.gzip_level,
         max_page_entries: args.store.max_page_entries as usize,
         filter_scan_bytes: args.filter_scan_bytes,
         intake: api::Intake::new(args.store.max_inflight_bytes),

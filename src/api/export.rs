@@ -229,7 +229,7 @@ pub async fn export_get(State(state): State<AppState>, r: Ranged) -> Result<Resp
         format,
         fields,
         encoding,
-        level: state.gzip_level,
+        deflater: state.deflater,
         filter: filtering.map(|f| f.filter),
     };
     let store = state.store.clone();

@@ -67,8 +67,8 @@ pub struct Shared {
     pub request_timeout: std::time::Duration,
     /// Rendered final pages.
     pub pages: pages::PageCache,
-    /// gzip level for pages compressed on the fly.
-    pub gzip_level: u32,
+    /// How pages compressed on the fly are deflated.
+    pub deflater: crate::archive::deflate::Deflater,
     /// `--max-page-entries`: also the most events a filtered page collects.
     pub max_page_entries: usize,
     /// `--filter-scan-bytes`: what one filtered page may read.

@@ -24,7 +24,7 @@ use super::AppState;
 use super::conditional::{self, Validators};
 use super::error::{self, ApiError};
 use super::filters::Filtering;
-use crate::archive::member::gzip;
+use crate::archive::deflate::Deflater;
 use crate::bulk::export::Encoding;
 use crate::store::{Filtered, Generation, Located, PageLines, PageRef, ScanLimits, SeriesName};
 use crate::time::{self, Millis};
@@ -467,12 +467,12 @@ async fn answer(
     });
 
     let store = state.store.clone();
-    let level = state.gzip_level;
+    let deflater = state.deflater;
     let rendered = {
         let (name, at) = (name.clone(), at.clone());
         super::blocking(move || {
             let lines = store.read_page(&name, &at)?;
-            Ok(render(&name, &at, lines, repr, level, private))
+            Ok(render(&name, &at, lines, repr, deflater, private))
         })
         .await?
     };
@@ -530,7 +530,7 @@ async fn answer_filtered(
         filtering,
         found_identity,
         repr,
-        state.gzip_level,
+        state.deflater,
         private,
     ));
     let same_basis = found.generation == generation && found.retained_from == retained_from;
@@ -765,7 +765,7 @@ fn render(
     at: &Located,
     lines: PageLines,
     repr: Repr,
-    level: u32,
+    deflater: Deflater,
     private: bool,
 ) -> Rendered {
     let plain = if repr.ndjson {
@@ -773,7 +773,7 @@ fn render(
     } else {
         json_body(name, at, lines.count, &lines.lines)
     };
-    let (body, encoded) = encode(plain, lines.member, repr, level);
+    let (body, encoded) = encode(plain, lines.member, repr, deflater);
     Shown {
         identity: at.is_final.then(|| FinalPage::of(name, at, repr)),
         link: link_header(name, at),
@@ -790,7 +790,7 @@ fn render_filtered(
     filtering: &Filtering,
     identity: Option<FinalPage>,
     repr: Repr,
-    level: u32,
+    deflater: Deflater,
     private: bool,
 ) -> Rendered {
     let query = filtering.query.as_str();
@@ -799,7 +799,7 @@ fn render_filtered(
     } else {
         filtered_json_body(name, f, query)
     };
-    let (body, encoded) = encode(plain, None, repr, level);
+    let (body, encoded) = encode(plain, None, repr, deflater);
     Shown {
         identity,
         link: links(name, f.prev, f.next, Some(query)),
@@ -811,10 +811,15 @@ fn render_filtered(
 
 /// A page's body in the representation asked for: a stored member that is this very page as it is, else
 /// compressed here. Returns the representation it is in (zstd that fails goes out uncompressed).
-fn encode(plain: Vec<u8>, member: Option<Vec<u8>>, repr: Repr, level: u32) -> (Vec<u8>, Repr) {
+fn encode(
+    plain: Vec<u8>,
+    member: Option<Vec<u8>>,
+    repr: Repr,
+    deflater: Deflater,
+) -> (Vec<u8>, Repr) {
     let (body, encoding) = match (repr.encoding, member) {
         (Encoding::Gzip, Some(member)) if repr.ndjson => (member, Encoding::Gzip),
-        (Encoding::Gzip, _) => (gzip(&plain, level), Encoding::Gzip),
+        (Encoding::Gzip, _) => (deflater.gzip(&plain), Encoding::Gzip),
         (Encoding::Zstd, _) => match zstd::bulk::compress(&plain, ZSTD_LEVEL) {
             Ok(z) => (z, Encoding::Zstd),
             Err(_) => (plain, Encoding::Identity),

@@ -18,12 +18,9 @@
 //! at the same place) are read as well. Standard tools (`zcat`, `gzip -t`, Python's `gzip`, DuckDB) skip the
 //! subfield and read the lines.
 
-use std::io::{Read, Write};
 use std::ops::Range;
 
-use flate2::Compression;
-use flate2::write::DeflateEncoder;
-
+use super::deflate::{self, Deflater};
 use crate::time::{ChunkStart, Millis};
 
 pub const HEADER_LEN: usize = 80;
@@ -42,19 +39,6 @@ const TRAILER_LEN: usize = 8;
 /// An encoded member and what it says about itself.
 pub type Member = (MemberMeta, Vec<u8>);
 
-/// `raw` as raw deflate data ending in a sync flush, without a final block: a piece of a longer stream.
-pub fn deflate_flushed(raw: &[u8], level: u32) -> Vec<u8> {
-    let mut enc = DeflateEncoder::new(
-        Vec::with_capacity(raw.len() / 3 + 64),
-        Compression::new(level),
-    );
-    // Writing into a Vec cannot fail; `flush` is a sync flush. Taking the Vec leaves the encoder nothing to
-    // finish into.
-    let _ = enc.write_all(raw);
-    let _ = enc.flush();
-    std::mem::take(enc.get_mut())
-}
-
 /// What a joined gzip stream takes from one of our members: where its deflate data is, without the final
 /// block, and the CRC-32 of its lines. `None` for a member that does not end in a sync flush.
 pub fn joinable(member: &[u8], raw_len: u64) -> Option<(Range<usize>, u32)> {
@@ -66,17 +50,6 @@ pub fn joinable(member: &[u8], raw_len: u64) -> Option<(Range<usize>, u32)> {
     let isize = u32::from_le_bytes(member[end + 4..].try_into().ok()?);
     (u64::from(isize) == raw_len & 0xffff_ffff)
         .then_some((HEADER_LEN..end - FINAL_BLOCK.len(), crc))
-}
-
-/// A plain gzip member of `bytes`, for answers compressed on the fly.
-pub fn gzip(bytes: &[u8], level: u32) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 3 + 64),
-        Compression::new(level),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(bytes);
-    enc.finish().unwrap_or_default()
 }
 
 /// What a member says about itself.
@@ -173,11 +146,11 @@ pub const FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
 
 /// Compresses `raw` (NDJSON lines, each ending in `\n`) into one member. `meta.raw_len` and `meta.member_len`
 /// are filled in here; the metadata is returned with the bytes.
-pub fn encode(mut meta: MemberMeta, raw: &[u8], level: u32) -> Member {
+pub fn encode(mut meta: MemberMeta, raw: &[u8], deflater: Deflater) -> Member {
     meta.raw_len = raw.len() as u64;
     let mut out = Vec::with_capacity(HEADER_LEN + raw.len() / 3 + 64);
     out.resize(HEADER_LEN, 0);
-    out.extend_from_slice(&deflate_flushed(raw, level));
+    out.extend_from_slice(&deflater.flushed(raw));
     out.extend_from_slice(&FINAL_BLOCK);
     out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
     out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
@@ -233,12 +206,7 @@ pub fn parse_header(h: &[u8]) -> Result<MemberMeta, MemberError> {
 pub fn decode(member: &[u8]) -> Result<(MemberMeta, Vec<u8>), MemberError> {
     let meta = parse_header(member)?;
     let (body, trailer) = split(member, &meta)?;
-    let capacity = usize::try_from(meta.raw_len).unwrap_or(0).min(256 << 20);
-    let mut raw = Vec::with_capacity(capacity);
-    flate2::bufread::DeflateDecoder::new(body)
-        .take(meta.raw_len + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| MemberError::Corrupt(e.to_string()))?;
+    let raw = deflate::inflate(body, meta.raw_len).map_err(MemberError::Corrupt)?;
     check_trailer(trailer, &meta, raw.len() as u64, crc32fast::hash(&raw))?;
     Ok((meta, raw))
 }
@@ -254,20 +222,9 @@ pub fn verify(member: &[u8], meta: &MemberMeta) -> Result<(), MemberError> {
         ));
     }
     let (body, trailer) = split(member, meta)?;
-    let mut inflater = flate2::bufread::DeflateDecoder::new(body).take(meta.raw_len + 1);
-    let mut buf = vec![0u8; 64 << 10];
     let mut crc = crc32fast::Hasher::new();
-    let mut len = 0u64;
-    loop {
-        let n = inflater
-            .read(&mut buf)
-            .map_err(|e| MemberError::Corrupt(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        crc.update(&buf[..n]);
-        len += n as u64;
-    }
+    let len = deflate::inflate_each(body, meta.raw_len, |b| crc.update(b))
+        .map_err(MemberError::Corrupt)?;
     check_trailer(trailer, meta, len, crc.finalize())
 }
 
@@ -312,6 +269,8 @@ fn check_trailer(trailer: &[u8], meta: &MemberMeta, len: u64, crc: u32) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use super::*;
 
     fn meta() -> MemberMeta {
@@ -332,7 +291,7 @@ mod tests {
     #[test]
     fn members_written_with_the_check_in_fhcrc_are_read_as_before() {
         let raw = b"{\"ts\":1,\"a\":1}\n";
-        let (_, new) = encode(meta(), raw, 6);
+        let (_, new) = encode(meta(), raw, Deflater::Zlib(6));
         assert_eq!(new[3], FEXTRA, "no FHCRC in what is written now");
         // The layout written before: FHCRC set, the subfield two bytes shorter, the check in the FHCRC field
         // (the same bytes at the same place).
@@ -364,7 +323,7 @@ mod tests {
     #[test]
     fn round_trips_and_reads_as_plain_gzip() {
         let raw = b"{\"ts\":1,\"a\":1}\n{\"ts\":2,\"a\":2}\n";
-        let (_, bytes) = encode(meta(), raw, 6);
+        let (_, bytes) = encode(meta(), raw, Deflater::Zlib(6));
         let (m, back) = decode(&bytes).unwrap();
         assert_eq!(back, raw);
         assert_eq!(m.member_len, bytes.len() as u64);
@@ -383,7 +342,7 @@ mod tests {
 
     #[test]
     fn header_corruption_is_caught() {
-        let (_, bytes) = encode(meta(), b"{}\n", 1);
+        let (_, bytes) = encode(meta(), b"{}\n", Deflater::Isal(1));
         for i in 0..HEADER_LEN {
             let mut bad = bytes.clone();
             bad[i] ^= 0x10;
@@ -399,7 +358,7 @@ mod tests {
         let raw: Vec<u8> = (0..500)
             .flat_map(|i| format!("{{\"ts\":{i}}}\n").into_bytes())
             .collect();
-        let (_, bytes) = encode(meta(), &raw, 6);
+        let (_, bytes) = encode(meta(), &raw, Deflater::Zlib(6));
         for cut in [HEADER_LEN - 1, HEADER_LEN + 3, bytes.len() - 1] {
             assert!(decode(&bytes[..cut]).is_err());
         }
@@ -414,14 +373,15 @@ mod tests {
         let raw: Vec<u8> = (0..300)
             .flat_map(|i| format!("{{\"ts\":{i},\"v\":\"{}\"}}\n", i * 7).into_bytes())
             .collect();
-        let (meta, bytes) = encode(meta(), &raw, 3);
+        let (meta, bytes) = encode(meta(), &raw, Deflater::default());
         assert_eq!(verify(&bytes, &meta), Ok(()));
         let mut caught = 0;
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x08;
             // A flip that still inflates is caught by the CRC, one in the header by its own checksum; only
-            // the padding bits after the final block's end can flip unseen, and they change no line.
+            // padding bits can flip unseen (before the sync flush's stored block, after the final block's
+            // end), and they change no line.
             match verify(&bad, &meta) {
                 Err(_) => caught += 1,
                 Ok(()) => assert_eq!(decode(&bad).map(|(_, r)| r), Ok(raw.clone()), "byte {i}"),
@@ -432,7 +392,7 @@ mod tests {
                 "byte {i}"
             );
         }
-        assert!(caught >= bytes.len() - 1, "{caught} of {}", bytes.len());
+        assert!(caught >= bytes.len() - 2, "{caught} of {}", bytes.len());
         // The stored bytes' CRC catches the same flips, without inflating.
         let data_crc = crc32fast::hash(&bytes[HEADER_LEN..]);
         assert_eq!(verify_stored(&bytes, &meta, data_crc), Ok(()));
@@ -445,7 +405,7 @@ mod tests {
             );
         }
         // A whole, valid member that is not the one the index names.
-        let (other_meta, other) = encode(MemberMeta { part: 1, ..meta }, &raw, 3);
+        let (other_meta, other) = encode(MemberMeta { part: 1, ..meta }, &raw, Deflater::Zlib(3));
         assert!(verify(&other, &meta).is_err());
         assert_eq!(verify(&other, &other_meta), Ok(()));
         assert!(verify(&bytes[..bytes.len() - 1], &meta).is_err());
@@ -460,8 +420,12 @@ mod tests {
         ];
         let mut joined = vec![0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 255];
         let mut crc = crc32fast::Hasher::new();
-        for raw in raws {
-            let (meta, bytes) = encode(meta(), raw, 6);
+        // Members of either compressor join: archives written before ISA-L with those written after.
+        for (raw, deflater) in
+            raws.into_iter()
+                .zip([Deflater::default(), Deflater::Zlib(6), Deflater::Isal(3)])
+        {
+            let (meta, bytes) = encode(meta(), raw, deflater);
             let (data, member_crc) = joinable(&bytes, meta.raw_len).unwrap();
             joined.extend_from_slice(&bytes[data]);
             crc.combine(&crc32fast::Hasher::new_with_initial_len(
@@ -479,6 +443,8 @@ mod tests {
             .unwrap();
         assert_eq!(out, raws.concat());
         // A member from elsewhere is not joinable.
-        assert_eq!(joinable(&gzip(b"x\n", 6), 2), None);
+        let mut plain = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        plain.write_all(b"x\n").unwrap();
+        assert_eq!(joinable(&plain.finish().unwrap(), 2), None);
     }
 }

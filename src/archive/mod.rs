@@ -11,6 +11,7 @@
 //! The interface is deliberately small (`open`, `append_chunk`, `chunk`, `read_member`, `summary`, and
 //! `insert_chunks` for imports) so that another backend (object storage) can stand behind the same calls.
 
+pub mod deflate;
 mod disk_cache;
 pub mod hours;
 pub mod index;

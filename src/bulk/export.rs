@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 
 use std::sync::Arc;
 
+use crate::archive::deflate::Deflater;
 use crate::archive::member::{self, FINAL_BLOCK};
 use crate::filter::Filter;
 use crate::ingest::parse::event_time;
@@ -131,8 +132,8 @@ pub struct Export {
     /// CSV columns.
     pub fields: Vec<String>,
     pub encoding: Encoding,
-    /// gzip level of what is compressed here (not stored members sent as they are).
-    pub level: u32,
+    /// How what is compressed here is deflated (not stored members sent as they are).
+    pub deflater: Deflater,
     /// Only the events it matches.
     pub filter: Option<Arc<Filter>>,
 }
@@ -154,7 +155,7 @@ impl Export {
             gzip: (self.encoding == Encoding::Gzip).then(|| Gzip {
                 crc: crc32fast::Hasher::new(),
                 len: 0,
-                level: self.level,
+                deflater: self.deflater,
             }),
             zstd: match self.encoding {
                 Encoding::Zstd => Some(
@@ -374,7 +375,7 @@ struct Out<'a, S> {
 struct Gzip {
     crc: crc32fast::Hasher,
     len: u64,
-    level: u32,
+    deflater: Deflater,
 }
 
 /// A gzip header without options (RFC 1952: no name, no time, OS unknown).
@@ -393,7 +394,7 @@ impl<S: Sink> Out<'_, S> {
             (Some(gz), _) => {
                 gz.crc.update(&text);
                 gz.len += text.len() as u64;
-                member::deflate_flushed(&text, gz.level)
+                gz.deflater.flushed(&text)
             }
             (None, Some(z)) => {
                 // Flushed, so that what is exported so far reaches the client now.

@@ -10,6 +10,7 @@
 use std::thread;
 
 use super::{Store, StoreError, lock};
+use crate::archive::deflate::Deflater;
 use crate::archive::member::{self, MemberMeta};
 use crate::archive::summary::{self, Bloom, Summarized};
 use crate::store::SeriesName;
@@ -101,7 +102,7 @@ impl Store {
         let encoded = encode_all(
             &fresh,
             width.secs(),
-            (cfg.max_member_entries, cfg.gzip_level),
+            (cfg.max_member_entries, cfg.deflater),
             cfg.member_summaries,
         )?;
         let (chunks, summaries): (Vec<_>, Vec<_>) = encoded.into_iter().map(summary::split).unzip();
@@ -140,7 +141,7 @@ impl Store {
 fn encode_all(
     chunks: &[ImportChunk],
     width_secs: u32,
-    (max_entries, level): (usize, u32),
+    (max_entries, deflater): (usize, Deflater),
     summarise: bool,
 ) -> Result<Vec<Vec<Summarized>>, StoreError> {
     let threads = thread::available_parallelism()
@@ -156,7 +157,9 @@ fn encode_all(
                 scope.spawn(move || {
                     group
                         .iter()
-                        .map(|c| encode(c, width_secs, (max_entries, level), sealed_at, summarise))
+                        .map(|c| {
+                            encode(c, width_secs, (max_entries, deflater), sealed_at, summarise)
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -175,7 +178,7 @@ fn encode_all(
 fn encode(
     chunk: &ImportChunk,
     width_secs: u32,
-    (max_entries, level): (usize, u32),
+    (max_entries, deflater): (usize, Deflater),
     sealed_at: Millis,
     summarise: bool,
 ) -> Vec<Summarized> {
@@ -209,7 +212,7 @@ fn encode(
             };
             let raw = &chunk.lines[starts[lo]..starts[hi]];
             let summary = summarise.then(|| Bloom::of_lines(raw));
-            (member::encode(meta, raw, level), summary)
+            (member::encode(meta, raw, deflater), summary)
         })
         .collect()
 }

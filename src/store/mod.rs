@@ -57,7 +57,8 @@ pub struct StoreConfig {
     pub default_width: ChunkWidth,
     /// The most events in one gzip member: a bigger chunk is stored as several parts.
     pub max_member_entries: usize,
-    pub gzip_level: u32,
+    /// How sealed members are deflated.
+    pub deflater: crate::archive::deflate::Deflater,
     /// Whether sealing and imports write member summaries (`archive::summary`).
     pub member_summaries: bool,
     /// The most bytes of events not sealed yet (kept in the log; memory holds ~24 bytes per event) before

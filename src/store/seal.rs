@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use super::{Inner, OpenChunk, StoreError, lock};
 use crate::archive::SeriesArchive;
+use crate::archive::deflate::Deflater;
 use crate::archive::member::{self, MemberMeta};
 use crate::archive::summary::{self, Bloom, Summarized};
 use crate::ingest::log::Lines;
@@ -252,7 +253,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 &chunk,
                 &mut *lines,
                 cfg.max_member_entries,
-                (cfg.gzip_level, sealed_at),
+                (cfg.deflater, sealed_at),
                 summarise,
             )
             .map_err(|e| StoreError::Storage(format!("reading the log: {e}"), Some(e.kind())))?;
@@ -329,7 +330,7 @@ fn encode_chunk(
     chunk: &OpenChunk,
     lines: &mut dyn Lines,
     max_entries: usize,
-    (level, sealed_at): (u32, Millis),
+    (deflater, sealed_at): (Deflater, Millis),
     summarise: bool,
 ) -> std::io::Result<Vec<Summarized>> {
     // An index, not a copy of the events: a chunk can hold millions.
@@ -353,7 +354,7 @@ fn encode_chunk(
             member_len: 0,
         };
         let summary = summarise.then(|| Bloom::of_lines(raw));
-        Ok((member::encode(meta, raw, level), summary))
+        Ok((member::encode(meta, raw, deflater), summary))
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use hourglass::archive::SeriesArchive;
+use hourglass::archive::deflate::Deflater;
 use hourglass::archive::member::{self, MemberMeta};
 use hourglass::store::Settings;
 use hourglass::time::{ChunkStart, ChunkWidth, parse_rfc3339};
@@ -56,7 +57,7 @@ pub fn seed(data: &Path, name: &str, chunks: &[(&str, usize)], per_part: usize) 
                     raw_len: 0,
                     member_len: 0,
                 };
-                member::encode(meta, raw.as_bytes(), 6)
+                member::encode(meta, raw.as_bytes(), Deflater::Zlib(6))
             })
             .collect();
         archive.append_chunk(&members).unwrap();

@@ -590,6 +590,10 @@ fn begin(kind: u8, series: &str, out: &mut Vec<u8>) -> usize {
     start
 }
 
+/// The bytes before each line of a batch record: its time and its length. The lines of a batch lie this far
+/// apart.
+pub const EVENT_HEADER: u64 = 12;
+
 /// Where `encode` put the lines of `batch`, given where its record begins: the one other place that knows the
 /// record layout.
 pub fn line_refs(at: Position, series: &str, key: Option<&BatchKey>, batch: &Batch) -> Vec<Logged> {
@@ -598,7 +602,7 @@ pub fn line_refs(at: Position, series: &str, key: Option<&BatchKey>, batch: &Bat
     batch
         .iter()
         .map(|(ts, line)| {
-            offset += 12;
+            offset += EVENT_HEADER;
             let logged = Logged {
                 ts,
                 line: LineRef {

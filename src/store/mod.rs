@@ -61,7 +61,7 @@ pub struct StoreConfig {
     pub deflater: crate::archive::deflate::Deflater,
     /// Whether sealing and imports write member summaries (`archive::summary`).
     pub member_summaries: bool,
-    /// The most bytes of events not sealed yet (kept in the log; memory holds ~24 bytes per event) before
+    /// The most bytes of events not sealed yet (kept in the log; memory holds ~6 bytes per event) before
     /// ingest answers 503.
     pub max_backlog_bytes: u64,
     /// The most bytes of batches in memory, waiting for the log, before ingest answers 503.

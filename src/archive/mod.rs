@@ -734,31 +734,40 @@ impl SeriesArchive {
     }
 
     /// Appends whole chunks' members (already encoded, in time and part order, all of one hour) to their hour
-    /// archive with one write and one fsync, and makes them durable before indexing them. On failure the
-    /// archive is cut back to where it was.
+    /// archive with one fsync, and makes them durable before indexing them. On failure the archive is cut back
+    /// to where it was.
     pub fn append_chunk(&self, members: &[member::Member]) -> Result<(), ArchiveError> {
         let Some((first, _)) = members.first() else {
             return Ok(());
         };
+        self.append_members(first.chunk_start, |write| {
+            members.iter().try_for_each(write)
+        })
+    }
+
+    /// Appends the members `produce` hands to its writer, in time and part order, all of the hour of `first`
+    /// (the first one's chunk) and after what the hour holds: each is written as it comes, so a chunk of
+    /// millions of events never sits in memory compressed. They are made durable (one fsync) before they are
+    /// indexed; on any failure, the producer's or the archive's, the archive is cut back to where it was and
+    /// nothing is indexed.
+    pub fn append_members<E: From<ArchiveError>>(
+        &self,
+        first: ChunkStart,
+        produce: impl FnOnce(&mut dyn FnMut(&member::Member) -> Result<(), E>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let _writing = lock(&self.writing);
-        let hour = first.chunk_start.hour();
+        let hour = first.hour();
         let path = self.archive_path(hour);
-        if let Some((stray, _)) = members.iter().find(|(m, _)| m.chunk_start.hour() != hour) {
-            return Err(ArchiveError::OutOfOrder {
-                file: shown(&path),
-                chunk: stray.chunk_start.millis(),
-                last: first.chunk_start.millis(),
-            });
-        }
         let old = self.index(hour)?;
         if let Some(last) = old.as_ref().and_then(|h| h.entries.last())
-            && last.meta.chunk_start >= first.chunk_start
+            && last.meta.chunk_start >= first
         {
             return Err(ArchiveError::OutOfOrder {
                 file: shown(&path),
-                chunk: first.chunk_start.millis(),
+                chunk: first.millis(),
                 last: last.meta.chunk_start.millis(),
-            });
+            }
+            .into());
         }
         let start = old.as_ref().map_or(0, |h| h.end());
         let is_new = start == 0;
@@ -768,19 +777,50 @@ impl SeriesArchive {
             .truncate(false)
             .open(&path)
             .map_err(io_at(&path))?;
-        let written = write_members(&file, start, members, is_new, &self.dir);
-        let entries = match written {
-            Ok(entries) => entries,
-            Err(e) => {
-                // Leave the archive as valid gzip: drop whatever part of the members reached the file, and an
-                // archive this append created (an empty file is not gzip).
-                let _ = file.set_len(start).and_then(|()| file.sync_data());
-                if is_new {
-                    let _ = fs::remove_file(&path);
-                }
-                return Err(io_at(&path)(e));
+        let mut entries = Vec::new();
+        let mut offset = start;
+        // Anything past the indexed end is the remains of a failed append: overwritten.
+        let produced = file
+            .set_len(start)
+            .map_err(io_at(&path))
+            .map_err(E::from)
+            .and_then(|()| {
+                produce(&mut |(meta, bytes): &member::Member| {
+                    if meta.chunk_start.hour() != hour || meta.chunk_start < first {
+                        return Err(ArchiveError::OutOfOrder {
+                            file: shown(&path),
+                            chunk: meta.chunk_start.millis(),
+                            last: first.millis(),
+                        }
+                        .into());
+                    }
+                    file.write_all_at(bytes, offset).map_err(io_at(&path))?;
+                    entries.push(IndexEntry::of(offset, *meta, bytes));
+                    offset += bytes.len() as u64;
+                    Ok(())
+                })
+            });
+        let durable = produced.and_then(|()| {
+            file.sync_data()
+                .and_then(|()| if is_new { sync_dir(&self.dir) } else { Ok(()) })
+                .map_err(io_at(&path))
+                .map_err(E::from)
+        });
+        if let Err(e) = durable {
+            // Leave the archive as valid gzip: drop whatever part of the members reached the file, and an
+            // archive this append created (an empty file is not gzip).
+            let _ = file.set_len(start).and_then(|()| file.sync_data());
+            if is_new {
+                let _ = fs::remove_file(&path);
             }
-        };
+            return Err(e);
+        }
+        if entries.is_empty() {
+            if is_new {
+                let _ = fs::remove_file(&path);
+            }
+            return Ok(());
+        }
         let sidecar = sidecar_path(&self.dir, hour);
         if let Err(e) = index::append_sidecar(&sidecar, &entries) {
             // The archive is durable and right; the sidecar is rebuilt from it at the next open.
@@ -1172,31 +1212,6 @@ fn merge_hour(
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_data()?;
     Ok(merged)
-}
-
-fn write_members(
-    file: &File,
-    start: u64,
-    members: &[member::Member],
-    is_new: bool,
-    dir: &Path,
-) -> io::Result<Vec<IndexEntry>> {
-    // Anything past the indexed end is the remains of a failed append: overwrite it.
-    file.set_len(start)?;
-    let mut entries = Vec::with_capacity(members.len());
-    let mut offset = start;
-    let mut buf = Vec::with_capacity(members.iter().map(|(_, b)| b.len()).sum());
-    for (meta, bytes) in members {
-        entries.push(IndexEntry::of(offset, *meta, bytes));
-        offset += bytes.len() as u64;
-        buf.extend_from_slice(bytes);
-    }
-    file.write_all_at(&buf, start)?;
-    file.sync_data()?;
-    if is_new {
-        sync_dir(dir)?;
-    }
-    Ok(entries)
 }
 
 /// One hour archive being opened: its folder, its hour, and whether it is the series' newest.

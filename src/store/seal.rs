@@ -21,7 +21,7 @@ use super::{Inner, OpenChunk, StoreError, lock};
 use crate::archive::SeriesArchive;
 use crate::archive::deflate::Deflater;
 use crate::archive::member::{self, MemberMeta};
-use crate::archive::summary::{self, Bloom, Summarized};
+use crate::archive::summary::{Bloom, Summarized};
 use crate::ingest::log::Lines;
 use crate::ingest::wal::{self, LineRef};
 use crate::time::{self, ChunkStart, ChunkWidth, Hour, Millis};
@@ -238,7 +238,6 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
     let Some(lines) = &inner.lines else {
         return Ok(());
     };
-    let mut lines = lines.fresh();
     for (start, chunk, sealed_at) in chunks {
         if archive.contains(start)? {
             tracing::debug!(
@@ -247,18 +246,29 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 "already sealed; skipped"
             );
         } else {
-            let members = encode_chunk(
+            let mut summaries = Vec::new();
+            archive.append_members(
                 start,
-                width,
-                &chunk,
-                &mut *lines,
-                cfg.max_member_entries,
-                (cfg.deflater, sealed_at),
-                summarise,
-            )
-            .map_err(|e| StoreError::Storage(format!("reading the log: {e}"), Some(e.kind())))?;
-            let (members, summaries) = summary::split(members);
-            archive.append_chunk(&members)?;
+                |write: &mut dyn FnMut(&member::Member) -> Result<(), StoreError>| {
+                    encode_chunk(
+                        Encoding {
+                            start,
+                            width,
+                            max_entries: cfg.max_member_entries,
+                            deflater: cfg.deflater,
+                            sealed_at,
+                            summarise,
+                        },
+                        &chunk,
+                        &**lines,
+                        |(member, bloom)| {
+                            write(&member)?;
+                            summaries.extend(bloom.map(|b| (member.0, b)));
+                            Ok(())
+                        },
+                    )
+                },
+            )?;
             archive.add_summaries(&summaries);
             crate::metrics::add(&inner.metrics.chunks_sealed, 1);
         }
@@ -321,79 +331,110 @@ fn collect_log(inner: &Inner) {
     }
 }
 
-/// Compresses one chunk into its members, each with its summary: events in time order (ties in arrival order),
-/// at most `max_entries` per member, lines read back from the log. Parts are compressed on every core at once, each
-/// thread reading its own parts' lines, so a big chunk seals in a fraction of its width.
-fn encode_chunk(
+/// What a chunk's members are made with.
+struct Encoding {
     start: ChunkStart,
     width: ChunkWidth,
-    chunk: &OpenChunk,
-    lines: &mut dyn Lines,
     max_entries: usize,
-    (deflater, sealed_at): (Deflater, Millis),
+    deflater: Deflater,
+    sealed_at: Millis,
     summarise: bool,
-) -> std::io::Result<Vec<Summarized>> {
+}
+
+/// Parts being compressed at once, for each thread: the most members in memory before they are written.
+const PARTS_PER_THREAD: usize = 2;
+
+/// Compresses one chunk into its members, each with its summary, and hands them to `put` in part order: events in
+/// time order (ties in arrival order), at most `max_entries` per member, lines read back from the log. Parts are
+/// compressed on every core at once, each thread reading its own parts' lines, so a big chunk seals in a fraction
+/// of its width; at most `PARTS_PER_THREAD` parts a thread are in hand at a time, whatever the chunk's size.
+fn encode_chunk(
+    how: Encoding,
+    chunk: &OpenChunk,
+    lines: &dyn Lines,
+    mut put: impl FnMut(Summarized) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     // An index, not a copy of the events: a chunk can hold millions.
     let order = chunk.time_order();
-    let parts: Vec<&[u32]> = order.chunks(max_entries.max(1)).collect();
+    let parts: Vec<&[u32]> = order.chunks(how.max_entries.max(1)).collect();
     let encode_part = |p: usize, lines: &mut dyn Lines, raw: &mut Vec<u8>| {
         let part = parts[p];
         raw.clear();
         let refs: Vec<LineRef> = part.iter().map(|&i| chunk.get(i as usize).line).collect();
-        lines.read_lines(&refs, raw)?;
+        lines
+            .read_lines(&refs, raw)
+            .map_err(|e| StoreError::Storage(format!("reading the log: {e}"), Some(e.kind())))?;
         let meta = MemberMeta {
-            chunk_start: start,
-            width_secs: width.secs(),
+            chunk_start: how.start,
+            width_secs: how.width.secs(),
             part: p as u32,
             last_part: p + 1 == parts.len(),
             entries: part.len() as u32,
-            sealed_at,
-            first_ts: chunk.get(part[0] as usize).ts,
-            last_ts: chunk.get(part[part.len() - 1] as usize).ts,
+            sealed_at: how.sealed_at,
+            first_ts: chunk.ts(part[0] as usize),
+            last_ts: chunk.ts(part[part.len() - 1] as usize),
             raw_len: 0,
             member_len: 0,
         };
-        let summary = summarise.then(|| Bloom::of_lines(raw));
-        Ok((member::encode(meta, raw, deflater), summary))
+        let summary = how.summarise.then(|| Bloom::of_lines(raw));
+        Ok((member::encode(meta, raw, how.deflater), summary))
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(parts.len());
     if threads <= 1 {
-        let mut raw = Vec::new();
-        return (0..parts.len())
-            .map(|p| encode_part(p, lines, &mut raw))
-            .collect();
+        let (mut lines, mut raw) = (lines.fresh(), Vec::new());
+        return (0..parts.len()).try_for_each(|p| put(encode_part(p, &mut *lines, &mut raw)?));
     }
-    // Thread t takes parts t, t + threads, ...; the results are put back in part order.
-    let mut done: Vec<std::io::Result<Vec<(usize, Summarized)>>> = Vec::new();
+    // Threads take the next part as they finish one; this one writes the members in part order. A job is
+    // handed out only while fewer than `window` are out, so members wait in memory for at most that many.
+    let window = threads * PARTS_PER_THREAD;
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<usize>(window);
+    let job_rx = std::sync::Mutex::new(job_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(window);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let mut lines = lines.fresh();
-                let encode_part = &encode_part;
-                let count = parts.len();
-                scope.spawn(move || {
-                    let mut raw = Vec::new();
-                    (t..count)
-                        .step_by(threads)
-                        .map(|p| encode_part(p, &mut *lines, &mut raw).map(|m| (p, m)))
-                        .collect()
-                })
-            })
-            .collect();
-        for h in handles {
-            done.push(
-                h.join().unwrap_or_else(|_| {
-                    Err(std::io::Error::other("a compression thread panicked"))
-                }),
-            );
+        // Owned here, so that leaving early (a failure) ends the threads: they find no more jobs.
+        let (job_tx, done_rx) = (job_tx, done_rx);
+        for _ in 0..threads {
+            let (job_rx, done_tx, encode_part) = (&job_rx, done_tx.clone(), &encode_part);
+            let mut lines = lines.fresh();
+            scope.spawn(move || {
+                let mut raw = Vec::new();
+                while let Ok(p) = lock(job_rx).recv() {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        encode_part(p, &mut *lines, &mut raw)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Storage(
+                            "a compression thread panicked".into(),
+                            None,
+                        ))
+                    });
+                    if done_tx.send((p, result)).is_err() {
+                        break;
+                    }
+                }
+            });
         }
-    });
-    let mut members: Vec<(usize, Summarized)> = Vec::with_capacity(parts.len());
-    for d in done {
-        members.extend(d?);
-    }
-    members.sort_unstable_by_key(|(p, _)| *p);
-    Ok(members.into_iter().map(|(_, m)| m).collect())
+        drop(done_tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let (mut next_job, mut written) = (0, 0);
+        while written < parts.len() {
+            while next_job < parts.len() && next_job < written + window {
+                job_tx.send(next_job).map_err(|_| {
+                    StoreError::Storage("the compression threads stopped".into(), None)
+                })?;
+                next_job += 1;
+            }
+            let (p, result) = done_rx
+                .recv()
+                .map_err(|_| StoreError::Storage("the compression threads stopped".into(), None))?;
+            pending.insert(p, result);
+            while let Some(result) = pending.remove(&written) {
+                put(result?)?;
+                written += 1;
+            }
+        }
+        Ok(())
+    })
 }

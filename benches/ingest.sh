@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Durable ingest benchmark: hourglass with its defaults, then InfluxDB 1.x on the same events as line protocol.
 #
-#   bash benches/ingest.sh [SECONDS]          (needs: apt-get install -y influxdb, for the comparison)
+#   bash benches/ingest.sh [SECONDS] [RATE ...]   (needs: apt-get install -y influxdb, for the comparison)
 #
+# RATE is events/s offered by the 8 clients together, 0 for as fast as acknowledged; default 0 1000000.
 # For each run it prints the load generator's line (events/s, batch ack p50/p99, refusals), the seal lag at the
 # end and the server's peak RSS. Everything listens on loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
+shift || true
+rates=("$@")
+[ ${#rates[@]} -gt 0 ] || rates=(0 1000000)
 cargo build --release --bins --examples -q
 work=$(mktemp -d)
 trap 'pkill -P $$ || true; rm -rf "$work"' EXIT
@@ -30,8 +34,10 @@ print("  seal lag at end %.1f s, unsealed events %d" % (lag, d["unsealed_events"
   kill $pid; wait $pid || true
 }
 
-echo "== hourglass, as fast as acknowledged"; hourglass_run 0
-for rate in 300000 450000; do echo "== hourglass, offered $rate events/s"; hourglass_run $rate; done
+for rate in "${rates[@]}"; do
+  if [ "$rate" = 0 ]; then echo "== hourglass, as fast as acknowledged"; else echo "== hourglass, offered $rate events/s"; fi
+  hourglass_run "$rate"
+done
 
 if command -v influxd >/dev/null; then
   mkdir -p "$work/influx"

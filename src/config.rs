@@ -76,7 +76,7 @@ pub struct StoreArgs {
     #[arg(long, env = "HOURGLASS_GZIP_LEVEL", default_value_t = Deflater::default())]
     pub gzip_level: Deflater,
     /// Write a summary of each sealed member (a Bloom filter of its tokens, in `{hour}.sum`) so that filters
-    /// skip members that cannot match; about a third of level 3's compression time at sealing.
+    /// skip members that cannot match; about ISA-L's compression time at sealing, left out for chunks sealed late.
     #[arg(long, env = "HOURGLASS_MEMBER_SUMMARIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub member_summaries: bool,
     /// Where complete hours go: `az://container/prefix` (Azure Blob) or `s3://bucket/prefix` (S3 and stores that

@@ -497,6 +497,8 @@ struct Inner {
     log_trouble: Mutex<Option<String>>,
     /// Passes of the sealer so far, for `Store::wait_for_sealer`.
     passes: AtomicU64,
+    /// How long the last chunk took to seal, in thousandths of its width: how busy the sealer is.
+    seal_share: AtomicU64,
     /// The data folder's lock (a replica has no folder).
     _lock: Option<File>,
 }
@@ -538,6 +540,7 @@ impl Inner {
             log_failing: AtomicBool::new(false),
             log_trouble: Mutex::new(None),
             passes: AtomicU64::new(0),
+            seal_share: AtomicU64::new(0),
             _lock: lock,
         }
     }

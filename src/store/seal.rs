@@ -199,9 +199,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
     let now = time::now();
     let (archive, width, closing, chunks, summarise) = {
         let mut st = lock(&inner.state);
-        // Summaries are worth their time only while sealing keeps up: past half the backlog bound the sealer
-        // leaves them out (those members are read by filters), so that they never cost ingest its capacity.
-        let summarise = inner.cfg.member_summaries && st.backlog < inner.cfg.max_backlog_bytes / 2;
+        let summarise = inner.cfg.member_summaries;
         let Some(s) = st.series.get_mut(name) else {
             return Ok(());
         };
@@ -246,6 +244,13 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 "already sealed; skipped"
             );
         } else {
+            // Summaries are worth their time only while the sealer has time to spare: they cost about as much
+            // as ISA-L's compression. A chunk goes without (its members are read by filters) when the chunk
+            // before took more than a quarter of its width (and more than a second) to seal, so that summaries
+            // never cost ingest its capacity nor sealing its floor.
+            let busy = inner.seal_share.load(Ordering::Relaxed) > SUMMARY_SHARE;
+            let summarise = summarise && !busy;
+            let began = std::time::Instant::now();
             let mut summaries = Vec::new();
             archive.append_members(
                 start,
@@ -270,6 +275,21 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 },
             )?;
             archive.add_summaries(&summaries);
+            // A seal of less than a second leaves time to spare whatever the width (a second's chunks, fsyncs).
+            let took = began.elapsed().as_millis() as u64;
+            tracing::debug!(
+                series = name,
+                chunk = start.millis(),
+                ms = took,
+                summarise,
+                "sealed"
+            );
+            let share = if took < 1000 {
+                0
+            } else {
+                took * 1000 / width.millis().max(1) as u64
+            };
+            inner.seal_share.store(share, Ordering::Relaxed);
             crate::metrics::add(&inner.metrics.chunks_sealed, 1);
         }
         let mut st = lock(&inner.state);
@@ -340,6 +360,9 @@ struct Encoding {
     sealed_at: Millis,
     summarise: bool,
 }
+
+/// The most a chunk's sealing may take of its width, in thousandths, for the next chunk to be summarised.
+const SUMMARY_SHARE: u64 = 250;
 
 /// Parts being compressed at once, for each thread: the most members in memory before they are written.
 const PARTS_PER_THREAD: usize = 2;

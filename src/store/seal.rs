@@ -275,7 +275,6 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 },
             )?;
             archive.add_summaries(&summaries);
-            // A seal of less than a second leaves time to spare whatever the width (a second's chunks, fsyncs).
             let took = began.elapsed().as_millis() as u64;
             tracing::debug!(
                 series = name,
@@ -284,6 +283,7 @@ fn seal_series(inner: &Inner, name: &str) -> Result<(), StoreError> {
                 summarise,
                 "sealed"
             );
+            // A seal of less than a second leaves time to spare whatever the width (a second's chunks, fsyncs).
             let share = if took < 1000 {
                 0
             } else {

@@ -85,7 +85,7 @@ impl Deflater {
     /// A plain gzip member of `bytes`, for answers compressed on the fly.
     pub fn gzip(self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len() / 3 + 64);
-        out.extend_from_slice(&[0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 255]);
+        out.extend_from_slice(&GZIP_HEADER);
         out.extend_from_slice(&self.flushed(bytes));
         out.extend_from_slice(&super::member::FINAL_BLOCK);
         out.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
@@ -93,6 +93,9 @@ impl Deflater {
         out
     }
 }
+
+/// A gzip header without options (RFC 1952: no name, no time, OS unknown).
+pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 255];
 
 /// The empty stored block that a sync flush ends in.
 const SYNC_FLUSH: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
@@ -155,13 +158,9 @@ fn isal_flushed(raw: &[u8], level: u8, out: &mut Vec<u8>) -> bool {
 /// Inflates raw deflate data that holds `raw_len` bytes: `Err` unless it is a whole deflate stream of exactly
 /// that many.
 pub fn inflate(body: &[u8], raw_len: u64) -> Result<Vec<u8>, String> {
-    let len = usize::try_from(raw_len).map_err(|_| "member too long to inflate".to_string())?;
-    // Data that inflates to more fails for want of room.
-    let mut raw = vec![0u8; len];
-    let n =
-        isal::decompress_into(body, &mut raw, isal::Codec::Deflate).map_err(|e| e.to_string())?;
-    if n != len {
-        return Err(format!("inflates to {n} bytes, not {len}"));
+    let raw = inflate_at_most(body, raw_len)?;
+    if raw.len() as u64 != raw_len {
+        return Err(format!("inflates to {} bytes, not {raw_len}", raw.len()));
     }
     Ok(raw)
 }

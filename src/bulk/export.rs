@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use std::sync::Arc;
 
-use crate::archive::deflate::Deflater;
+use crate::archive::deflate::{Deflater, GZIP_HEADER};
 use crate::archive::member::{self, FINAL_BLOCK};
 use crate::filter::Filter;
 use crate::ingest::parse::event_time;
@@ -377,9 +377,6 @@ struct Gzip {
     len: u64,
     deflater: Deflater,
 }
-
-/// A gzip header without options (RFC 1952: no name, no time, OS unknown).
-const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 255];
 
 impl<S: Sink> Out<'_, S> {
     fn start(&mut self) -> Result<(), ExportError> {
